@@ -1,0 +1,458 @@
+//! The region shared by the shim (inside the program) and its consumer (the
+//! `ferry` CLI, later `ferryd`): a `memfd` mapped by both.
+//!
+//! ```text
+//! 0            Control: mode, flags, the ordering lock, gseq, ring indices
+//! PROCS_OFFSET process table: one ProcEntry per process of the program
+//! RING_OFFSET  the record ring (RING_CAP bytes, a power of two)
+//! ```
+//!
+//! Records ([`ferry_proto::RecordHeader`] + payload, padded to 8) are written at
+//! `head` and read at `tail`, both byte counters that only grow; a record may
+//! wrap around the end of the ring. In record mode the program's threads
+//! produce (serialised by the ordering lock, which is also what assigns
+//! `gseq`) and the CLI consumes; in replay the CLI produces and each thread
+//! consumes the record at `tail` when that record is its own: that is the
+//! barrier. A full ring makes the producer wait; nothing is dropped.
+//!
+//! This crate makes no system calls: waiting and waking go through the
+//! [`Futex`] the caller supplies, so the shim can use its own raw syscalls.
+
+#![no_std]
+
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use ferry_proto::{padded, RecordHeader, RECORD_HEADER_LEN};
+use zerocopy::{FromBytes, IntoBytes};
+
+/// `Control::magic`.
+pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"FERRYCTL");
+/// Version of this layout; the shim refuses a region of another version.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Processes one program may have alive or dead over its life.
+pub const MAX_PROCS: usize = 512;
+/// Descriptors whose kind the process table tracks.
+pub const MAX_FDS: usize = 4096;
+/// Bytes of one process-table entry.
+pub const PROC_ENTRY_LEN: usize = 8192;
+/// Where the process table starts.
+pub const PROCS_OFFSET: usize = 4096;
+/// Where the ring starts.
+pub const RING_OFFSET: usize = PROCS_OFFSET + MAX_PROCS * PROC_ENTRY_LEN;
+/// Ring capacity in bytes.
+pub const RING_CAP: usize = 16 << 20;
+/// Size of the whole region.
+pub const REGION_LEN: usize = RING_OFFSET + RING_CAP;
+/// The descriptor number at which a program under the shim finds the region
+/// (inherited across `fork` and `exec`; the shim hides it from the program).
+pub const REGION_FD: i32 = 1000;
+/// The fixed, far address at which the shim maps the region, identical in
+/// every mode so the program's own mappings land at the same addresses.
+pub const REGION_ADDR: usize = 0x5f00_0000_0000;
+
+/// What the shim does with the program's calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Mode {
+    /// Calls go through the shim but nothing is logged (measures the shim's
+    /// own cost).
+    Passthrough = 1,
+    /// Calls run and are logged.
+    Record = 2,
+    /// Calls are answered from the log.
+    Replay = 3,
+}
+
+impl Mode {
+    /// Parse a mode word.
+    pub fn from_u32(v: u32) -> Option<Mode> {
+        match v {
+            1 => Some(Mode::Passthrough),
+            2 => Some(Mode::Record),
+            3 => Some(Mode::Replay),
+            _ => None,
+        }
+    }
+}
+
+/// `Control::flags`: the producer will publish nothing more (replay: the log
+/// is exhausted once the ring is empty).
+pub const CTL_END_OF_LOG: u32 = 1 << 0;
+/// `Control::flags`: replay found a divergence; every thread stops.
+pub const CTL_DIVERGED: u32 = 1 << 1;
+/// `Control::flags`: a fatal error in the shim (message in `Control::message`).
+pub const CTL_FAILED: u32 = 1 << 2;
+/// `Control::flags`: the consumer went away; producers stop waiting.
+pub const CTL_CONSUMER_GONE: u32 = 1 << 3;
+
+/// Length of `Control::message`.
+pub const MESSAGE_LEN: usize = 1024;
+
+/// The control block at offset 0.
+#[repr(C)]
+pub struct Control {
+    /// [`CONTROL_MAGIC`].
+    pub magic: AtomicU64,
+    /// [`LAYOUT_VERSION`].
+    pub version: AtomicU32,
+    /// A [`Mode`].
+    pub mode: AtomicU32,
+    /// `CTL_*` bits.
+    pub flags: AtomicU32,
+    /// Record: the ordering lock. 0 when free, else the real tid of its owner.
+    pub order_lock: AtomicU32,
+    /// Record: the next `gseq` to assign.
+    pub next_gseq: AtomicU64,
+    /// The next virtual pid/tid to hand out (pids and tids share one space,
+    /// as in Linux).
+    pub next_vid: AtomicU32,
+    /// Processes of the program alive now.
+    pub live_procs: AtomicU32,
+    /// Bytes published into the ring.
+    pub head: AtomicU64,
+    /// Bytes consumed from the ring.
+    pub tail: AtomicU64,
+    /// Futex word bumped after every publish.
+    pub head_seq: AtomicU32,
+    /// Futex word bumped after every consume.
+    pub tail_seq: AtomicU32,
+    /// Non-zero while someone waits on `head_seq`.
+    pub head_waiters: AtomicU32,
+    /// Non-zero while someone waits on `tail_seq`.
+    pub tail_waiters: AtomicU32,
+    /// Futex word of the ordering lock's waiters.
+    pub order_waiters: AtomicU32,
+    /// Replay: records consumed so far (the record number in messages).
+    pub consumed: AtomicU64,
+    /// The highest `gseq` a backup has acknowledged (the output gate).
+    pub acked_gseq: AtomicU64,
+    /// The replication epoch.
+    pub epoch: AtomicU64,
+    /// Length of `message`.
+    pub message_len: AtomicU32,
+    /// Why replay stopped or the shim failed, one line, written once.
+    pub message: [AtomicU8; MESSAGE_LEN],
+}
+
+const _: () = assert!(core::mem::size_of::<Control>() <= PROCS_OFFSET);
+
+/// `ProcEntry::state`: the slot is free.
+pub const PROC_FREE: u32 = 0;
+/// `ProcEntry::state`: the slot is taken by a live process.
+pub const PROC_LIVE: u32 = 1;
+/// `ProcEntry::state`: the process has exited.
+pub const PROC_EXITED: u32 = 2;
+
+/// What a descriptor is, for replay.
+pub const FD_CLOSED: u8 = 0;
+/// A descriptor whose I/O is repeated in replay: a regular file, a directory,
+/// or one inherited from outside the program (its stdout, say).
+pub const FD_REAL: u8 = 1;
+/// A descriptor whose I/O replay answers from the log: sockets, pipes
+/// between the program's processes, epoll sets, eventfds, timerfds.
+pub const FD_PLACEHOLDER: u8 = 2;
+
+/// One process of the program.
+#[repr(C)]
+pub struct ProcEntry {
+    /// `PROC_*`.
+    pub state: AtomicU32,
+    /// Virtual pid.
+    pub vpid: AtomicU32,
+    /// Real pid on this host (0 until known).
+    pub real_pid: AtomicU32,
+    /// Virtual pid of the parent (0 for the root).
+    pub parent_vpid: AtomicU32,
+    /// Non-zero while an `execve` of this process is under way: the new
+    /// image's shim finishes logging it.
+    pub exec_pending: AtomicU32,
+    /// The vtid of the thread that called `execve`.
+    pub exec_vtid: AtomicU32,
+    /// The next virtual tid of this process after an exec (unused: tids are
+    /// global).
+    pub reserved: [AtomicU32; 10],
+    /// `FD_*` per descriptor number.
+    pub fds: [AtomicU8; MAX_FDS],
+}
+
+const _: () = assert!(core::mem::size_of::<ProcEntry>() <= PROC_ENTRY_LEN);
+
+/// Waiting and waking on a 32-bit word shared between processes.
+pub trait Futex {
+    /// Wait while `*word == expected`, at most `timeout_ms` (None: forever).
+    /// Spurious returns are allowed.
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout_ms: Option<u32>);
+    /// Wake every waiter on `word`.
+    fn wake_all(&self, word: &AtomicU32);
+}
+
+/// A view of a mapped region.
+#[derive(Clone, Copy)]
+pub struct Region {
+    base: *mut u8,
+}
+
+// SAFETY: the region is shared memory accessed only through atomics (control
+// and process table) and through the ring protocol, which hands each byte
+// range to one side at a time.
+unsafe impl Send for Region {}
+// SAFETY: as for Send.
+unsafe impl Sync for Region {}
+
+impl Region {
+    /// Wrap a mapping of [`REGION_LEN`] bytes.
+    ///
+    /// # Safety
+    /// `base` must point to a live, writable mapping of at least
+    /// [`REGION_LEN`] bytes, page aligned, that stays mapped while this
+    /// `Region` (or a copy) is used.
+    pub unsafe fn from_raw(base: *mut u8) -> Region {
+        Region { base }
+    }
+
+    /// The address of the mapping.
+    pub fn base(&self) -> *mut u8 {
+        self.base
+    }
+
+    /// The control block.
+    pub fn control(&self) -> &Control {
+        // SAFETY: from_raw's contract: the mapping is live and large enough;
+        // Control is made of atomics, valid for any bytes (zero included).
+        unsafe { &*(self.base as *const Control) }
+    }
+
+    /// Process-table entry `slot` (< MAX_PROCS).
+    pub fn proc(&self, slot: usize) -> &ProcEntry {
+        assert!(slot < MAX_PROCS);
+        // SAFETY: the slot lies inside the mapping (checked above); ProcEntry
+        // is made of atomics, valid for any bytes.
+        unsafe { &*(self.base.add(PROCS_OFFSET + slot * PROC_ENTRY_LEN) as *const ProcEntry) }
+    }
+
+    /// Initialise a fresh (zeroed) region for `mode`.
+    pub fn init(&self, mode: Mode) {
+        let c = self.control();
+        c.version.store(LAYOUT_VERSION, Ordering::Relaxed);
+        c.mode.store(mode as u32, Ordering::Relaxed);
+        c.next_gseq.store(1, Ordering::Relaxed);
+        c.next_vid.store(1, Ordering::Relaxed);
+        c.magic.store(CONTROL_MAGIC, Ordering::Release);
+    }
+
+    /// Whether the region was initialised by a compatible writer.
+    pub fn is_valid(&self) -> bool {
+        let c = self.control();
+        c.magic.load(Ordering::Acquire) == CONTROL_MAGIC
+            && c.version.load(Ordering::Relaxed) == LAYOUT_VERSION
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> Option<Mode> {
+        Mode::from_u32(self.control().mode.load(Ordering::Acquire))
+    }
+
+    /// Set a `CTL_*` flag and wake everyone who may wait for it.
+    pub fn raise(&self, flag: u32, futex: &impl Futex) {
+        let c = self.control();
+        c.flags.fetch_or(flag, Ordering::AcqRel);
+        c.head_seq.fetch_add(1, Ordering::AcqRel);
+        c.tail_seq.fetch_add(1, Ordering::AcqRel);
+        futex.wake_all(&c.head_seq);
+        futex.wake_all(&c.tail_seq);
+    }
+
+    /// Whether `flag` is set.
+    pub fn has(&self, flag: u32) -> bool {
+        self.control().flags.load(Ordering::Acquire) & flag != 0
+    }
+
+    /// Store a one-line message (first writer wins) for the other side.
+    pub fn set_message(&self, msg: &[u8]) {
+        let c = self.control();
+        if c.message_len.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        let n = msg.len().min(MESSAGE_LEN);
+        for (i, b) in msg[..n].iter().enumerate() {
+            c.message[i].store(*b, Ordering::Relaxed);
+        }
+        let _ = c.message_len.compare_exchange(0, n as u32, Ordering::AcqRel, Ordering::Relaxed);
+    }
+
+    /// Copy the message out; returns its length.
+    pub fn message(&self, out: &mut [u8]) -> usize {
+        let c = self.control();
+        let n = (c.message_len.load(Ordering::Acquire) as usize).min(out.len());
+        for (i, o) in out[..n].iter_mut().enumerate() {
+            *o = c.message[i].load(Ordering::Relaxed);
+        }
+        n
+    }
+
+    fn ring(&self) -> *mut u8 {
+        // SAFETY: RING_OFFSET < REGION_LEN, inside the mapping.
+        unsafe { self.base.add(RING_OFFSET) }
+    }
+
+    /// Copy `bytes` into the ring at byte counter `pos`, wrapping.
+    ///
+    /// # Safety
+    /// The range `[pos, pos + bytes.len())` must belong to the caller under
+    /// the ring protocol (reserved by a producer, not yet consumed).
+    unsafe fn copy_in(&self, pos: u64, bytes: &[u8]) {
+        let at = (pos as usize) & (RING_CAP - 1);
+        let first = bytes.len().min(RING_CAP - at);
+        // SAFETY: at + first <= RING_CAP and the rest fits at the start; the
+        // caller owns the range.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring().add(at), first);
+            core::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.ring(), bytes.len() - first);
+        }
+    }
+
+    /// Copy out of the ring at byte counter `pos`, wrapping.
+    ///
+    /// # Safety
+    /// The range must be published and not yet consumed.
+    unsafe fn copy_out(&self, pos: u64, out: &mut [u8]) {
+        let at = (pos as usize) & (RING_CAP - 1);
+        let first = out.len().min(RING_CAP - at);
+        // SAFETY: as copy_in.
+        unsafe {
+            core::ptr::copy_nonoverlapping(self.ring().add(at), out.as_mut_ptr(), first);
+            core::ptr::copy_nonoverlapping(self.ring(), out.as_mut_ptr().add(first), out.len() - first);
+        }
+    }
+
+    /// Free bytes in the ring.
+    pub fn free_space(&self) -> usize {
+        let c = self.control();
+        let used = c.head.load(Ordering::Acquire) - c.tail.load(Ordering::Acquire);
+        RING_CAP - used as usize
+    }
+
+    /// Publish one record, waiting while the ring is full. Only one producer
+    /// may call this at a time (the shim holds the ordering lock; in replay
+    /// the CLI is the only producer). Returns false if the consumer went away
+    /// (`CTL_CONSUMER_GONE`) before there was room.
+    pub fn publish(&self, header: &RecordHeader, payload: &[u8], futex: &impl Futex) -> bool {
+        let c = self.control();
+        let need = padded(RECORD_HEADER_LEN + payload.len());
+        debug_assert!(need <= RING_CAP);
+        loop {
+            let seq = c.tail_seq.load(Ordering::Acquire);
+            if self.free_space() >= need {
+                break;
+            }
+            if self.has(CTL_CONSUMER_GONE) {
+                return false;
+            }
+            c.tail_waiters.fetch_add(1, Ordering::AcqRel);
+            if self.free_space() < need && !self.has(CTL_CONSUMER_GONE) {
+                futex.wait(&c.tail_seq, seq, Some(100));
+            }
+            c.tail_waiters.fetch_sub(1, Ordering::AcqRel);
+        }
+        let head = c.head.load(Ordering::Relaxed);
+        // SAFETY: [head, head + need) is free (checked above) and only this
+        // producer writes it until head is published.
+        unsafe {
+            self.copy_in(head, header.as_bytes());
+            self.copy_in(head + RECORD_HEADER_LEN as u64, payload);
+        }
+        c.head.store(head + need as u64, Ordering::Release);
+        c.head_seq.fetch_add(1, Ordering::AcqRel);
+        if c.head_waiters.load(Ordering::Acquire) != 0 {
+            futex.wake_all(&c.head_seq);
+        }
+        true
+    }
+
+    /// The header of the record at `tail`, if one is published.
+    pub fn peek(&self) -> Option<RecordHeader> {
+        let c = self.control();
+        let tail = c.tail.load(Ordering::Acquire);
+        if c.head.load(Ordering::Acquire) <= tail {
+            return None;
+        }
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        // SAFETY: the record at tail is published (head > tail).
+        unsafe { self.copy_out(tail, &mut h) };
+        RecordHeader::read_from_bytes(&h).ok()
+    }
+
+    /// Copy the payload of the record at `tail` (whose header `peek`
+    /// returned) into `out`, which must be at most `payload_len` long; starts
+    /// `skip` bytes into the payload.
+    pub fn read_payload(&self, header: &RecordHeader, skip: usize, out: &mut [u8]) {
+        assert!(skip + out.len() <= header.payload_len as usize);
+        let tail = self.control().tail.load(Ordering::Acquire);
+        // SAFETY: the record at tail is published and not consumed: only its
+        // owner consumes it, and the caller is that owner.
+        unsafe { self.copy_out(tail + (RECORD_HEADER_LEN + skip) as u64, out) };
+    }
+
+    /// Consume the record at `tail` (whose header `peek` returned).
+    pub fn consume(&self, header: &RecordHeader, futex: &impl Futex) {
+        let c = self.control();
+        let tail = c.tail.load(Ordering::Acquire);
+        c.tail.store(tail + header.padded_len() as u64, Ordering::Release);
+        c.consumed.fetch_add(1, Ordering::AcqRel);
+        c.tail_seq.fetch_add(1, Ordering::AcqRel);
+        if c.tail_waiters.load(Ordering::Acquire) != 0 {
+            futex.wake_all(&c.tail_seq);
+        }
+    }
+
+    /// Wait until a record is published after `seen_head_seq`, the end of log
+    /// is raised, or `timeout_ms` passes.
+    pub fn wait_published(&self, seen_head_seq: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
+        let c = self.control();
+        c.head_waiters.fetch_add(1, Ordering::AcqRel);
+        futex.wait(&c.head_seq, seen_head_seq, timeout_ms);
+        c.head_waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Wait until a record is consumed after `seen_tail_seq` (or a flag is
+    /// raised), at most `timeout_ms`.
+    pub fn wait_consumed(&self, seen_tail_seq: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
+        let c = self.control();
+        c.tail_waiters.fetch_add(1, Ordering::AcqRel);
+        futex.wait(&c.tail_seq, seen_tail_seq, timeout_ms);
+        c.tail_waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// Find the process-table slot of a virtual pid.
+    pub fn slot_of_vpid(&self, vpid: u32) -> Option<usize> {
+        (0..MAX_PROCS).find(|&s| {
+            let p = self.proc(s);
+            p.state.load(Ordering::Acquire) != PROC_FREE && p.vpid.load(Ordering::Acquire) == vpid
+        })
+    }
+
+    /// Find the live process-table slot of a real pid.
+    pub fn slot_of_real_pid(&self, pid: u32) -> Option<usize> {
+        (0..MAX_PROCS).find(|&s| {
+            let p = self.proc(s);
+            p.state.load(Ordering::Acquire) == PROC_LIVE && p.real_pid.load(Ordering::Acquire) == pid
+        })
+    }
+
+    /// Take a free process-table slot for `vpid`, child of `parent_vpid`.
+    pub fn alloc_proc(&self, vpid: u32, parent_vpid: u32) -> Option<usize> {
+        for s in 0..MAX_PROCS {
+            let p = self.proc(s);
+            if p.state.compare_exchange(PROC_FREE, PROC_LIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+                p.real_pid.store(0, Ordering::Relaxed);
+                p.parent_vpid.store(parent_vpid, Ordering::Relaxed);
+                p.exec_pending.store(0, Ordering::Relaxed);
+                p.vpid.store(vpid, Ordering::Release);
+                return Some(s);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests;
