@@ -90,6 +90,10 @@ pub const FLAG_FATAL: u16 = 1 << 1;
 /// repeated there.
 pub const FLAG_PLACEHOLDER_FD: u16 = 1 << 2;
 
+/// Record flag: signals were delivered to the program's handlers right after
+/// this call returned; replay delivers them at the same point.
+pub const FLAG_SIGNALS_FOLLOW: u16 = 1 << 3;
+
 /// The fixed header of every record. Little-endian, 64 bytes, no padding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -139,6 +143,23 @@ impl RecordHeader {
         h.crc = 0;
         let c = crc32c::crc32c(h.as_bytes());
         crc32c::crc32c_append(c, payload)
+    }
+
+    /// As [`RecordHeader::compute_crc`] for a payload in several parts.
+    pub fn compute_crc_parts(&self, parts: &[&[u8]]) -> u32 {
+        let mut h = *self;
+        h.crc = 0;
+        parts
+            .iter()
+            .fold(crc32c::crc32c(h.as_bytes()), |c, p| crc32c::crc32c_append(c, p))
+    }
+
+    /// Set `len`, `payload_len` and `crc` for a payload in several parts.
+    pub fn seal_parts(&mut self, parts: &[&[u8]]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        self.payload_len = n as u32;
+        self.len = (RECORD_HEADER_LEN + n) as u32;
+        self.crc = self.compute_crc_parts(parts);
     }
 
     /// Set `len`, `payload_len` and `crc` for `payload`.

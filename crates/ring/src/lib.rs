@@ -167,9 +167,10 @@ pub struct ProcEntry {
     pub exec_pending: AtomicU32,
     /// The vtid of the thread that called `execve`.
     pub exec_vtid: AtomicU32,
-    /// The next virtual tid of this process after an exec (unused: tids are
-    /// global).
-    pub reserved: [AtomicU32; 10],
+    /// CRC-32C of the path of that `execve`.
+    pub exec_digest: AtomicU32,
+    /// Zero.
+    pub reserved: [AtomicU32; 9],
     /// `FD_*` per descriptor number.
     pub fds: [AtomicU8; MAX_FDS],
 }
@@ -336,8 +337,16 @@ impl Region {
     /// the CLI is the only producer). Returns false if the consumer went away
     /// (`CTL_CONSUMER_GONE`) before there was room.
     pub fn publish(&self, header: &RecordHeader, payload: &[u8], futex: &impl Futex) -> bool {
+        self.publish_parts(header, &[payload], futex)
+    }
+
+    /// As [`Region::publish`], with the payload gathered from `parts` in
+    /// order (`header.payload_len` must be their total length).
+    pub fn publish_parts(&self, header: &RecordHeader, parts: &[&[u8]], futex: &impl Futex) -> bool {
         let c = self.control();
-        let need = padded(RECORD_HEADER_LEN + payload.len());
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+        debug_assert_eq!(payload_len, header.payload_len as usize);
+        let need = padded(RECORD_HEADER_LEN + payload_len);
         debug_assert!(need <= RING_CAP);
         loop {
             let seq = c.tail_seq.load(Ordering::Acquire);
@@ -358,7 +367,11 @@ impl Region {
         // producer writes it until head is published.
         unsafe {
             self.copy_in(head, header.as_bytes());
-            self.copy_in(head + RECORD_HEADER_LEN as u64, payload);
+            let mut at = head + RECORD_HEADER_LEN as u64;
+            for p in parts {
+                self.copy_in(at, p);
+                at += p.len() as u64;
+            }
         }
         c.head.store(head + need as u64, Ordering::Release);
         c.head_seq.fetch_add(1, Ordering::AcqRel);

@@ -1,0 +1,333 @@
+//! Signals. Asynchronous signals cannot be replayed at the exact instruction
+//! without hardware counters, so the shim makes their delivery points
+//! deterministic (DESIGN §3): its own handler only notes the signal; the
+//! program's handler runs at the thread's next intercepted call, or right
+//! after the call it interrupted (which then returns `EINTR`), and the log
+//! says where. Replay runs the handler at the same point and ignores the
+//! real signals. Faults (SIGSEGV and the like, raised by an instruction) are
+//! deterministic and go straight to the program's handler.
+
+use crate::state::{self, consume, emit, mode, Rec, IN_SHIM};
+use crate::sys::{self, raw, GateFutex, SA_RESTORER};
+use core::cell::Cell;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use ferry_proto::{Kind, RecordHeader};
+use ferry_ring::Mode;
+use libc::*;
+
+const NSIG: usize = 65;
+const SIGINFO_LEN: usize = 128;
+
+/// The kernel's `struct sigaction` (x86_64).
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct KSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// The program's own disposition of each signal.
+struct Action {
+    handler: AtomicUsize,
+    flags: AtomicU64,
+    restorer: AtomicUsize,
+    mask: AtomicU64,
+}
+
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_ACTION: Action = Action {
+    handler: AtomicUsize::new(0),
+    flags: AtomicU64::new(0),
+    restorer: AtomicUsize::new(0),
+    mask: AtomicU64::new(0),
+};
+static ACTIONS: [Action; NSIG] = [NO_ACTION; NSIG];
+
+thread_local! {
+    /// Signals noted by the shim's handler, not yet delivered (bit n-1 for n).
+    static PENDING: Cell<u64> = const { Cell::new(0) };
+    /// Their siginfo.
+    static INFO: Cell<[[u8; SIGINFO_LEN]; NSIG]> = const { Cell::new([[0; SIGINFO_LEN]; NSIG]) };
+    /// The last delivery asks the interrupted call to be restarted.
+    static RESTART: Cell<bool> = const { Cell::new(false) };
+    /// Record: the last record said signals follow it. Replay: the record
+    /// just consumed said so.
+    static FOLLOW: Cell<bool> = const { Cell::new(false) };
+}
+
+fn bit(sig: usize) -> u64 {
+    1u64 << (sig - 1)
+}
+
+fn is_fault(sig: i32) -> bool {
+    matches!(sig, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGTRAP)
+}
+
+/// Read the dispositions inherited at start (an exec keeps ignored signals
+/// ignored) and install the SIGSYS handler.
+pub fn init() {
+    for sig in 1..NSIG {
+        let mut old = KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
+        if raw(SYS_rt_sigaction, [sig, 0, &mut old as *mut _ as usize, 8, 0, 0]) == 0 {
+            let a = &ACTIONS[sig];
+            a.handler.store(old.handler, Ordering::Relaxed);
+            a.flags.store(old.flags, Ordering::Relaxed);
+            a.restorer.store(old.restorer, Ordering::Relaxed);
+            a.mask.store(old.mask, Ordering::Relaxed);
+        }
+    }
+    crate::sud::install_handler();
+}
+
+/// In a forked child: nothing noted in the parent is the child's.
+pub fn after_fork_child() {
+    PENDING.with(|p| p.set(0));
+    FOLLOW.with(|f| f.set(false));
+}
+
+/// `rt_sigaction`: remember the program's disposition and install the
+/// shim's handler in its place. SIGSYS stays the shim's.
+pub fn sigaction(a: [usize; 6]) -> isize {
+    let sig = a[0];
+    if sig == 0 || sig >= NSIG {
+        return -(EINVAL as isize);
+    }
+    if sig == SIGKILL as usize || sig == SIGSTOP as usize {
+        return raw(SYS_rt_sigaction, a);
+    }
+    let slot = &ACTIONS[sig];
+    let old = KSigaction {
+        handler: slot.handler.load(Ordering::Relaxed),
+        flags: slot.flags.load(Ordering::Relaxed),
+        restorer: slot.restorer.load(Ordering::Relaxed),
+        mask: slot.mask.load(Ordering::Relaxed),
+    };
+    if a[1] != 0 {
+        // SAFETY: the program passed a struct sigaction to the kernel call.
+        let new = unsafe { core::ptr::read_unaligned(a[1] as *const KSigaction) };
+        if sig != SIGSYS as usize {
+            let install = if new.handler == SIG_DFL || new.handler == SIG_IGN {
+                KSigaction { handler: new.handler, flags: new.flags & !(SA_RESTORER as u64), restorer: 0, mask: new.mask }
+            } else {
+                KSigaction {
+                    handler: on_signal as *const () as usize,
+                    flags: (SA_SIGINFO | SA_RESTORER) as u64 | (new.flags & SA_ONSTACK as u64),
+                    restorer: sys::ferry_restorer as *const () as usize,
+                    mask: new.mask,
+                }
+            };
+            let r = raw(SYS_rt_sigaction, [sig, &install as *const _ as usize, 0, 8, 0, 0]);
+            if r < 0 {
+                return r;
+            }
+        }
+        slot.handler.store(new.handler, Ordering::Relaxed);
+        slot.flags.store(new.flags, Ordering::Relaxed);
+        slot.restorer.store(new.restorer, Ordering::Relaxed);
+        slot.mask.store(new.mask, Ordering::Relaxed);
+    }
+    if a[2] != 0 {
+        // SAFETY: the program passed room for a struct sigaction.
+        unsafe { core::ptr::write_unaligned(a[2] as *mut KSigaction, old) };
+    }
+    0
+}
+
+/// `rt_sigprocmask`: SIGSYS can never be blocked (the dispatch needs it).
+pub fn sigprocmask(a: [usize; 6]) -> isize {
+    if a[1] != 0 {
+        // SAFETY: the program passed a sigset of at least 8 bytes.
+        let set = unsafe { core::ptr::read_unaligned(a[1] as *const u64) };
+        let clean = set & !bit(SIGSYS as usize);
+        let mut b = a;
+        b[1] = &clean as *const u64 as usize;
+        return raw(SYS_rt_sigprocmask, b);
+    }
+    raw(SYS_rt_sigprocmask, a)
+}
+
+/// The handler the shim installs for every signal the program handles.
+extern "C" fn on_signal(sig: i32, info: *mut siginfo_t, uc: *mut c_void) {
+    // SAFETY: the kernel passes a valid siginfo.
+    let code = unsafe { (*info).si_code };
+    let direct = is_fault(sig) && code > 0;
+    match mode() {
+        Some(Mode::Replay) if !direct => {}
+        Some(Mode::Record) if !direct && state::vtid() != 0 => {
+            let s = sig as usize;
+            INFO.with(|i| {
+                let mut all = i.get();
+                // SAFETY: siginfo_t is 128 bytes.
+                all[s] = unsafe { core::ptr::read_unaligned(info as *const [u8; SIGINFO_LEN]) };
+                i.set(all);
+            });
+            PENDING.with(|p| p.set(p.get() | bit(s)));
+        }
+        _ => {
+            let a = &ACTIONS[sig as usize];
+            let h = a.handler.load(Ordering::Relaxed);
+            if h > 1 {
+                // SAFETY: the program installed this handler for `sig`.
+                unsafe { call_handler(h, a.flags.load(Ordering::Relaxed), sig, info, uc) };
+            }
+        }
+    }
+}
+
+/// # Safety
+/// `h` must be the program's handler for `sig`.
+unsafe fn call_handler(h: usize, flags: u64, sig: i32, info: *mut siginfo_t, uc: *mut c_void) {
+    if flags & SA_SIGINFO as u64 != 0 {
+        // SAFETY: the caller's contract.
+        let f: extern "C" fn(i32, *mut siginfo_t, *mut c_void) = unsafe { core::mem::transmute(h) };
+        f(sig, info, uc);
+    } else {
+        // SAFETY: the caller's contract.
+        let f: extern "C" fn(i32) = unsafe { core::mem::transmute(h) };
+        f(sig);
+    }
+}
+
+/// Record: whether signals wait to be delivered (checked when a record is
+/// sealed: they will be delivered right after that call).
+pub fn pending_now() -> bool {
+    PENDING.with(|p| p.get()) != 0
+}
+
+/// Record: the record being emitted says signals follow it.
+pub fn note_follow(v: bool) {
+    FOLLOW.with(|f| f.set(v));
+}
+
+/// Run the program's handler for `sig` as the kernel would: with its mask
+/// blocked, outside the shim. Returns whether the handler asks for restart.
+fn invoke(sig: usize, info: &mut [u8; SIGINFO_LEN]) -> bool {
+    let a = &ACTIONS[sig];
+    let h = a.handler.load(Ordering::Relaxed);
+    let flags = a.flags.load(Ordering::Relaxed);
+    if h == SIG_IGN {
+        return true;
+    }
+    if h == SIG_DFL {
+        // Reset to default after being noted: act as the kernel would.
+        if matches!(sig as i32, SIGCHLD | SIGURG | SIGWINCH | SIGCONT) {
+            return true;
+        }
+        raw(SYS_kill, [sys::getpid() as usize, sig, 0, 0, 0, 0]);
+        return true;
+    }
+    let mut block = a.mask.load(Ordering::Relaxed);
+    if flags & SA_NODEFER as u64 == 0 {
+        block |= bit(sig);
+    }
+    block &= !bit(SIGSYS as usize);
+    let mut old = 0u64;
+    raw(SYS_rt_sigprocmask, [SIG_BLOCK as usize, &block as *const u64 as usize, &mut old as *mut u64 as usize, 8, 0, 0]);
+    if flags & SA_RESETHAND as u64 != 0 {
+        a.handler.store(SIG_DFL, Ordering::Relaxed);
+        let dfl = KSigaction { handler: SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+        raw(SYS_rt_sigaction, [sig, &dfl as *const _ as usize, 0, 8, 0, 0]);
+    }
+    // SAFETY: a zeroed ucontext is a valid (if uninformative) context.
+    let mut uc: ucontext_t = unsafe { core::mem::zeroed() };
+    let depth = IN_SHIM.with(|g| g.replace(0));
+    // SAFETY: `h` is the handler the program installed for `sig`.
+    unsafe {
+        call_handler(h, flags, sig as i32, info.as_mut_ptr() as *mut siginfo_t, &mut uc as *mut _ as *mut c_void)
+    };
+    IN_SHIM.with(|g| g.set(depth));
+    raw(SYS_rt_sigprocmask, [SIG_SETMASK as usize, &old as *const u64 as usize, 0, 8, 0, 0]);
+    flags & SA_RESTART as u64 != 0
+}
+
+/// Record: deliver every noted signal, logging each delivery.
+pub fn deliver_pending() {
+    let mut restart = true;
+    let mut any = false;
+    loop {
+        let p = PENDING.with(|p| p.get());
+        if p == 0 {
+            break;
+        }
+        let sig = p.trailing_zeros() as usize + 1;
+        PENDING.with(|c| c.set(p & !bit(sig)));
+        let mut info = INFO.with(|i| i.get()[sig]);
+        emit(Rec { kind: Kind::Signal, flags: 0, nr: sig as u32, ret: 0, arg0: 0, arg1: 0 }, &[&info]);
+        restart &= invoke(sig, &mut info);
+        any = true;
+    }
+    RESTART.with(|r| r.set(any && restart));
+}
+
+/// Replay: the head record is a signal for this thread: deliver it.
+pub fn deliver_logged(h: &RecordHeader) {
+    let mut info = [0u8; SIGINFO_LEN];
+    let n = (h.payload_len as usize).min(SIGINFO_LEN);
+    state::reg().read_payload(h, 0, &mut info[..n]);
+    consume(h);
+    let r = invoke(h.nr as usize, &mut info);
+    RESTART.with(|c| c.set(c.get() && r));
+}
+
+/// Called on entry to the shim: record delivers what is pending.
+#[inline]
+pub fn on_entry() {
+    if mode() == Some(Mode::Record) && pending_now() {
+        deliver_pending();
+    }
+}
+
+/// Called on the way out of the shim: deliver the signals logged right after
+/// the call (record: those noted before its record was sealed; replay: those
+/// the record says follow).
+#[inline]
+pub fn on_exit() {
+    if !FOLLOW.with(|f| f.replace(false)) {
+        return;
+    }
+    match mode() {
+        Some(Mode::Record) => deliver_pending(),
+        Some(Mode::Replay) => {
+            RESTART.with(|r| r.set(true));
+            deliver_following();
+        }
+        _ => {}
+    }
+}
+
+/// Replay: deliver this thread's signal records that come next.
+fn deliver_following() {
+    let r = state::reg();
+    let c = r.control();
+    let me = state::vtid();
+    loop {
+        let head_seq = c.head_seq.load(Ordering::Acquire);
+        let tail_seq = c.tail_seq.load(Ordering::Acquire);
+        match r.peek() {
+            Some(h) if h.vtid == me => {
+                if h.kind == Kind::Signal as u16 {
+                    deliver_logged(&h);
+                    continue;
+                }
+                return;
+            }
+            Some(_) => r.wait_consumed(tail_seq, &GateFutex, Some(1000)),
+            None => {
+                if r.has(ferry_ring::CTL_END_OF_LOG) {
+                    return;
+                }
+                r.wait_published(head_seq, &GateFutex, Some(1000));
+            }
+        }
+        if r.has(ferry_ring::CTL_DIVERGED | ferry_ring::CTL_FAILED) {
+            sys::exit_group(3);
+        }
+    }
+}
+
+/// Whether the call interrupted by the last delivery should be restarted.
+pub fn take_restart() -> bool {
+    RESTART.with(|r| r.replace(false))
+}

@@ -1,0 +1,376 @@
+//! Per-process and per-thread state, the ordering lock (record) and the turn
+//! (replay): the barrier that gives every finished call its place in `gseq`.
+//!
+//! Nothing here allocates: per-process state is in statics, per-thread state
+//! in `const`-initialised thread-locals (static TLS of a preloaded library,
+//! safe in signal handlers), and what processes share lives in the region.
+
+use crate::sys::{self, GateFutex};
+use core::cell::Cell;
+use core::fmt::Write as _;
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use ferry_proto::{calls, Kind, RecordHeader};
+use ferry_ring::{Mode, Region, CTL_DIVERGED, CTL_END_OF_LOG, CTL_FAILED, REGION_ADDR};
+
+/// The region's base once mapped (0: the shim is inactive in this process).
+static REGION: AtomicUsize = AtomicUsize::new(0);
+/// The mode word, cached.
+static MODE: AtomicU32 = AtomicU32::new(0);
+/// This process's slot in the process table.
+pub static MY_SLOT: AtomicUsize = AtomicUsize::new(0);
+/// This process's virtual pid.
+pub static MY_VPID: AtomicU32 = AtomicU32::new(0);
+/// Set once init has finished.
+pub static READY: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    /// Syscall User Dispatch selector: ALLOW (0) or BLOCK (1).
+    pub static SELECTOR: Cell<u8> = const { Cell::new(0) };
+    /// Non-zero while the thread runs shim code (the re-entrancy guard).
+    pub static IN_SHIM: Cell<u32> = const { Cell::new(0) };
+    /// This thread's virtual tid (0: not a thread the shim knows).
+    pub static VTID: Cell<u32> = const { Cell::new(0) };
+    /// Real tid, cached (0: unknown).
+    static REAL_TID: Cell<u32> = const { Cell::new(0) };
+    /// Depth of the ordering lock held by this thread.
+    static LOCK_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// The region, if the shim is active.
+#[inline]
+pub fn region() -> Option<Region> {
+    let b = REGION.load(Ordering::Acquire);
+    if b == 0 {
+        None
+    } else {
+        // SAFETY: REGION is only set after the region was mapped at that
+        // address, and it is never unmapped.
+        Some(unsafe { Region::from_raw(b as *mut u8) })
+    }
+}
+
+/// The region of an active shim. Only called on paths reached when active.
+#[inline]
+pub fn reg() -> Region {
+    // SAFETY: callers run only after init mapped the region (mode() != None).
+    unsafe { Region::from_raw(REGION.load(Ordering::Acquire) as *mut u8) }
+}
+
+/// The mode, `None` when inactive.
+#[inline]
+pub fn mode() -> Option<Mode> {
+    Mode::from_u32(MODE.load(Ordering::Relaxed))
+}
+
+/// Map the region from `REGION_FD` at its fixed address.
+pub fn map_region() -> Result<Region, &'static str> {
+    let fd = ferry_ring::REGION_FD as usize;
+    if sys::sys2(libc::SYS_fcntl, fd, libc::F_GETFD as usize) < 0 {
+        return Err("no region descriptor");
+    }
+    let p = sys::raw(
+        libc::SYS_mmap,
+        [
+            REGION_ADDR,
+            ferry_ring::REGION_LEN,
+            (libc::PROT_READ | libc::PROT_WRITE) as usize,
+            (libc::MAP_SHARED | libc::MAP_FIXED_NOREPLACE) as usize,
+            fd,
+            0,
+        ],
+    );
+    if p as usize != REGION_ADDR {
+        return Err("cannot map the region at its fixed address");
+    }
+    // SAFETY: just mapped, REGION_LEN bytes, never unmapped.
+    let r = unsafe { Region::from_raw(p as *mut u8) };
+    if !r.is_valid() {
+        return Err("the region has an unknown layout version");
+    }
+    REGION.store(p as usize, Ordering::Release);
+    MODE.store(r.control().mode.load(Ordering::Acquire), Ordering::Release);
+    Ok(r)
+}
+
+/// Forget the cached per-thread and per-process facts that a fork changes;
+/// called in the child of a fork, before anything else.
+pub fn after_fork_child(vpid: u32, slot: usize) {
+    REAL_TID.with(|t| t.set(0));
+    LOCK_DEPTH.with(|d| d.set(0));
+    MY_VPID.store(vpid, Ordering::Release);
+    MY_SLOT.store(slot, Ordering::Release);
+    VTID.with(|t| t.set(vpid));
+}
+
+fn real_tid() -> u32 {
+    REAL_TID.with(|t| {
+        let v = t.get();
+        if v != 0 {
+            return v;
+        }
+        let v = sys::gettid();
+        t.set(v);
+        v
+    })
+}
+
+/// This thread's virtual tid.
+#[inline]
+pub fn vtid() -> u32 {
+    VTID.with(|t| t.get())
+}
+
+/// Record: take the ordering lock (re-entrant for the owning thread).
+pub fn lock() {
+    if LOCK_DEPTH.with(|d| d.get()) > 0 {
+        LOCK_DEPTH.with(|d| d.set(d.get() + 1));
+        return;
+    }
+    let r = reg();
+    let c = r.control();
+    let me = real_tid();
+    let mut spins = 0u32;
+    loop {
+        match c.order_lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+            Ok(_) => break,
+            Err(owner) => {
+                spins += 1;
+                if spins < 64 {
+                    core::hint::spin_loop();
+                    continue;
+                }
+                c.order_waiters.fetch_add(1, Ordering::AcqRel);
+                sys::futex_wait(&c.order_lock, owner, Some(50));
+                c.order_waiters.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+    LOCK_DEPTH.with(|d| d.set(1));
+}
+
+/// Record: release the ordering lock.
+pub fn unlock() {
+    let depth = LOCK_DEPTH.with(|d| d.get());
+    debug_assert!(depth > 0);
+    LOCK_DEPTH.with(|d| d.set(depth - 1));
+    if depth == 1 {
+        force_unlock();
+    }
+}
+
+/// Release the ordering lock whoever holds it (the image after an exec takes
+/// over the lock its predecessor held across `execve`).
+pub fn force_unlock() {
+    let r = reg();
+    let c = r.control();
+    c.order_lock.store(0, Ordering::Release);
+    if c.order_waiters.load(Ordering::Acquire) != 0 {
+        sys::futex_wake(&c.order_lock, 1);
+    }
+}
+
+/// What a record says about the call, besides its payload.
+#[derive(Clone, Copy)]
+pub struct Rec {
+    pub kind: Kind,
+    pub flags: u16,
+    pub nr: u32,
+    pub ret: i64,
+    pub arg0: u64,
+    pub arg1: u64,
+}
+
+impl Rec {
+    /// A syscall record.
+    pub fn sys(nr: i64, ret: isize, arg0: u64, arg1: u64) -> Rec {
+        Rec { kind: Kind::Syscall, flags: 0, nr: nr as u32, ret: ret as i64, arg0, arg1 }
+    }
+}
+
+/// Record: append one record with the next `gseq`. Takes the ordering lock
+/// for the append if the caller does not hold it.
+pub fn emit(rec: Rec, parts: &[&[u8]]) {
+    emit_as(rec, vtid(), parts)
+}
+
+/// As [`emit`], for thread `vtid`.
+pub fn emit_as(rec: Rec, vtid: u32, parts: &[&[u8]]) {
+    lock();
+    let r = reg();
+    let c = r.control();
+    let gseq = c.next_gseq.fetch_add(1, Ordering::AcqRel);
+    let mut h = RecordHeader {
+        len: 0,
+        kind: rec.kind as u16,
+        flags: rec.flags,
+        gseq,
+        vpid: MY_VPID.load(Ordering::Relaxed),
+        vtid,
+        nr: rec.nr,
+        crc: 0,
+        ret: rec.ret,
+        arg0: rec.arg0,
+        arg1: rec.arg1,
+        payload_len: 0,
+        reserved: 0,
+    };
+    if rec.kind != Kind::Signal && crate::signals::pending_now() {
+        h.flags |= ferry_proto::FLAG_SIGNALS_FOLLOW;
+        crate::signals::note_follow(true);
+    }
+    h.seal_parts(parts);
+    if !r.publish_parts(&h, parts, &GateFutex) {
+        // The consumer is gone: nobody can persist this record. The program
+        // cannot continue protected; stop it rather than run unlogged.
+        unlock();
+        fail(b"the log consumer went away; stopping the program");
+    }
+    unlock();
+}
+
+/// Stop the program because the shim cannot go on.
+pub fn fail(msg: &[u8]) -> ! {
+    if let Some(r) = region() {
+        r.set_message(msg);
+        r.raise(CTL_FAILED, &GateFutex);
+    }
+    sys::write_all(2, b"ferry: ");
+    sys::write_all(2, msg);
+    sys::write_all(2, b"\n");
+    sys::exit_group(2)
+}
+
+/// Replay: wait until the record at the head of the log is this thread's,
+/// delivering the signal records met on the way; stop the process if replay
+/// ended or diverged elsewhere. Returns the header; its payload stays in the
+/// ring until [`consume`].
+pub fn turn() -> RecordHeader {
+    let r = reg();
+    let c = r.control();
+    let me = vtid();
+    loop {
+        let head_seq = c.head_seq.load(Ordering::Acquire);
+        let tail_seq = c.tail_seq.load(Ordering::Acquire);
+        if r.has(CTL_DIVERGED | CTL_FAILED) {
+            sys::exit_group(3);
+        }
+        match r.peek() {
+            Some(h) if h.vtid == me => {
+                if h.kind == Kind::Signal as u16 {
+                    crate::signals::deliver_logged(&h);
+                    continue;
+                }
+                return h;
+            }
+            Some(_) => r.wait_consumed(tail_seq, &GateFutex, Some(1000)),
+            None => {
+                if r.has(CTL_END_OF_LOG) {
+                    // Every record has been replayed: the recording ended
+                    // here (the program was still running when it stopped).
+                    sys::exit_group(0);
+                }
+                r.wait_published(head_seq, &GateFutex, Some(1000));
+            }
+        }
+    }
+}
+
+/// Replay: the payload of the head record, chunk by chunk: calls `f` with
+/// each chunk's offset in the payload and its length.
+pub fn chunks(h: &RecordHeader, mut f: impl FnMut(usize, usize)) {
+    let r = reg();
+    let total = h.payload_len as usize;
+    let mut at = 0usize;
+    while at + 4 <= total {
+        let mut len = [0u8; 4];
+        r.read_payload(h, at, &mut len);
+        let n = u32::from_le_bytes(len) as usize;
+        at += 4;
+        if at + n > total {
+            diverge_msg(h, format_args!("a corrupt payload"));
+        }
+        f(at, n);
+        at += n;
+    }
+}
+
+/// Replay: copy `len` payload bytes at `off` to `dst`.
+pub fn payload_to(h: &RecordHeader, off: usize, dst: *mut u8, len: usize) {
+    if len == 0 || dst.is_null() {
+        return;
+    }
+    // SAFETY: the program passed `dst` as a buffer the kernel would have
+    // filled with at least `len` bytes in the recording (the same call of the
+    // same program, checked by number and arguments before this).
+    let out = unsafe { core::slice::from_raw_parts_mut(dst, len) };
+    reg().read_payload(h, off, out);
+}
+
+/// Replay: the record at the head has been carried out; pass the turn on.
+pub fn consume(h: &RecordHeader) {
+    reg().consume(h, &GateFutex);
+    if h.flags & ferry_proto::FLAG_SIGNALS_FOLLOW != 0 {
+        crate::signals::note_follow(true);
+    }
+}
+
+/// Replay: the program did something other than the log says. Stop the
+/// whole replay with one line naming the record, thread, and both calls.
+pub fn diverge(h: &RecordHeader, seen_kind: Kind, seen_nr: u32, seen_arg0: u64) -> ! {
+    let expected = calls::call_name(Kind::from_u16(h.kind).unwrap_or(Kind::Syscall), h.nr);
+    let seen = calls::call_name(seen_kind, seen_nr);
+    diverge_msg(
+        h,
+        format_args!("expected {}({}) but the program called {}({})", expected, h.arg0 as i64, seen, seen_arg0 as i64),
+    )
+}
+
+/// As [`diverge`] with a free-form description.
+pub fn diverge_msg(h: &RecordHeader, what: core::fmt::Arguments) -> ! {
+    let r = reg();
+    let index = r.control().consumed.load(Ordering::Acquire) + 1;
+    let mut line = sys::Line::new();
+    let _ = write!(
+        line,
+        "record #{} (gseq {}), process {} thread {}: {}",
+        index,
+        h.gseq,
+        MY_VPID.load(Ordering::Relaxed),
+        vtid(),
+        what
+    );
+    r.set_message(line.as_bytes());
+    r.raise(CTL_DIVERGED, &GateFutex);
+    sys::exit_group(3)
+}
+
+/// Replay: wait for this thread's turn and check that the record is the call
+/// `(kind, nr)` with first check value `arg0` (`None`: not compared).
+pub fn expect(kind: Kind, nr: u32, arg0: Option<u64>, arg1: Option<u64>) -> RecordHeader {
+    let h = turn();
+    if h.kind != kind as u16 || h.nr != nr {
+        diverge(&h, kind, nr, arg0.unwrap_or(0));
+    }
+    if let Some(a) = arg0 {
+        if a != h.arg0 {
+            diverge(&h, kind, nr, a);
+        }
+    }
+    if let Some(b) = arg1 {
+        if b != h.arg1 {
+            let name = calls::call_name(kind, nr);
+            diverge_msg(
+                &h,
+                format_args!("{}({}) passed different data than recorded (digest {:08x}, recorded {:08x})", name, h.arg0 as i64, b, h.arg1),
+            );
+        }
+    }
+    h
+}
+
+/// Record, in a new image after `execve`: the previous image held the
+/// ordering lock across the exec; take it over.
+pub fn adopt_lock() {
+    reg().control().order_lock.store(real_tid(), Ordering::Release);
+    LOCK_DEPTH.with(|d| d.set(1));
+}
