@@ -252,15 +252,31 @@ fn check0(nr: i64, a: &[usize; 6]) -> Option<u64> {
 /// Emit a record whose payload is the buffers `o`, each as a u32 length
 /// and the bytes.
 pub fn emit_outs(rec: Rec, o: &Outs) {
-    const MAXP: usize = 80;
     let mut lens = [[0u8; 4]; 6];
+    let mut iovs = 0;
     for (l, b) in lens.iter_mut().zip(&o.bufs[..o.n]) {
         let n = match *b {
             Buf::Mem(_, len) => len,
-            Buf::Iov(_, _, total) => total,
+            Buf::Iov(_, cnt, total) => {
+                iovs += cnt;
+                total
+            }
         };
         *l = (n as u32).to_le_bytes();
     }
+    if iovs == 0 {
+        // The common case: a length and one buffer per output, no iovecs.
+        let mut parts: [&[u8]; 12] = [&[]; 12];
+        for (i, (l, b)) in lens.iter().zip(&o.bufs[..o.n]).enumerate() {
+            let Buf::Mem(p, len) = *b else { unreachable!() };
+            parts[2 * i] = l;
+            // SAFETY: the kernel just filled `len` bytes at `p`, a buffer
+            // the program passed to the call.
+            parts[2 * i + 1] = unsafe { core::slice::from_raw_parts(p as *const u8, len) };
+        }
+        return emit(rec, &parts[..2 * o.n]);
+    }
+    const MAXP: usize = 80;
     let mut parts: [&[u8]; MAXP] = [&[]; MAXP];
     let mut n = 0;
     for (l, b) in lens.iter().zip(&o.bufs[..o.n]) {
@@ -268,8 +284,7 @@ pub fn emit_outs(rec: Rec, o: &Outs) {
         n += 1;
         match *b {
             Buf::Mem(p, len) => {
-                // SAFETY: the kernel just filled `len` bytes at `p`, a buffer
-                // the program passed to the call.
+                // SAFETY: as above.
                 parts[n] = unsafe { core::slice::from_raw_parts(p as *const u8, len) };
                 n += 1;
             }

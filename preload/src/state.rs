@@ -218,7 +218,7 @@ pub fn emit_as(rec: Rec, vtid: u32, parts: &[&[u8]]) {
         h.flags |= ferry_proto::FLAG_SIGNALS_FOLLOW;
         crate::signals::note_follow(true);
     }
-    h.seal_parts(parts);
+    h.size_parts(parts);
     if !r.publish_parts(&h, parts, &GateFutex) {
         // The consumer is gone: nobody can persist this record. The program
         // cannot continue protected; stop it rather than run unlogged.

@@ -4,7 +4,7 @@
 //! a signal delivery) in the single total order `gseq`. It is a fixed 64-byte
 //! little-endian [`RecordHeader`] followed by a payload, padded to 8 bytes.
 //! The same bytes travel through the shared-memory ring, sit in log files and
-//! (later) in replication batches. The log file is a [`LogHeader`] followed by
+//! (later) in replication batches. The log file is a [`log::LogHeader`] followed by
 //! records. `docs/LOG-FORMAT.md` is the written form of this module.
 //!
 //! This crate is used inside the shim, so it never allocates on the paths the
@@ -160,6 +160,15 @@ impl RecordHeader {
         self.payload_len = n as u32;
         self.len = (RECORD_HEADER_LEN + n) as u32;
         self.crc = self.compute_crc_parts(parts);
+    }
+
+    /// Set `len` and `payload_len` for a payload in several parts, leaving
+    /// `crc` zero: the shim's records are sealed by their consumer.
+    pub fn size_parts(&mut self, parts: &[&[u8]]) {
+        let n: usize = parts.iter().map(|p| p.len()).sum();
+        self.payload_len = n as u32;
+        self.len = (RECORD_HEADER_LEN + n) as u32;
+        self.crc = 0;
     }
 
     /// Set `len`, `payload_len` and `crc` for `payload`.

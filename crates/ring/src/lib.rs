@@ -87,8 +87,10 @@ pub const CTL_CONSUMER_GONE: u32 = 1 << 3;
 /// Length of `Control::message`.
 pub const MESSAGE_LEN: usize = 1024;
 
-/// The control block at offset 0.
-#[repr(C)]
+/// The control block at offset 0. Words written by different sides sit on
+/// different cache lines, so a producer and a consumer on two cores do not
+/// fight over one line for every record.
+#[repr(C, align(64))]
 pub struct Control {
     /// [`CONTROL_MAGIC`].
     pub magic: AtomicU64,
@@ -98,35 +100,50 @@ pub struct Control {
     pub mode: AtomicU32,
     /// `CTL_*` bits.
     pub flags: AtomicU32,
+    /// Processes of the program alive now.
+    pub live_procs: AtomicU32,
+    /// The highest `gseq` a backup has acknowledged (the output gate).
+    pub acked_gseq: AtomicU64,
+    /// The replication epoch.
+    pub epoch: AtomicU64,
+    _pad0: [u8; 24],
+
+    // Written by the program's threads (record).
     /// Record: the ordering lock. 0 when free, else the real tid of its owner.
     pub order_lock: AtomicU32,
+    /// Futex word of the ordering lock's waiters.
+    pub order_waiters: AtomicU32,
     /// Record: the next `gseq` to assign.
     pub next_gseq: AtomicU64,
     /// The next virtual pid/tid to hand out (pids and tids share one space,
     /// as in Linux).
     pub next_vid: AtomicU32,
-    /// Processes of the program alive now.
-    pub live_procs: AtomicU32,
+    _pad1: [u8; 44],
+
+    // Written by the producer.
     /// Bytes published into the ring.
     pub head: AtomicU64,
-    /// Bytes consumed from the ring.
-    pub tail: AtomicU64,
     /// Futex word bumped after every publish.
     pub head_seq: AtomicU32,
+    _pad2: [u8; 52],
+
+    // Written by the consumer(s).
+    /// Bytes consumed from the ring.
+    pub tail: AtomicU64,
     /// Futex word bumped after every consume.
     pub tail_seq: AtomicU32,
-    /// Non-zero while someone waits on `head_seq`.
-    pub head_waiters: AtomicU32,
-    /// Non-zero while someone waits on `tail_seq`.
-    pub tail_waiters: AtomicU32,
-    /// Futex word of the ordering lock's waiters.
-    pub order_waiters: AtomicU32,
+    _pad3a: u32,
     /// Replay: records consumed so far (the record number in messages).
     pub consumed: AtomicU64,
-    /// The highest `gseq` a backup has acknowledged (the output gate).
-    pub acked_gseq: AtomicU64,
-    /// The replication epoch.
-    pub epoch: AtomicU64,
+    _pad3: [u8; 40],
+
+    // Registered sleepers: touched only by a side about to sleep.
+    /// Non-zero while someone sleeps on `head_seq`.
+    pub head_waiters: AtomicU32,
+    /// Non-zero while someone sleeps on `tail_seq`.
+    pub tail_waiters: AtomicU32,
+    _pad4: [u8; 56],
+
     /// Length of `message`.
     pub message_len: AtomicU32,
     /// Why replay stopped or the shim failed, one line, written once.
@@ -184,6 +201,11 @@ pub trait Futex {
     fn wait(&self, word: &AtomicU32, expected: u32, timeout_ms: Option<u32>);
     /// Wake every waiter on `word`.
     fn wake_all(&self, word: &AtomicU32);
+    /// A polling side never registers as a sleeper: the other side then
+    /// never pays a wake-up system call for it. `wait` should just pause.
+    fn polls(&self) -> bool {
+        false
+    }
 }
 
 /// A view of a mapped region.
@@ -356,7 +378,11 @@ impl Region {
             if self.has(CTL_CONSUMER_GONE) {
                 return false;
             }
-            c.tail_waiters.fetch_add(1, Ordering::AcqRel);
+            if futex.polls() {
+                futex.wait(&c.tail_seq, seq, Some(1));
+                continue;
+            }
+            c.tail_waiters.fetch_add(1, Ordering::SeqCst);
             if self.free_space() < need && !self.has(CTL_CONSUMER_GONE) {
                 futex.wait(&c.tail_seq, seq, Some(100));
             }
@@ -373,9 +399,9 @@ impl Region {
                 at += p.len() as u64;
             }
         }
-        c.head.store(head + need as u64, Ordering::Release);
-        c.head_seq.fetch_add(1, Ordering::AcqRel);
-        if c.head_waiters.load(Ordering::Acquire) != 0 {
+        c.head.store(head + need as u64, Ordering::SeqCst);
+        c.head_seq.fetch_add(1, Ordering::SeqCst);
+        if c.head_waiters.load(Ordering::SeqCst) != 0 {
             futex.wake_all(&c.head_seq);
         }
         true
@@ -409,10 +435,10 @@ impl Region {
     pub fn consume(&self, header: &RecordHeader, futex: &impl Futex) {
         let c = self.control();
         let tail = c.tail.load(Ordering::Acquire);
-        c.tail.store(tail + header.padded_len() as u64, Ordering::Release);
-        c.consumed.fetch_add(1, Ordering::AcqRel);
-        c.tail_seq.fetch_add(1, Ordering::AcqRel);
-        if c.tail_waiters.load(Ordering::Acquire) != 0 {
+        c.tail.store(tail + header.padded_len() as u64, Ordering::SeqCst);
+        c.consumed.fetch_add(1, Ordering::Relaxed);
+        c.tail_seq.fetch_add(1, Ordering::SeqCst);
+        if c.tail_waiters.load(Ordering::SeqCst) != 0 {
             futex.wake_all(&c.tail_seq);
         }
     }
@@ -421,7 +447,11 @@ impl Region {
     /// is raised, or `timeout_ms` passes.
     pub fn wait_published(&self, seen_head_seq: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
         let c = self.control();
-        c.head_waiters.fetch_add(1, Ordering::AcqRel);
+        if futex.polls() {
+            futex.wait(&c.head_seq, seen_head_seq, timeout_ms);
+            return;
+        }
+        c.head_waiters.fetch_add(1, Ordering::SeqCst);
         futex.wait(&c.head_seq, seen_head_seq, timeout_ms);
         c.head_waiters.fetch_sub(1, Ordering::AcqRel);
     }
@@ -430,7 +460,11 @@ impl Region {
     /// raised), at most `timeout_ms`.
     pub fn wait_consumed(&self, seen_tail_seq: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
         let c = self.control();
-        c.tail_waiters.fetch_add(1, Ordering::AcqRel);
+        if futex.polls() {
+            futex.wait(&c.tail_seq, seen_tail_seq, timeout_ms);
+            return;
+        }
+        c.tail_waiters.fetch_add(1, Ordering::SeqCst);
         futex.wait(&c.tail_seq, seen_tail_seq, timeout_ms);
         c.tail_waiters.fetch_sub(1, Ordering::AcqRel);
     }

@@ -1,0 +1,133 @@
+//! `ferry`: run a program so that it survives the failure of its host.
+//!
+//! This binary records a program under the shim (`ferry record`), replays a
+//! recording (`ferry replay`) and shows both on an example (`ferry demo`).
+//! Exit codes are in [`exit`].
+
+mod demo;
+mod exit;
+mod record;
+mod region;
+mod replay;
+mod resolve;
+mod shim;
+mod spawn;
+mod status;
+mod sys;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::exit::EXIT_CODES_HELP;
+
+/// Keep an unmodified Linux program running across host failures.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    long_about = "Keep an unmodified Linux program running across host failures.\n\n\
+        Ferry loads a shim into the program (LD_PRELOAD) that records every value the \
+        program takes from the operating system, so that the run can be replayed exactly.\n\n\
+        The shim is $FERRY_PRELOAD if set, else libferry_preload.so next to this executable.",
+    after_help = EXIT_CODES_HELP
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run CMD under the shim and write everything it takes from the OS to a log.
+    #[command(
+        long_about = "Run CMD under the shim and write everything it takes from the operating system \
+            (inputs, clocks, random bytes, the order of threads) to a log file.\n\n\
+            The program runs in the foreground with its own stdin, stdout and stderr, with \
+            address-space randomisation off. Ctrl-C goes to the program; ferry waits until \
+            the program and every process it started have ended.",
+        after_help = concat!(
+            "Example:\n  ferry record --log /tmp/date.flog -- date +%N\n\n",
+            "Exit codes:\n",
+            "  0  the program exited with status 0\n",
+            "  1  the program exited non-zero or was killed by a signal\n",
+            "  2  bad usage, command or shim not found, log not writable, shim failure"
+        )
+    )]
+    Record(record::RecordArgs),
+    /// Replay a log: run CMD again, answering its OS calls from the log.
+    #[command(
+        long_about = "Replay a log written by `ferry record`: run the same command again, in the \
+            recorded working directory and with the recorded environment, and answer every \
+            call it makes to the operating system from the log. The program's stdout and \
+            stderr are written again; network output is checked and suppressed.\n\n\
+            CMD and ARGS must be exactly those recorded. Ferry itself prints nothing on \
+            stdout; when the replay reaches the end of the log it exits 0.",
+        after_help = concat!(
+            "Example:\n  ferry replay --log /tmp/date.flog -- date +%N\n\n",
+            "Exit codes:\n",
+            "  0  the program replayed to the end of the log\n",
+            "  2  bad usage, unreadable or corrupt log (the offset is named), shim missing\n",
+            "  3  the replay diverged from the log (the record is named)"
+        )
+    )]
+    Replay(replay::ReplayArgs),
+    /// Record and replay an example whose output changes on every run.
+    #[command(
+        long_about = "Record and replay an example that needs only bash and coreutils: a shell \
+            pipeline printing a random number, the clock, random bytes and its own start \
+            time. It is run twice natively (the outputs differ), recorded, and replayed \
+            (the replayed output equals the recorded one). Nothing is left behind.",
+        after_help = concat!(
+            "Exit codes:\n",
+            "  0  the replay reproduced the recorded output\n",
+            "  1  it did not (the differing lines are shown)\n",
+            "  2  the shim or bash is missing"
+        )
+    )]
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Cmd::Record(args) => record::run(args),
+        Cmd::Replay(args) => replay::run(args),
+        Cmd::Demo => {
+            demo::run().unwrap_or_else(|e| exit::report(exit::BAD_INPUT, format!("demo: {e:#}")))
+        }
+    };
+    ExitCode::from(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn command_must_follow_double_dash() {
+        assert!(Cli::try_parse_from(["ferry", "record", "--log", "x", "echo", "hi"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "record", "--log", "x"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "record", "--", "echo"]).is_err());
+        let cli =
+            Cli::try_parse_from(["ferry", "replay", "--log", "x", "--", "echo", "--log", "-v"])
+                .unwrap();
+        let Cmd::Replay(a) = cli.command else {
+            panic!("not replay")
+        };
+        assert_eq!(a.command, ["echo", "--log", "-v"]);
+    }
+
+    #[test]
+    fn usage_errors_exit_2() {
+        let e = Cli::try_parse_from(["ferry", "record"]).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert_eq!(exit::BAD_INPUT, 2);
+    }
+}

@@ -1,0 +1,347 @@
+//! `ferry record`: run a program under the shim and drain the ring into a log.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use ferry_proto::log::{end_record, start_record, LogWriter, StartInfo};
+use ferry_proto::{MAX_PAYLOAD, RECORD_HEADER_LEN};
+use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_FAILED};
+
+use crate::exit::{report, report_error, ExitCodeOf, BAD_INPUT, PROGRAM_FAILED, SUCCESS};
+use crate::region::{self, PollFutex, SharedRegion, SysFutex};
+use crate::resolve::{resolve, ResolveError};
+use crate::shim::{self, ShimNotFound};
+use crate::spawn::{spawn, Launch, SpawnError};
+use crate::status::Termination;
+use crate::sys::{self, IgnoredSignals, Reaped, SysError};
+
+/// What `ferry record` was asked to do.
+#[derive(Debug, clap::Args)]
+pub struct RecordArgs {
+    /// The log file to write (created, or truncated if it exists).
+    #[arg(long, value_name = "FILE")]
+    pub log: PathBuf,
+    /// Print a one-line summary on stderr when the recording is done.
+    #[arg(short, long)]
+    pub verbose: bool,
+    /// The program and its arguments, after `--`. CMD is searched in PATH.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
+}
+
+/// Why `ferry record` could not record.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The shim is missing.
+    #[error(transparent)]
+    Shim(#[from] ShimNotFound),
+    /// The command is not on PATH.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The current directory is gone.
+    #[error("cannot read the current directory: {0}")]
+    Cwd(#[source] io::Error),
+    /// The shared region could not be set up.
+    #[error(transparent)]
+    Region(#[from] region::RegionError),
+    /// The log could not be created.
+    #[error("cannot create the log {}: {source}", path.display())]
+    CreateLog {
+        /// The log file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The log could not be written (the program was stopped).
+    #[error("cannot write the log {}: {source}", path.display())]
+    WriteLog {
+        /// The log file.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// The program could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// A system call of ferry itself failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+}
+
+impl ExitCodeOf for RecordError {
+    fn exit_code(&self) -> u8 {
+        BAD_INPUT
+    }
+}
+
+/// Run `ferry record`; returns the exit code.
+pub fn run(args: RecordArgs) -> u8 {
+    match record(&args) {
+        Ok(code) => code,
+        Err(e) => report_error(&e),
+    }
+}
+
+/// The environment for the program: ours, with the shim first in
+/// `LD_PRELOAD` (in place if it was set, appended if not).
+fn program_env(shim_path: &Path) -> Vec<Vec<u8>> {
+    let mut env = Vec::new();
+    let mut preload_set = false;
+    for (key, value) in std::env::vars_os() {
+        let value = if key == "LD_PRELOAD" && !preload_set {
+            preload_set = true;
+            shim::preload_value(shim_path, Some(&value))
+        } else {
+            value
+        };
+        env.push(entry(key, value));
+    }
+    if !preload_set {
+        env.push(entry(
+            OsString::from("LD_PRELOAD"),
+            shim::preload_value(shim_path, None),
+        ));
+    }
+    env
+}
+
+fn entry(key: OsString, value: OsString) -> Vec<u8> {
+    let mut e = key.into_vec();
+    e.push(b'=');
+    e.extend_from_slice(value.as_bytes());
+    e
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn record(args: &RecordArgs) -> Result<u8, RecordError> {
+    let argv: Vec<Vec<u8>> = args.command.iter().map(|a| a.as_bytes().to_vec()).collect();
+    let cmd_shown = args.command[0].to_string_lossy().into_owned();
+    let cwd = std::env::current_dir().map_err(RecordError::Cwd)?;
+    let path = resolve(&args.command[0], std::env::var_os("PATH").as_deref(), &cwd)?;
+    let shim_path = shim::locate()?;
+    let env = program_env(&shim_path);
+    let launch = Launch::new(&path, &argv, &env, None)?;
+
+    let shared = SharedRegion::create(Mode::Record)?;
+    let region = shared.region();
+
+    let create_err = |source| RecordError::CreateLog {
+        path: args.log.clone(),
+        source,
+    };
+    let file = File::create(&args.log).map_err(create_err)?;
+    let mut writer = LogWriter::new(BufWriter::new(file), now_ns()).map_err(create_err)?;
+    let start = StartInfo {
+        argv,
+        env,
+        cwd: cwd.as_os_str().as_bytes().to_vec(),
+    };
+    let (h, payload) = start_record(&start);
+    writer.append(&h, &payload).map_err(create_err)?;
+    writer.get_mut().flush().map_err(create_err)?;
+
+    sys::set_child_subreaper()?;
+    let signals = IgnoredSignals::ignore_interrupts()?;
+    let root = match spawn(&launch, region, shared.fd(), &signals) {
+        Ok(pid) => pid,
+        Err(e) => {
+            let _ = finish_file(&mut writer);
+            return Err(e.into());
+        }
+    };
+
+    let mut drain = Drain {
+        region,
+        writer,
+        buf: Vec::new(),
+        records: 0,
+        write_error: None,
+        stopped: false,
+    };
+    let root_status = drain.run(root)?;
+    let Drain {
+        mut writer,
+        records,
+        write_error,
+        ..
+    } = drain;
+
+    if let Some(source) = write_error {
+        return Err(RecordError::WriteLog {
+            path: args.log.clone(),
+            source,
+        });
+    }
+    let write_err = |source| RecordError::WriteLog {
+        path: args.log.clone(),
+        source,
+    };
+    if region.has(CTL_FAILED) {
+        finish_file(&mut writer).map_err(write_err)?;
+        return Ok(report(BAD_INPUT, region::message(&region)));
+    }
+    let Some(status) = root_status else {
+        finish_file(&mut writer).map_err(write_err)?;
+        return Ok(report(
+            PROGRAM_FAILED,
+            format!("{cmd_shown}: its exit status was lost"),
+        ));
+    };
+    let (h, payload) = end_record(
+        region.control().next_gseq.load(Ordering::Acquire),
+        i64::from(status),
+    );
+    writer.append(&h, &payload).map_err(write_err)?;
+    finish_file(&mut writer).map_err(write_err)?;
+
+    if args.verbose {
+        let size = std::fs::metadata(&args.log).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "ferry: recorded {} records ({size} bytes) in {}",
+            records + 2,
+            args.log.display()
+        );
+    }
+    let t = Termination::from_raw(status);
+    if t.success() {
+        Ok(SUCCESS)
+    } else {
+        Ok(report(PROGRAM_FAILED, format!("{cmd_shown} {t}")))
+    }
+}
+
+/// Flush the log and make it durable.
+fn finish_file(writer: &mut LogWriter<BufWriter<File>>) -> io::Result<()> {
+    writer.get_mut().flush()?;
+    writer.get_mut().get_ref().sync_all()
+}
+
+/// The consumer side of the ring in record mode.
+struct Drain {
+    region: Region,
+    writer: LogWriter<BufWriter<File>>,
+    buf: Vec<u8>,
+    /// Records written after the start record.
+    records: u64,
+    /// The first failure to write the log; the program is stopped then.
+    write_error: Option<io::Error>,
+    /// The ring can no longer be read (a record with impossible lengths).
+    stopped: bool,
+}
+
+impl Drain {
+    /// Drain the ring until every process of the program has ended and the
+    /// ring is empty; returns the root's raw wait status.
+    fn run(&mut self, root: i32) -> Result<Option<i32>, SysError> {
+        let region = self.region;
+        let c = region.control();
+        let mut root_status = None;
+        loop {
+            let seq = c.head_seq.load(Ordering::Acquire);
+            self.drain_ring();
+            let mut no_children = false;
+            loop {
+                match sys::reap_nohang()? {
+                    Reaped::Child { pid, status } => {
+                        if pid == root {
+                            root_status = Some(status);
+                        }
+                    }
+                    Reaped::NoneReady => break,
+                    Reaped::NoChildren => {
+                        no_children = true;
+                        break;
+                    }
+                }
+            }
+            if no_children {
+                if self.stopped || self.region.peek().is_none() {
+                    return Ok(root_status);
+                }
+                continue;
+            }
+            if self.write_error.is_none() {
+                if let Err(e) = self.writer.get_mut().flush() {
+                    self.log_failed(e);
+                }
+            }
+            if self.write_error.is_some() || self.stopped {
+                region::kill_program(&self.region);
+            }
+            self.region.wait_published(seq, &PollFutex, Some(50));
+        }
+    }
+
+    /// Move every published record from the ring to the log.
+    fn drain_ring(&mut self) {
+        while !self.stopped {
+            let Some(h) = self.region.peek() else { return };
+            let index = self.records + 1;
+            let payload_len = h.payload_len as usize;
+            if payload_len > MAX_PAYLOAD || h.len as usize != RECORD_HEADER_LEN + payload_len {
+                // The ring cannot be walked past a record of unknown size.
+                self.fail(&format!(
+                    "the shim published record #{index} (gseq {}) with impossible lengths (len {}, payload {})",
+                    h.gseq, h.len, h.payload_len
+                ));
+                self.stopped = true;
+                self.region.raise(CTL_CONSUMER_GONE, &SysFutex);
+                return;
+            }
+            self.buf.resize(payload_len, 0);
+            self.region.read_payload(&h, 0, &mut self.buf);
+            // The shim leaves the checksum to its consumer (it would cost the
+            // program's thread on every call): seal the record as it is
+            // persisted.
+            let mut h = h;
+            h.crc = h.compute_crc(&self.buf);
+            if self.write_error.is_none() {
+                if let Err(e) = self.writer.append(&h, &self.buf) {
+                    self.log_failed(e);
+                }
+            }
+            self.region.consume(&h, &SysFutex);
+            self.records += 1;
+        }
+    }
+
+    /// Report a broken shim through the region.
+    fn fail(&self, msg: &str) {
+        self.region.set_message(msg.as_bytes());
+        self.region.raise(CTL_FAILED, &SysFutex);
+    }
+
+    /// The log cannot be written: stop the program, keep the first error.
+    fn log_failed(&mut self, e: io::Error) {
+        self.fail(&format!("cannot write the log: {e}"));
+        self.write_error.get_or_insert(e);
+        region::kill_program(&self.region);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_gets_the_shim_first() {
+        let env = program_env(Path::new("/x/libferry_preload.so"));
+        let preloads: Vec<_> = env
+            .iter()
+            .filter(|e| e.starts_with(b"LD_PRELOAD="))
+            .collect();
+        assert_eq!(preloads.len(), 1);
+        assert!(preloads[0].starts_with(b"LD_PRELOAD=/x/libferry_preload.so"));
+    }
+}

@@ -1,0 +1,179 @@
+//! The shared region on the CLI's side: the `memfd` it creates, its mapping,
+//! and the process-shared futex the ring waits with.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use ferry_ring::{Futex, Mode, Region, MAX_PROCS, PROC_LIVE, REGION_LEN};
+use memmap2::MmapMut;
+
+/// Why the region could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum RegionError {
+    /// `memfd_create` failed.
+    #[error("cannot create the shared region (memfd_create): {0}")]
+    Create(#[source] io::Error),
+    /// Sizing or mapping the memfd failed.
+    #[error("cannot map the shared region ({REGION_LEN} bytes): {0}")]
+    Map(#[source] io::Error),
+    /// The process table is full (cannot happen on a fresh region).
+    #[error("the shared region has no free process slot")]
+    NoSlot,
+}
+
+/// The `memfd` holding the region and the CLI's mapping of it.
+pub struct SharedRegion {
+    file: File,
+    map: MmapMut,
+    region: Region,
+}
+
+impl SharedRegion {
+    /// Create a fresh region for `mode`, with the program's root process
+    /// registered in slot 0 as virtual pid 1.
+    pub fn create(mode: Mode) -> Result<SharedRegion, RegionError> {
+        // SAFETY: the name is a NUL-terminated literal; flags 0 (the
+        // descriptor must survive exec, so no MFD_CLOEXEC).
+        let fd = unsafe { libc::memfd_create(c"ferry-region".as_ptr(), 0) };
+        if fd < 0 {
+            return Err(RegionError::Create(io::Error::last_os_error()));
+        }
+        // SAFETY: fd was just returned by memfd_create and is owned by nobody
+        // else.
+        let file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+        file.set_len(REGION_LEN as u64).map_err(RegionError::Map)?;
+        // SAFETY: the memfd is private to Ferry (the CLI and the program's
+        // shim); nobody truncates it while it is mapped.
+        let mut map = unsafe { MmapMut::map_mut(&file) }.map_err(RegionError::Map)?;
+        if map.len() < REGION_LEN {
+            return Err(RegionError::Map(io::Error::other(
+                "mapping shorter than the region",
+            )));
+        }
+        // SAFETY: map is a live, writable, page-aligned shared mapping of
+        // REGION_LEN bytes, kept alive by `self` as long as the Region is used
+        // (callers only use the Region while they hold the SharedRegion).
+        let region = unsafe { Region::from_raw(map.as_mut_ptr()) };
+        region.init(mode);
+        match region.alloc_proc(1, 0) {
+            Some(0) => {}
+            _ => return Err(RegionError::NoSlot),
+        }
+        region.control().live_procs.store(1, Ordering::Release);
+        region.control().next_vid.store(2, Ordering::Release);
+        Ok(SharedRegion { file, map, region })
+    }
+
+    /// The region. Valid while `self` lives.
+    pub fn region(&self) -> Region {
+        debug_assert_eq!(self.region.base(), self.map.as_ptr() as *mut u8);
+        self.region
+    }
+
+    /// The memfd's descriptor number.
+    pub fn fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+}
+
+/// The one-line message the other side left in the region.
+pub fn message(region: &Region) -> String {
+    let mut buf = vec![0u8; ferry_ring::MESSAGE_LEN];
+    let n = region.message(&mut buf);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    let text = text.trim_end();
+    if text.is_empty() {
+        "(no message)".to_string()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Real pids of the program's live processes, from the process table.
+pub fn live_pids(region: &Region) -> Vec<i32> {
+    (0..MAX_PROCS)
+        .filter_map(|s| {
+            let p = region.proc(s);
+            if p.state.load(Ordering::Acquire) != PROC_LIVE {
+                return None;
+            }
+            let pid = p.real_pid.load(Ordering::Acquire);
+            (pid != 0 && pid <= i32::MAX as u32).then_some(pid as i32)
+        })
+        .collect()
+}
+
+/// SIGKILL every live process of the program: those in the process table and
+/// our own direct children (the root and reparented orphans).
+pub fn kill_program(region: &Region) {
+    for pid in live_pids(region)
+        .into_iter()
+        .chain(crate::sys::direct_children())
+    {
+        crate::sys::kill_hard(pid);
+    }
+}
+
+/// A futex on a word shared between processes (not the private variant).
+pub struct SysFutex;
+
+/// The CLI's side of the ring: it polls instead of sleeping on a futex, so
+/// the program's threads never pay a wake-up system call for it (they
+/// publish or consume up to a million records a second).
+pub struct PollFutex;
+
+impl Futex for PollFutex {
+    fn wait(&self, _word: &AtomicU32, _expected: u32, _timeout_ms: Option<u32>) {
+        std::thread::sleep(std::time::Duration::from_micros(200));
+    }
+    fn wake_all(&self, word: &AtomicU32) {
+        SysFutex.wake_all(word)
+    }
+    fn polls(&self) -> bool {
+        true
+    }
+}
+
+impl Futex for SysFutex {
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout_ms: Option<u32>) {
+        let ts = timeout_ms.map(|ms| libc::timespec {
+            tv_sec: (ms / 1000) as libc::time_t,
+            tv_nsec: ((ms % 1000) as libc::c_long) * 1_000_000,
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: word points to a live, aligned u32 in the shared mapping;
+        // tsp is null or points to `ts`, alive for the call. A spurious or
+        // failed wait is allowed by the trait.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAIT,
+                expected,
+                tsp,
+                0usize,
+                0u32,
+            );
+        }
+    }
+
+    fn wake_all(&self, word: &AtomicU32) {
+        // SAFETY: word points to a live, aligned u32; FUTEX_WAKE reads no
+        // other memory.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                word.as_ptr(),
+                libc::FUTEX_WAKE,
+                i32::MAX,
+                0usize,
+                0usize,
+                0u32,
+            );
+        }
+    }
+}

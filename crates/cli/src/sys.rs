@@ -1,0 +1,160 @@
+//! Thin wrappers over the raw system calls the CLI needs in its parent
+//! process: every `-1` becomes a [`SysError`] naming the operation.
+
+use std::io;
+
+use libc::c_int;
+
+/// A failed system call.
+#[derive(Debug, thiserror::Error)]
+#[error("{op}: {source}")]
+pub struct SysError {
+    /// The call that failed.
+    pub op: &'static str,
+    /// The OS error.
+    pub source: io::Error,
+}
+
+/// Turn a `-1` return into an error naming `op`.
+pub fn check(op: &'static str, ret: c_int) -> Result<c_int, SysError> {
+    if ret == -1 {
+        Err(SysError {
+            op,
+            source: io::Error::last_os_error(),
+        })
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Make this process the reaper of its orphaned descendants.
+pub fn set_child_subreaper() -> Result<(), SysError> {
+    // SAFETY: PR_SET_CHILD_SUBREAPER takes an integer argument and touches no
+    // memory of ours.
+    let ret = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong, 0, 0, 0) };
+    check("prctl(PR_SET_CHILD_SUBREAPER)", ret).map(drop)
+}
+
+/// What one `waitpid(-1, WNOHANG)` found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reaped {
+    /// A child ended with this raw wait status.
+    Child {
+        /// Its pid.
+        pid: i32,
+        /// Raw wait status.
+        status: i32,
+    },
+    /// Children remain, none has ended.
+    NoneReady,
+    /// No children remain.
+    NoChildren,
+}
+
+/// Reap one ended child, if any, without blocking.
+pub fn reap_nohang() -> Result<Reaped, SysError> {
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: status is a valid out pointer for the call's duration.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        if pid > 0 {
+            return Ok(Reaped::Child { pid, status });
+        }
+        if pid == 0 {
+            return Ok(Reaped::NoneReady);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            Some(libc::ECHILD) => return Ok(Reaped::NoChildren),
+            Some(libc::EINTR) => continue,
+            _ => {
+                return Err(SysError {
+                    op: "waitpid",
+                    source: err,
+                })
+            }
+        }
+    }
+}
+
+/// Wait for one specific child, blocking; returns its raw wait status.
+pub fn wait_for(pid: i32) -> Result<i32, SysError> {
+    loop {
+        let mut status: c_int = 0;
+        // SAFETY: status is a valid out pointer for the call's duration.
+        let ret = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if ret == pid {
+            return Ok(status);
+        }
+        let err = io::Error::last_os_error();
+        if err.raw_os_error() != Some(libc::EINTR) {
+            return Err(SysError {
+                op: "waitpid",
+                source: err,
+            });
+        }
+    }
+}
+
+/// Send SIGKILL to `pid`; a process that is already gone is not an error.
+pub fn kill_hard(pid: i32) {
+    if pid <= 0 {
+        return;
+    }
+    // SAFETY: kill takes no pointers; pid > 0 names one process.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+/// Our direct children, from `/proc/self/task/*/children` (empty if the
+/// kernel does not provide it).
+pub fn direct_children() -> Vec<i32> {
+    let mut pids = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return pids;
+    };
+    for task in tasks.flatten() {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            pids.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok()),
+            );
+        }
+    }
+    pids
+}
+
+/// SIGINT and SIGQUIT ignored while the program runs (the terminal sends them
+/// to the program too); the previous dispositions are kept so the program's
+/// child process can get them back before `exec`.
+pub struct IgnoredSignals {
+    saved: [(c_int, libc::sigaction); 2],
+}
+
+impl IgnoredSignals {
+    /// Ignore SIGINT and SIGQUIT in this process.
+    pub fn ignore_interrupts() -> Result<IgnoredSignals, SysError> {
+        let mut saved = [
+            (libc::SIGINT, zeroed_sigaction()),
+            (libc::SIGQUIT, zeroed_sigaction()),
+        ];
+        for (sig, old) in saved.iter_mut() {
+            let mut ign = zeroed_sigaction();
+            ign.sa_sigaction = libc::SIG_IGN;
+            // SAFETY: both pointers are valid sigaction structs for the call.
+            check("sigaction", unsafe { libc::sigaction(*sig, &ign, old) })?;
+        }
+        Ok(IgnoredSignals { saved })
+    }
+
+    /// The dispositions to restore in the program's process.
+    pub fn saved(&self) -> &[(c_int, libc::sigaction)] {
+        &self.saved
+    }
+}
+
+/// An all-zero `sigaction` (SIG_DFL, empty mask, no flags).
+pub fn zeroed_sigaction() -> libc::sigaction {
+    // SAFETY: sigaction is a plain C struct for which all-zero bytes are valid
+    // (SIG_DFL handler, empty mask).
+    unsafe { std::mem::zeroed() }
+}
