@@ -438,9 +438,13 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         | SYS_restart_syscall | SYS_rt_sigreturn | SYS_futex_waitv => raw(nr, a),
         SYS_rt_sigaction => signals::sigaction(a),
         SYS_rt_sigprocmask => signals::sigprocmask(a),
-        // Unsupported batch calls: refused identically in both modes (libc
-        // falls back to the single-message calls).
-        SYS_recvmmsg | SYS_sendmmsg | SYS_io_uring_setup => -(ENOSYS as isize),
+        // Unsupported calls: refused identically in both modes (libc and
+        // most programs fall back to the single-message calls, to read and
+        // write).
+        SYS_recvmmsg | SYS_sendmmsg | SYS_io_uring_setup | SYS_tee | SYS_vmsplice => -(ENOSYS as isize),
+        // Kernel-side copies: their data never passes through the program,
+        // so they become a logged read and a write.
+        SYS_sendfile | SYS_copy_file_range | SYS_splice => transfer(nr, a, ctx, rec),
         // Processes.
         SYS_clone | SYS_fork | SYS_vfork | SYS_clone3 => procs::fork_like(nr, a, ctx, Some(rec)),
         SYS_execve | SYS_execveat => procs::exec(nr, a, rec),
@@ -489,6 +493,47 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         // Everything else is local: run again in replay.
         _ => local(nr, a, rec),
     }
+}
+
+/// `sendfile`, `copy_file_range`, `splice` as a read (an input, logged with
+/// its data) followed by a write (an output), through a bounce buffer. A
+/// shorter transfer than asked is allowed for all three.
+fn transfer(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
+    let (fin, off_in, fout, off_out, len) = match nr {
+        SYS_sendfile => (a[1], a[2], a[0], 0, a[3]),
+        _ => (a[0], a[1], a[2], a[3], a[4]),
+    };
+    let mut buf = [0u8; 16384];
+    let n = len.min(buf.len());
+    let p = buf.as_mut_ptr() as usize;
+    let rd_off = |o: usize| -> usize {
+        // SAFETY: the program passed a loff_t pointer for this offset.
+        unsafe { core::ptr::read_unaligned(o as *const i64) as usize }
+    };
+    let add_off = |o: usize, d: isize| {
+        // SAFETY: as above.
+        unsafe { core::ptr::write_unaligned(o as *mut i64, core::ptr::read_unaligned(o as *const i64) + d as i64) };
+    };
+    let r = if off_in != 0 {
+        call(SYS_pread64, [fin, p, n, rd_off(off_in), 0, 0], ctx, rec)
+    } else {
+        call(SYS_read, [fin, p, n, 0, 0, 0], ctx, rec)
+    };
+    if r <= 0 {
+        return r;
+    }
+    if off_in != 0 {
+        add_off(off_in, r);
+    }
+    let w = if off_out != 0 {
+        call(SYS_pwrite64, [fout, p, r as usize, rd_off(off_out), 0, 0], ctx, rec)
+    } else {
+        call(SYS_write, [fout, p, r as usize, 0, 0, 0], ctx, rec)
+    };
+    if w > 0 && off_out != 0 {
+        add_off(off_out, w);
+    }
+    w
 }
 
 /// Calls whose results are inputs with data (see `outs`).

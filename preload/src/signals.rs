@@ -65,6 +65,47 @@ fn is_fault(sig: i32) -> bool {
     matches!(sig, SIGSEGV | SIGBUS | SIGILL | SIGFPE | SIGTRAP)
 }
 
+/// Signals whose default action ends the process and that arrive from
+/// outside the instruction stream. While the program leaves one of them at
+/// `SIG_DFL`, the shim's handler stands in, so that the death is logged
+/// and replay dies at the same point.
+fn terminates_by_default(sig: usize) -> bool {
+    matches!(
+        sig as i32,
+        SIGHUP
+            | SIGINT
+            | SIGQUIT
+            | SIGABRT
+            | SIGUSR1
+            | SIGUSR2
+            | SIGPIPE
+            | SIGALRM
+            | SIGTERM
+            | SIGSTKFLT
+            | SIGXCPU
+            | SIGXFSZ
+            | SIGVTALRM
+            | SIGPROF
+            | SIGIO
+            | SIGPWR
+    ) || (SIGRTMIN() as usize..NSIG).contains(&sig)
+}
+
+/// What the kernel is given for the program's disposition `new` of `sig`.
+fn kernel_action(sig: usize, new: &KSigaction) -> KSigaction {
+    let ours = KSigaction {
+        handler: on_signal as *const () as usize,
+        flags: (SA_SIGINFO | SA_RESTORER) as u64 | (new.flags & SA_ONSTACK as u64),
+        restorer: sys::ferry_restorer as *const () as usize,
+        mask: new.mask,
+    };
+    if new.handler == SIG_IGN || (new.handler == SIG_DFL && !terminates_by_default(sig)) {
+        KSigaction { handler: new.handler, flags: new.flags & !(SA_RESTORER as u64), restorer: 0, mask: new.mask }
+    } else {
+        ours
+    }
+}
+
 /// Read the dispositions inherited at start (an exec keeps ignored signals
 /// ignored) and install the SIGSYS handler.
 pub fn init() {
@@ -76,6 +117,10 @@ pub fn init() {
             a.flags.store(old.flags, Ordering::Relaxed);
             a.restorer.store(old.restorer, Ordering::Relaxed);
             a.mask.store(old.mask, Ordering::Relaxed);
+            if old.handler == SIG_DFL && terminates_by_default(sig) && mode() != Some(Mode::Passthrough) {
+                let k = kernel_action(sig, &old);
+                raw(SYS_rt_sigaction, [sig, &k as *const _ as usize, 0, 8, 0, 0]);
+            }
         }
     }
     crate::sud::install_handler();
@@ -108,16 +153,7 @@ pub fn sigaction(a: [usize; 6]) -> isize {
         // SAFETY: the program passed a struct sigaction to the kernel call.
         let new = unsafe { core::ptr::read_unaligned(a[1] as *const KSigaction) };
         if sig != SIGSYS as usize {
-            let install = if new.handler == SIG_DFL || new.handler == SIG_IGN {
-                KSigaction { handler: new.handler, flags: new.flags & !(SA_RESTORER as u64), restorer: 0, mask: new.mask }
-            } else {
-                KSigaction {
-                    handler: on_signal as *const () as usize,
-                    flags: (SA_SIGINFO | SA_RESTORER) as u64 | (new.flags & SA_ONSTACK as u64),
-                    restorer: sys::ferry_restorer as *const () as usize,
-                    mask: new.mask,
-                }
-            };
+            let install = kernel_action(sig, &new);
             let r = raw(SYS_rt_sigaction, [sig, &install as *const _ as usize, 0, 8, 0, 0]);
             if r < 0 {
                 return r;
@@ -211,11 +247,16 @@ fn invoke(sig: usize, info: &mut [u8; SIGINFO_LEN]) -> bool {
         return true;
     }
     if h == SIG_DFL {
-        // Reset to default after being noted: act as the kernel would.
-        if matches!(sig as i32, SIGCHLD | SIGURG | SIGWINCH | SIGCONT) {
+        if !terminates_by_default(sig) {
             return true;
         }
-        raw(SYS_kill, [sys::getpid() as usize, sig, 0, 0, 0, 0]);
+        // The default action: die of this signal, for real, now (the
+        // record of it is already in the log).
+        let dfl = KSigaction { handler: SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+        raw(SYS_rt_sigaction, [sig, &dfl as *const _ as usize, 0, 8, 0, 0]);
+        let set = bit(sig);
+        raw(SYS_rt_sigprocmask, [SIG_UNBLOCK as usize, &set as *const u64 as usize, 0, 8, 0, 0]);
+        raw(SYS_tgkill, [sys::getpid() as usize, sys::gettid() as usize, sig, 0, 0, 0]);
         return true;
     }
     let mut block = a.mask.load(Ordering::Relaxed);
