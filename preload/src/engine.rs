@@ -10,6 +10,7 @@
 //! - *local* (`local`): runs in both; replay returns the recorded result, with
 //!   addresses and descriptor numbers forced to the recorded ones.
 //! - *pass*: runs in both, not logged (futexes, signal masks, thread set-up).
+//!
 //! Process creation, exec, waiting and signals have their own modules.
 
 use crate::state::{self, consume, emit, expect, lock, mode, reg, unlock, Rec, MY_SLOT, MY_VPID};
@@ -40,7 +41,10 @@ pub struct Outs {
 
 impl Outs {
     fn new() -> Outs {
-        Outs { bufs: [Buf::Mem(0, 0); 6], n: 0 }
+        Outs {
+            bufs: [Buf::Mem(0, 0); 6],
+            n: 0,
+        }
     }
     fn mem(&mut self, ptr: usize, len: usize) {
         if ptr != 0 {
@@ -81,10 +85,22 @@ pub struct Pre {
 /// Read the in-lengths of value-result arguments.
 pub fn pre(nr: i64, a: &[usize; 6]) -> Pre {
     match nr {
-        SYS_accept | SYS_accept4 | SYS_getsockname | SYS_getpeername => Pre { a: rd_u32(a[2]) as usize, b: 0 },
-        SYS_recvfrom => Pre { a: rd_u32(a[5]) as usize, b: 0 },
-        SYS_getsockopt => Pre { a: rd_u32(a[4]) as usize, b: 0 },
-        SYS_recvmsg => Pre { a: rd_u32(a[1] + 8) as usize, b: rd_usize(a[1] + 40) },
+        SYS_accept | SYS_accept4 | SYS_getsockname | SYS_getpeername => Pre {
+            a: rd_u32(a[2]) as usize,
+            b: 0,
+        },
+        SYS_recvfrom => Pre {
+            a: rd_u32(a[5]) as usize,
+            b: 0,
+        },
+        SYS_getsockopt => Pre {
+            a: rd_u32(a[4]) as usize,
+            b: 0,
+        },
+        SYS_recvmsg => Pre {
+            a: rd_u32(a[1] + 8) as usize,
+            b: rd_usize(a[1] + 40),
+        },
         _ => Pre::default(),
     }
 }
@@ -113,11 +129,11 @@ pub fn outs(nr: i64, a: &[usize; 6], ret: isize, p: Pre) -> Outs {
             o.mem(rd_usize(m + 32), rd_usize(m + 40).min(p.b));
             o.mem(m + 48, 4);
         }
-        SYS_accept | SYS_accept4 | SYS_getsockname | SYS_getpeername if ok => {
-            if a[1] != 0 && a[2] != 0 {
-                o.mem(a[2], 4);
-                o.mem(a[1], (rd_u32(a[2]) as usize).min(p.a));
-            }
+        SYS_accept | SYS_accept4 | SYS_getsockname | SYS_getpeername
+            if ok && a[1] != 0 && a[2] != 0 =>
+        {
+            o.mem(a[2], 4);
+            o.mem(a[1], (rd_u32(a[2]) as usize).min(p.a));
         }
         SYS_getsockopt if ok => {
             o.mem(a[4], 4);
@@ -301,7 +317,8 @@ pub fn emit_outs(rec: Rec, o: &Outs) {
                     let v = unsafe { core::ptr::read_unaligned((iov as *const iovec).add(k)) };
                     let take = v.iov_len.min(left);
                     // SAFETY: the kernel filled `take` bytes of this iovec.
-                    parts[n] = unsafe { core::slice::from_raw_parts(v.iov_base as *const u8, take) };
+                    parts[n] =
+                        unsafe { core::slice::from_raw_parts(v.iov_base as *const u8, take) };
                     n += 1;
                     left -= take;
                 }
@@ -316,12 +333,18 @@ pub fn apply_outs(h: &ferry_proto::RecordHeader, o: &Outs) {
     let mut i = 0;
     state::chunks(h, |off, len| {
         if i >= o.n {
-            state::diverge_msg(h, format_args!("the recorded call filled more buffers than the program passed"));
+            state::diverge_msg(
+                h,
+                format_args!("the recorded call filled more buffers than the program passed"),
+            );
         }
         match o.bufs[i] {
             Buf::Mem(p, cap) => {
                 if len > cap {
-                    state::diverge_msg(h, format_args!("recorded {} bytes for a buffer of {}", len, cap));
+                    state::diverge_msg(
+                        h,
+                        format_args!("recorded {} bytes for a buffer of {}", len, cap),
+                    );
                 }
                 state::payload_to(h, off, p as *mut u8, len);
             }
@@ -340,7 +363,10 @@ pub fn apply_outs(h: &ferry_proto::RecordHeader, o: &Outs) {
                     left -= take;
                 }
                 if left != 0 {
-                    state::diverge_msg(h, format_args!("recorded more bytes than the buffers hold"));
+                    state::diverge_msg(
+                        h,
+                        format_args!("recorded more bytes than the buffers hold"),
+                    );
                 }
             }
         }
@@ -425,7 +451,10 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         SYS_getpid => MY_VPID.load(Ordering::Relaxed) as isize,
         SYS_gettid => state::vtid() as isize,
         SYS_getppid => {
-            let p = reg().proc(MY_SLOT.load(Ordering::Relaxed)).parent_vpid.load(Ordering::Relaxed);
+            let p = reg()
+                .proc(MY_SLOT.load(Ordering::Relaxed))
+                .parent_vpid
+                .load(Ordering::Relaxed);
             if p != 0 {
                 p as isize
             } else {
@@ -441,7 +470,9 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         // Unsupported calls: refused identically in both modes (libc and
         // most programs fall back to the single-message calls, to read and
         // write).
-        SYS_recvmmsg | SYS_sendmmsg | SYS_io_uring_setup | SYS_tee | SYS_vmsplice => -(ENOSYS as isize),
+        SYS_recvmmsg | SYS_sendmmsg | SYS_io_uring_setup | SYS_tee | SYS_vmsplice => {
+            -(ENOSYS as isize)
+        }
         // Kernel-side copies: their data never passes through the program,
         // so they become a logged read and a write.
         SYS_sendfile | SYS_copy_file_range | SYS_splice => transfer(nr, a, ctx, rec),
@@ -454,18 +485,18 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
             procs::kill(nr, a, rec)
         }
         // Reads: inputs, with the data.
-        SYS_read | SYS_pread64 | SYS_readv | SYS_preadv | SYS_preadv2 | SYS_recvfrom | SYS_recvmsg => {
-            read_like(nr, a, rec)
-        }
+        SYS_read | SYS_pread64 | SYS_readv | SYS_preadv | SYS_preadv2 | SYS_recvfrom
+        | SYS_recvmsg => read_like(nr, a, rec),
         // Writes: outputs.
-        SYS_write | SYS_pwrite64 | SYS_writev | SYS_pwritev | SYS_pwritev2 | SYS_sendto | SYS_sendmsg => {
-            write_like(nr, a, rec)
-        }
+        SYS_write | SYS_pwrite64 | SYS_writev | SYS_pwritev | SYS_pwritev2 | SYS_sendto
+        | SYS_sendmsg => write_like(nr, a, rec),
         // Descriptors.
         SYS_open | SYS_openat | SYS_creat | SYS_openat2 => fds::open(nr, a, rec),
         SYS_socket | SYS_eventfd | SYS_eventfd2 | SYS_epoll_create | SYS_epoll_create1
-        | SYS_timerfd_create | SYS_signalfd | SYS_signalfd4 | SYS_inotify_init | SYS_inotify_init1
-        | SYS_userfaultfd | SYS_pidfd_open | SYS_memfd_create => fds::create(nr, a, rec),
+        | SYS_timerfd_create | SYS_signalfd | SYS_signalfd4 | SYS_inotify_init
+        | SYS_inotify_init1 | SYS_userfaultfd | SYS_pidfd_open | SYS_memfd_create => {
+            fds::create(nr, a, rec)
+        }
         SYS_pipe | SYS_pipe2 | SYS_socketpair => fds::pair(nr, a, rec),
         SYS_dup | SYS_dup2 | SYS_dup3 => fds::dup(nr, a, rec),
         SYS_fcntl if matches!(a[1] as i32, F_DUPFD | F_DUPFD_CLOEXEC) => fds::dup(nr, a, rec),
@@ -476,15 +507,37 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         SYS_mmap => mmap(a, rec),
         SYS_mremap => mremap(a, rec),
         SYS_brk => brk(a, rec),
-        SYS_munmap | SYS_mprotect | SYS_madvise | SYS_mlock | SYS_munlock | SYS_mlock2 | SYS_msync
-        | SYS_pkey_mprotect => local(nr, a, rec),
+        SYS_munmap | SYS_mprotect | SYS_madvise | SYS_mlock | SYS_munlock | SYS_mlock2
+        | SYS_msync | SYS_pkey_mprotect => local(nr, a, rec),
         // Inputs without data, and network calls that must not run in replay.
-        SYS_bind | SYS_listen | SYS_connect | SYS_shutdown | SYS_setsockopt | SYS_epoll_ctl
-        | SYS_alarm | SYS_timer_delete | SYS_timer_getoverrun | SYS_access | SYS_faccessat
-        | SYS_faccessat2 | SYS_getuid | SYS_geteuid | SYS_getgid | SYS_getegid | SYS_getpgrp
-        | SYS_getpgid | SYS_getsid | SYS_pause | SYS_rt_sigsuspend | SYS_inotify_add_watch
-        | SYS_inotify_rm_watch | SYS_getpriority | SYS_capget | SYS_sched_getscheduler
-        | SYS_sched_getparam | SYS_lseek => logged(nr, a, rec),
+        SYS_bind
+        | SYS_listen
+        | SYS_connect
+        | SYS_shutdown
+        | SYS_setsockopt
+        | SYS_epoll_ctl
+        | SYS_alarm
+        | SYS_timer_delete
+        | SYS_timer_getoverrun
+        | SYS_access
+        | SYS_faccessat
+        | SYS_faccessat2
+        | SYS_getuid
+        | SYS_geteuid
+        | SYS_getgid
+        | SYS_getegid
+        | SYS_getpgrp
+        | SYS_getpgid
+        | SYS_getsid
+        | SYS_pause
+        | SYS_rt_sigsuspend
+        | SYS_inotify_add_watch
+        | SYS_inotify_rm_watch
+        | SYS_getpriority
+        | SYS_capget
+        | SYS_sched_getscheduler
+        | SYS_sched_getparam
+        | SYS_lseek => logged(nr, a, rec),
         SYS_prlimit64 if a[2] == 0 => logged(nr, a, rec),
         SYS_fcntl if a[1] as i32 == F_GETLK || a[1] as i32 == F_GETFL || a[1] as i32 == F_GETFD => {
             logged(nr, a, rec)
@@ -512,7 +565,12 @@ fn transfer(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
     };
     let add_off = |o: usize, d: isize| {
         // SAFETY: as above.
-        unsafe { core::ptr::write_unaligned(o as *mut i64, core::ptr::read_unaligned(o as *const i64) + d as i64) };
+        unsafe {
+            core::ptr::write_unaligned(
+                o as *mut i64,
+                core::ptr::read_unaligned(o as *const i64) + d as i64,
+            )
+        };
     };
     let r = if off_in != 0 {
         call(SYS_pread64, [fin, p, n, rd_off(off_in), 0, 0], ctx, rec)
@@ -526,7 +584,12 @@ fn transfer(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         add_off(off_in, r);
     }
     let w = if off_out != 0 {
-        call(SYS_pwrite64, [fout, p, r as usize, rd_off(off_out), 0, 0], ctx, rec)
+        call(
+            SYS_pwrite64,
+            [fout, p, r as usize, rd_off(off_out), 0, 0],
+            ctx,
+            rec,
+        )
     } else {
         call(SYS_write, [fout, p, r as usize, 0, 0, 0], ctx, rec)
     };
@@ -651,7 +714,8 @@ fn out_digest(nr: i64, a: &[usize; 6]) -> u64 {
                 return 0;
             }
             // SAFETY: the program passed `a[2]` bytes at `a[1]` to write.
-            return checksum(unsafe { core::slice::from_raw_parts(a[1] as *const u8, a[2]) }) as u64;
+            return checksum(unsafe { core::slice::from_raw_parts(a[1] as *const u8, a[2]) })
+                as u64;
         }
         SYS_sendmsg => (rd_usize(a[1] + 16), rd_usize(a[1] + 24)),
         _ => (a[1], a[2]),
@@ -674,7 +738,11 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
     let fd = a[0] as i32;
     if rec {
         let ret = raw(nr, a);
-        let flags = if fds::kind(fd) == FD_PLACEHOLDER { ferry_proto::FLAG_PLACEHOLDER_FD } else { 0 };
+        let flags = if fds::kind(fd) == FD_PLACEHOLDER {
+            ferry_proto::FLAG_PLACEHOLDER_FD
+        } else {
+            0
+        };
         let mut r = Rec::sys(nr, ret, a[0] as u64, d);
         r.flags = flags;
         emit(r, &[]);
@@ -727,7 +795,13 @@ fn mmap(a: [usize; 6], rec: bool) -> isize {
     }
     let got = raw(SYS_mmap, b);
     if got != want {
-        state::diverge_msg(&h, format_args!("mmap of {} bytes gave {:#x}, recorded {:#x}", a[1], got, want));
+        state::diverge_msg(
+            &h,
+            format_args!(
+                "mmap of {} bytes gave {:#x}, recorded {:#x}",
+                a[1], got, want
+            ),
+        );
     }
     consume(&h);
     want
@@ -752,7 +826,10 @@ fn mremap(a: [usize; 6], rec: bool) -> isize {
     }
     let got = raw(SYS_mremap, b);
     if got != want {
-        state::diverge_msg(&h, format_args!("mremap gave {:#x}, recorded {:#x}", got, want));
+        state::diverge_msg(
+            &h,
+            format_args!("mremap gave {:#x}, recorded {:#x}", got, want),
+        );
     }
     consume(&h);
     want
@@ -767,7 +844,10 @@ fn brk(a: [usize; 6], rec: bool) -> isize {
     let h = expect(Kind::Syscall, SYS_brk as u32, Some(a[0] as u64), None);
     let got = raw(SYS_brk, a);
     if got as i64 != h.ret {
-        state::diverge_msg(&h, format_args!("brk gave {:#x}, recorded {:#x}", got, h.ret));
+        state::diverge_msg(
+            &h,
+            format_args!("brk gave {:#x}, recorded {:#x}", got, h.ret),
+        );
     }
     consume(&h);
     got
@@ -797,4 +877,3 @@ pub fn cstr_digest(p: usize) -> u64 {
         checksum(core::slice::from_raw_parts(p as *const u8, n)) as u64
     }
 }
-

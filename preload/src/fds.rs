@@ -3,7 +3,7 @@
 //! every descriptor to the number the recording had, so that a blocking
 //! `accept` in one thread and an `open` in another cannot swap numbers.
 
-use crate::engine::{cstr_digest, emit_outs, ordered, outs, pre, apply_outs};
+use crate::engine::{apply_outs, cstr_digest, emit_outs, ordered, outs, pre};
 use crate::state::{self, consume, emit, expect, reg, Rec, MY_SLOT};
 use crate::sys::{raw, sys1, sys2, sys3};
 use core::sync::atomic::Ordering;
@@ -63,7 +63,10 @@ fn place(h: &ferry_proto::RecordHeader, got: i32, want: i32) {
         return;
     }
     if want == REGION_FD || is_open(want) {
-        state::diverge_msg(h, format_args!("descriptor {} is already open in replay", want));
+        state::diverge_msg(
+            h,
+            format_args!("descriptor {} is already open in replay", want),
+        );
     }
     let cloexec = sys2(SYS_fcntl, got as usize, F_GETFD as usize) & FD_CLOEXEC as isize != 0;
     let flags = if cloexec { O_CLOEXEC } else { 0 };
@@ -78,9 +81,22 @@ fn place(h: &ferry_proto::RecordHeader, got: i32, want: i32) {
 fn placeholder(h: &ferry_proto::RecordHeader, want: i32, cloexec: bool) {
     let path = b"/dev/null\0";
     let flags = O_RDWR | if cloexec { O_CLOEXEC } else { 0 };
-    let got = raw(SYS_openat, [AT_FDCWD as usize, path.as_ptr() as usize, flags as usize, 0, 0, 0]);
+    let got = raw(
+        SYS_openat,
+        [
+            AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            flags as usize,
+            0,
+            0,
+            0,
+        ],
+    );
     if got < 0 {
-        state::diverge_msg(h, format_args!("cannot open a placeholder for descriptor {}", want));
+        state::diverge_msg(
+            h,
+            format_args!("cannot open a placeholder for descriptor {}", want),
+        );
     }
     place(h, got as i32, want);
     set_kind(want, FD_PLACEHOLDER);
@@ -139,7 +155,11 @@ pub fn open(nr: i64, a: [usize; 6], rec: bool) -> isize {
 /// (sockets before bind, eventfds, epoll sets…): run in both modes; the
 /// descriptor is a placeholder except for memfds, which are real memory.
 pub fn create(nr: i64, a: [usize; 6], rec: bool) -> isize {
-    let k = if nr == SYS_memfd_create { FD_REAL } else { FD_PLACEHOLDER };
+    let k = if nr == SYS_memfd_create {
+        FD_REAL
+    } else {
+        FD_PLACEHOLDER
+    };
     if rec {
         return ordered(|| {
             let ret = raw(nr, a);
@@ -206,7 +226,10 @@ pub fn pair(nr: i64, a: [usize; 6], rec: bool) -> isize {
             sys1(SYS_close, got[1] as usize);
             for (i, t) in [t0, t1].into_iter().enumerate() {
                 if is_open(want[i]) {
-                    state::diverge_msg(&h, format_args!("descriptor {} is already open in replay", want[i]));
+                    state::diverge_msg(
+                        &h,
+                        format_args!("descriptor {} is already open in replay", want[i]),
+                    );
                 }
                 let fl = if ce[i] { O_CLOEXEC } else { 0 };
                 sys3(SYS_dup3, t as usize, want[i] as usize, fl as usize);
@@ -277,10 +300,16 @@ pub fn close_range_raw(a: [usize; 6]) -> isize {
     if first <= r && r <= last {
         let mut ret = 0;
         if first < r {
-            ret = raw(SYS_close_range, [first as usize, (r - 1) as usize, flags, 0, 0, 0]);
+            ret = raw(
+                SYS_close_range,
+                [first as usize, (r - 1) as usize, flags, 0, 0, 0],
+            );
         }
         if r < last && ret >= 0 {
-            ret = raw(SYS_close_range, [(r + 1) as usize, last as usize, flags, 0, 0, 0]);
+            ret = raw(
+                SYS_close_range,
+                [(r + 1) as usize, last as usize, flags, 0, 0, 0],
+            );
         }
         ret
     } else {

@@ -82,7 +82,7 @@ pub extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, fl: c_int) -> s
 
 #[no_mangle]
 pub extern "C" fn getpid() -> pid_t {
-    if !active() {
+    if !active() || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
         return raw(SYS_getpid, [0; 6]) as pid_t;
     }
     state::MY_VPID.load(Ordering::Relaxed) as pid_t
@@ -90,7 +90,7 @@ pub extern "C" fn getpid() -> pid_t {
 
 #[no_mangle]
 pub extern "C" fn gettid() -> pid_t {
-    if !active() {
+    if !active() || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
         return raw(SYS_gettid, [0; 6]) as pid_t;
     }
     state::vtid() as pid_t
@@ -105,10 +105,18 @@ pub struct Real {
 
 impl Real {
     const fn new(name: &'static [u8]) -> Real {
-        Real { name, version: b"\0", addr: AtomicUsize::new(0) }
+        Real {
+            name,
+            version: b"\0",
+            addr: AtomicUsize::new(0),
+        }
     }
     pub const fn versioned(name: &'static [u8], version: &'static [u8]) -> Real {
-        Real { name, version, addr: AtomicUsize::new(0) }
+        Real {
+            name,
+            version,
+            addr: AtomicUsize::new(0),
+        }
     }
     /// The function's address (resolved on first use).
     pub fn get(&self) -> usize {
@@ -121,7 +129,11 @@ impl Real {
             unsafe {
                 let mut p = core::ptr::null_mut();
                 if self.version.len() > 1 {
-                    p = dlvsym(RTLD_NEXT, self.name.as_ptr() as *const c_char, self.version.as_ptr() as *const c_char);
+                    p = dlvsym(
+                        RTLD_NEXT,
+                        self.name.as_ptr() as *const c_char,
+                        self.version.as_ptr() as *const c_char,
+                    );
                 }
                 if p.is_null() {
                     p = dlsym(RTLD_NEXT, self.name.as_ptr() as *const c_char);
@@ -181,7 +193,7 @@ pub fn resolve_all() {
 }
 
 macro_rules! real {
-    ($r:expr, fn($($t:ty),*) -> $ret:ty) => {{
+    ($r:expr, fn($($t:ty),* $(,)?) -> $ret:ty) => {{
         let a = $r.get();
         // SAFETY: `a` is the address of the libc function of this signature.
         unsafe { core::mem::transmute::<usize, extern "C" fn($($t),*) -> $ret>(a) }
@@ -207,26 +219,34 @@ fn vdso_input(nr: i64, a: [usize; 6], exec: impl FnOnce() -> isize) -> isize {
 #[no_mangle]
 pub extern "C" fn clock_gettime(clk: clockid_t, ts: *mut timespec) -> c_int {
     let f = real!(REAL_CLOCK_GETTIME, fn(clockid_t, *mut timespec) -> c_int);
-    let r = vdso_input(SYS_clock_gettime, [clk as usize, ts as usize, 0, 0, 0, 0], || {
-        // SAFETY: errno is this thread's.
-        match f(clk, ts) {
-            0 => 0,
-            _ => -(unsafe { *__errno_location() }) as isize,
-        }
-    });
+    let r = vdso_input(
+        SYS_clock_gettime,
+        [clk as usize, ts as usize, 0, 0, 0, 0],
+        || {
+            match f(clk, ts) {
+                0 => 0,
+                // SAFETY: errno is this thread's.
+                _ => -(unsafe { *__errno_location() }) as isize,
+            }
+        },
+    );
     set_errno(r) as c_int
 }
 
 #[no_mangle]
 pub extern "C" fn gettimeofday(tv: *mut timeval, tz: *mut c_void) -> c_int {
     let f = real!(REAL_GETTIMEOFDAY, fn(*mut timeval, *mut c_void) -> c_int);
-    let r = vdso_input(SYS_gettimeofday, [tv as usize, tz as usize, 0, 0, 0, 0], || {
-        // SAFETY: errno is this thread's.
-        match f(tv, tz) {
-            0 => 0,
-            _ => -(unsafe { *__errno_location() }) as isize,
-        }
-    });
+    let r = vdso_input(
+        SYS_gettimeofday,
+        [tv as usize, tz as usize, 0, 0, 0, 0],
+        || {
+            match f(tv, tz) {
+                0 => 0,
+                // SAFETY: errno is this thread's.
+                _ => -(unsafe { *__errno_location() }) as isize,
+            }
+        },
+    );
     set_errno(r) as c_int
 }
 
@@ -239,7 +259,12 @@ pub extern "C" fn time(t: *mut time_t) -> time_t {
 /// A blocking synchronisation call, logged in the order the program passed
 /// it. Record runs `exec`; replay waits for its turn, then `again` makes the
 /// recorded outcome real (takes the lock the recording got).
-fn sync_op(call: Call, obj: usize, exec: impl FnOnce() -> c_int, again: impl FnOnce(c_int)) -> c_int {
+fn sync_op(
+    call: Call,
+    obj: usize,
+    exec: impl FnOnce() -> c_int,
+    again: impl FnOnce(c_int),
+) -> c_int {
     if !active() || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
         return allowed(exec);
     }
@@ -247,7 +272,17 @@ fn sync_op(call: Call, obj: usize, exec: impl FnOnce() -> c_int, again: impl FnO
     signals::on_entry();
     let r = if mode() == Some(Mode::Record) {
         let r = allowed(exec);
-        emit(Rec { kind: Kind::Call, flags: 0, nr: call as u32, ret: r as i64, arg0: obj as u64, arg1: 0 }, &[]);
+        emit(
+            Rec {
+                kind: Kind::Call,
+                flags: 0,
+                nr: call as u32,
+                ret: r as i64,
+                arg0: obj as u64,
+                arg1: 0,
+            },
+            &[],
+        );
         r
     } else {
         let h = expect(Kind::Call, call as u32, Some(obj as u64), None);
@@ -264,33 +299,51 @@ fn sync_op(call: Call, obj: usize, exec: impl FnOnce() -> c_int, again: impl FnO
 #[no_mangle]
 pub extern "C" fn pthread_mutex_lock(m: *mut pthread_mutex_t) -> c_int {
     let f = real!(REAL_MUTEX_LOCK, fn(*mut pthread_mutex_t) -> c_int);
-    sync_op(Call::MutexLock, m as usize, || f(m), |r| {
-        if r == 0 {
-            f(m);
-        }
-    })
+    sync_op(
+        Call::MutexLock,
+        m as usize,
+        || f(m),
+        |r| {
+            if r == 0 {
+                f(m);
+            }
+        },
+    )
 }
 
 #[no_mangle]
 pub extern "C" fn pthread_mutex_trylock(m: *mut pthread_mutex_t) -> c_int {
     let f = real!(REAL_MUTEX_TRYLOCK, fn(*mut pthread_mutex_t) -> c_int);
     let lock = real!(REAL_MUTEX_LOCK, fn(*mut pthread_mutex_t) -> c_int);
-    sync_op(Call::MutexLock, m as usize, || f(m), |r| {
-        if r == 0 {
-            lock(m);
-        }
-    })
+    sync_op(
+        Call::MutexLock,
+        m as usize,
+        || f(m),
+        |r| {
+            if r == 0 {
+                lock(m);
+            }
+        },
+    )
 }
 
 #[no_mangle]
 pub extern "C" fn pthread_mutex_timedlock(m: *mut pthread_mutex_t, t: *const timespec) -> c_int {
-    let f = real!(REAL_MUTEX_TIMEDLOCK, fn(*mut pthread_mutex_t, *const timespec) -> c_int);
+    let f = real!(
+        REAL_MUTEX_TIMEDLOCK,
+        fn(*mut pthread_mutex_t, *const timespec) -> c_int
+    );
     let lock = real!(REAL_MUTEX_LOCK, fn(*mut pthread_mutex_t) -> c_int);
-    sync_op(Call::MutexLock, m as usize, || f(m, t), |r| {
-        if r == 0 {
-            lock(m);
-        }
-    })
+    sync_op(
+        Call::MutexLock,
+        m as usize,
+        || f(m, t),
+        |r| {
+            if r == 0 {
+                lock(m);
+            }
+        },
+    )
 }
 
 /// Replay of a condition wait: release the mutex, wait for the turn the
@@ -309,13 +362,23 @@ fn cond_op(c: usize, m: *mut pthread_mutex_t, exec: impl FnOnce() -> c_int) -> c
 
 #[no_mangle]
 pub extern "C" fn pthread_cond_wait(c: *mut pthread_cond_t, m: *mut pthread_mutex_t) -> c_int {
-    let f = real!(REAL_COND_WAIT, fn(*mut pthread_cond_t, *mut pthread_mutex_t) -> c_int);
+    let f = real!(
+        REAL_COND_WAIT,
+        fn(*mut pthread_cond_t, *mut pthread_mutex_t) -> c_int
+    );
     cond_op(c as usize, m, || f(c, m))
 }
 
 #[no_mangle]
-pub extern "C" fn pthread_cond_timedwait(c: *mut pthread_cond_t, m: *mut pthread_mutex_t, t: *const timespec) -> c_int {
-    let f = real!(REAL_COND_TIMEDWAIT, fn(*mut pthread_cond_t, *mut pthread_mutex_t, *const timespec) -> c_int);
+pub extern "C" fn pthread_cond_timedwait(
+    c: *mut pthread_cond_t,
+    m: *mut pthread_mutex_t,
+    t: *const timespec,
+) -> c_int {
+    let f = real!(
+        REAL_COND_TIMEDWAIT,
+        fn(*mut pthread_cond_t, *mut pthread_mutex_t, *const timespec) -> c_int
+    );
     cond_op(c as usize, m, || f(c, m, t))
 }
 
@@ -325,19 +388,44 @@ macro_rules! rwlock_hook {
         pub extern "C" fn $name(l: *mut pthread_rwlock_t) -> c_int {
             let f = real!($real, fn(*mut pthread_rwlock_t) -> c_int);
             let b = real!($block, fn(*mut pthread_rwlock_t) -> c_int);
-            sync_op($call, l as usize, || f(l), |r| {
-                if r == 0 {
-                    b(l);
-                }
-            })
+            sync_op(
+                $call,
+                l as usize,
+                || f(l),
+                |r| {
+                    if r == 0 {
+                        b(l);
+                    }
+                },
+            )
         }
     };
 }
 
-rwlock_hook!(pthread_rwlock_rdlock, REAL_RDLOCK, Call::RwlockRead, REAL_RDLOCK);
-rwlock_hook!(pthread_rwlock_wrlock, REAL_WRLOCK, Call::RwlockWrite, REAL_WRLOCK);
-rwlock_hook!(pthread_rwlock_tryrdlock, REAL_TRYRDLOCK, Call::RwlockRead, REAL_RDLOCK);
-rwlock_hook!(pthread_rwlock_trywrlock, REAL_TRYWRLOCK, Call::RwlockWrite, REAL_WRLOCK);
+rwlock_hook!(
+    pthread_rwlock_rdlock,
+    REAL_RDLOCK,
+    Call::RwlockRead,
+    REAL_RDLOCK
+);
+rwlock_hook!(
+    pthread_rwlock_wrlock,
+    REAL_WRLOCK,
+    Call::RwlockWrite,
+    REAL_WRLOCK
+);
+rwlock_hook!(
+    pthread_rwlock_tryrdlock,
+    REAL_TRYRDLOCK,
+    Call::RwlockRead,
+    REAL_RDLOCK
+);
+rwlock_hook!(
+    pthread_rwlock_trywrlock,
+    REAL_TRYWRLOCK,
+    Call::RwlockWrite,
+    REAL_WRLOCK
+);
 
 /// Semaphores return -1 and set errno; the log keeps `-errno`.
 fn sem_op(s: *mut sem_t, exec: impl FnOnce() -> c_int) -> c_int {

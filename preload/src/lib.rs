@@ -44,7 +44,10 @@ extern "C" fn ferry_init() {
     state::MY_SLOT.store(slot, Ordering::Release);
     state::MY_VPID.store(vpid, Ordering::Release);
     state::VTID.with(|t| t.set(vpid));
-    if vpid == 1 && p.exec_pending.load(Ordering::Acquire) == 0 && r.control().next_gseq.load(Ordering::Acquire) <= 1 {
+    if vpid == 1
+        && p.exec_pending.load(Ordering::Acquire) == 0
+        && r.control().next_gseq.load(Ordering::Acquire) <= 1
+    {
         // The root process at its start: what it inherited is the outside
         // world (its stdout, a file), real in replay too.
         fds::adopt_inherited();

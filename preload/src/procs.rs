@@ -7,7 +7,9 @@
 
 use crate::engine::{apply_outs, cstr_digest, emit_outs, outs, pre};
 use crate::fds;
-use crate::state::{self, consume, emit, emit_as, expect, lock, reg, unlock, Rec, MY_SLOT, MY_VPID};
+use crate::state::{
+    self, consume, emit, emit_as, expect, lock, reg, unlock, Rec, MY_SLOT, MY_VPID,
+};
 use crate::sud;
 use crate::sys::{self, raw};
 use core::sync::atomic::Ordering;
@@ -85,7 +87,17 @@ pub fn fork_like(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: Option<bool>
                 r.proc(slot).real_pid.store(ret as u32, Ordering::Release);
                 vpid as isize
             };
-            emit(Rec { kind: Kind::Call, flags: 0, nr: Call::Fork as u32, ret: out as i64, arg0: 0, arg1: 0 }, &[]);
+            emit(
+                Rec {
+                    kind: Kind::Call,
+                    flags: 0,
+                    nr: Call::Fork as u32,
+                    ret: out as i64,
+                    arg0: 0,
+                    arg1: 0,
+                },
+                &[],
+            );
             unlock();
             out
         }
@@ -121,7 +133,10 @@ pub fn fork_like(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: Option<bool>
 fn child(vpid: u32, slot: usize, ctx: *mut ucontext_t, new_stack: usize) {
     state::after_fork_child(vpid, slot);
     crate::signals::after_fork_child();
-    reg().proc(slot).real_pid.store(sys::getpid(), Ordering::Release);
+    reg()
+        .proc(slot)
+        .real_pid
+        .store(sys::getpid(), Ordering::Release);
     if !ctx.is_null() && new_stack != 0 {
         // SAFETY: ctx is the SIGSYS handler's context of this (copied)
         // thread; resuming on the caller's stack is what the clone asked.
@@ -145,7 +160,17 @@ pub fn exec(nr: i64, a: [usize; 6], rec: bool) -> isize {
         p.exec_pending.store(1, Ordering::Release);
         let ret = raw(nr, a);
         p.exec_pending.store(0, Ordering::Release);
-        emit(Rec { kind: Kind::Exec, flags: 0, nr: nr as u32, ret: ret as i64, arg0: 0, arg1: d }, &[]);
+        emit(
+            Rec {
+                kind: Kind::Exec,
+                flags: 0,
+                nr: nr as u32,
+                ret: ret as i64,
+                arg0: 0,
+                arg1: d,
+            },
+            &[],
+        );
         unlock();
         return ret;
     }
@@ -158,7 +183,13 @@ pub fn exec(nr: i64, a: [usize; 6], rec: bool) -> isize {
     p.exec_pending.store(1, Ordering::Release);
     let ret = raw(nr, a);
     p.exec_pending.store(0, Ordering::Release);
-    state::diverge_msg(&h, format_args!("execve failed in replay (errno {}) but succeeded in the recording", -ret))
+    state::diverge_msg(
+        &h,
+        format_args!(
+            "execve failed in replay (errno {}) but succeeded in the recording",
+            -ret
+        ),
+    )
 }
 
 /// In a new image: if this process was in the middle of an exec, finish it.
@@ -206,7 +237,12 @@ pub fn exit_group(a: [usize; 6], rec: bool) -> isize {
     if rec {
         emit(Rec::sys(SYS_exit_group, 0, a[0] as u64, 0), &[]);
     } else {
-        let h = expect(Kind::Syscall, SYS_exit_group as u32, Some(a[0] as u64), None);
+        let h = expect(
+            Kind::Syscall,
+            SYS_exit_group as u32,
+            Some(a[0] as u64),
+            None,
+        );
         consume(&h);
     }
     r.proc(slot).state.store(PROC_EXITED, Ordering::Release);
@@ -220,7 +256,8 @@ fn real_of(vpid: i32) -> Option<i32> {
         return None;
     }
     let r = reg();
-    r.slot_of_vpid(vpid as u32).map(|s| r.proc(s).real_pid.load(Ordering::Acquire) as i32)
+    r.slot_of_vpid(vpid as u32)
+        .map(|s| r.proc(s).real_pid.load(Ordering::Acquire) as i32)
 }
 
 /// The virtual pid of real pid `pid` (0 if unknown).
@@ -229,7 +266,8 @@ fn virt_of(pid: i32) -> i32 {
     (0..ferry_ring::MAX_PROCS)
         .find(|&s| {
             let p = r.proc(s);
-            p.state.load(Ordering::Acquire) != PROC_FREE && p.real_pid.load(Ordering::Acquire) == pid as u32
+            p.state.load(Ordering::Acquire) != PROC_FREE
+                && p.real_pid.load(Ordering::Acquire) == pid as u32
         })
         .map(|s| r.proc(s).vpid.load(Ordering::Acquire) as i32)
         .unwrap_or(pid)
@@ -283,7 +321,17 @@ pub fn wait(nr: i64, a: [usize; 6], rec: bool) -> isize {
         if let Some(real) = real_of(reaped) {
             let opts = if nr == SYS_wait4 { a[2] } else { a[3] } & !(WNOHANG as usize);
             let mut st = 0i32;
-            raw(SYS_wait4, [real as usize, &mut st as *mut i32 as usize, opts | __WALL as usize, 0, 0, 0]);
+            raw(
+                SYS_wait4,
+                [
+                    real as usize,
+                    &mut st as *mut i32 as usize,
+                    opts | __WALL as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            );
         }
     }
     consume(&h);
@@ -299,7 +347,10 @@ pub fn kill(nr: i64, a: [usize; 6], rec: bool) -> isize {
         SYS_tgkill | SYS_rt_tgsigqueueinfo => a[2],
         _ => a[1],
     } as i32;
-    if matches!(nr, SYS_kill | SYS_tgkill | SYS_rt_sigqueueinfo | SYS_rt_tgsigqueueinfo) {
+    if matches!(
+        nr,
+        SYS_kill | SYS_tgkill | SYS_rt_sigqueueinfo | SYS_rt_tgsigqueueinfo
+    ) {
         if let Some(real) = real_of(a[0] as i32) {
             b[0] = real as usize;
             if nr == SYS_tgkill && a[1] == a[0] {
@@ -316,7 +367,12 @@ pub fn kill(nr: i64, a: [usize; 6], rec: bool) -> isize {
         emit(Rec::sys(nr, ret, a[0] as u64, sig as u64), &[]);
         return ret;
     }
-    let h = expect(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(sig as u64));
+    let h = expect(
+        Kind::Syscall,
+        nr as u32,
+        Some(a[0] as u64),
+        Some(sig as u64),
+    );
     if matches!(sig, SIGKILL | SIGSTOP | SIGCONT) && h.ret == 0 {
         raw(nr, b);
     }

@@ -100,7 +100,12 @@ fn kernel_action(sig: usize, new: &KSigaction) -> KSigaction {
         mask: new.mask,
     };
     if new.handler == SIG_IGN || (new.handler == SIG_DFL && !terminates_by_default(sig)) {
-        KSigaction { handler: new.handler, flags: new.flags & !(SA_RESTORER as u64), restorer: 0, mask: new.mask }
+        KSigaction {
+            handler: new.handler,
+            flags: new.flags & !(SA_RESTORER as u64),
+            restorer: 0,
+            mask: new.mask,
+        }
     } else {
         ours
     }
@@ -109,15 +114,26 @@ fn kernel_action(sig: usize, new: &KSigaction) -> KSigaction {
 /// Read the dispositions inherited at start (an exec keeps ignored signals
 /// ignored) and install the SIGSYS handler.
 pub fn init() {
-    for sig in 1..NSIG {
-        let mut old = KSigaction { handler: 0, flags: 0, restorer: 0, mask: 0 };
-        if raw(SYS_rt_sigaction, [sig, 0, &mut old as *mut _ as usize, 8, 0, 0]) == 0 {
-            let a = &ACTIONS[sig];
+    for (sig, a) in ACTIONS.iter().enumerate().skip(1) {
+        let mut old = KSigaction {
+            handler: 0,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        if raw(
+            SYS_rt_sigaction,
+            [sig, 0, &mut old as *mut _ as usize, 8, 0, 0],
+        ) == 0
+        {
             a.handler.store(old.handler, Ordering::Relaxed);
             a.flags.store(old.flags, Ordering::Relaxed);
             a.restorer.store(old.restorer, Ordering::Relaxed);
             a.mask.store(old.mask, Ordering::Relaxed);
-            if old.handler == SIG_DFL && terminates_by_default(sig) && mode() != Some(Mode::Passthrough) {
+            if old.handler == SIG_DFL
+                && terminates_by_default(sig)
+                && mode() != Some(Mode::Passthrough)
+            {
                 let k = kernel_action(sig, &old);
                 raw(SYS_rt_sigaction, [sig, &k as *const _ as usize, 0, 8, 0, 0]);
             }
@@ -154,7 +170,10 @@ pub fn sigaction(a: [usize; 6]) -> isize {
         let new = unsafe { core::ptr::read_unaligned(a[1] as *const KSigaction) };
         if sig != SIGSYS as usize {
             let install = kernel_action(sig, &new);
-            let r = raw(SYS_rt_sigaction, [sig, &install as *const _ as usize, 0, 8, 0, 0]);
+            let r = raw(
+                SYS_rt_sigaction,
+                [sig, &install as *const _ as usize, 0, 8, 0, 0],
+            );
             if r < 0 {
                 return r;
             }
@@ -252,11 +271,32 @@ fn invoke(sig: usize, info: &mut [u8; SIGINFO_LEN]) -> bool {
         }
         // The default action: die of this signal, for real, now (the
         // record of it is already in the log).
-        let dfl = KSigaction { handler: SIG_DFL, flags: 0, restorer: 0, mask: 0 };
-        raw(SYS_rt_sigaction, [sig, &dfl as *const _ as usize, 0, 8, 0, 0]);
+        let dfl = KSigaction {
+            handler: SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        raw(
+            SYS_rt_sigaction,
+            [sig, &dfl as *const _ as usize, 0, 8, 0, 0],
+        );
         let set = bit(sig);
-        raw(SYS_rt_sigprocmask, [SIG_UNBLOCK as usize, &set as *const u64 as usize, 0, 8, 0, 0]);
-        raw(SYS_tgkill, [sys::getpid() as usize, sys::gettid() as usize, sig, 0, 0, 0]);
+        raw(
+            SYS_rt_sigprocmask,
+            [
+                SIG_UNBLOCK as usize,
+                &set as *const u64 as usize,
+                0,
+                8,
+                0,
+                0,
+            ],
+        );
+        raw(
+            SYS_tgkill,
+            [sys::getpid() as usize, sys::gettid() as usize, sig, 0, 0, 0],
+        );
         return true;
     }
     let mut block = a.mask.load(Ordering::Relaxed);
@@ -265,21 +305,55 @@ fn invoke(sig: usize, info: &mut [u8; SIGINFO_LEN]) -> bool {
     }
     block &= !bit(SIGSYS as usize);
     let mut old = 0u64;
-    raw(SYS_rt_sigprocmask, [SIG_BLOCK as usize, &block as *const u64 as usize, &mut old as *mut u64 as usize, 8, 0, 0]);
+    raw(
+        SYS_rt_sigprocmask,
+        [
+            SIG_BLOCK as usize,
+            &block as *const u64 as usize,
+            &mut old as *mut u64 as usize,
+            8,
+            0,
+            0,
+        ],
+    );
     if flags & SA_RESETHAND as u64 != 0 {
         a.handler.store(SIG_DFL, Ordering::Relaxed);
-        let dfl = KSigaction { handler: SIG_DFL, flags: 0, restorer: 0, mask: 0 };
-        raw(SYS_rt_sigaction, [sig, &dfl as *const _ as usize, 0, 8, 0, 0]);
+        let dfl = KSigaction {
+            handler: SIG_DFL,
+            flags: 0,
+            restorer: 0,
+            mask: 0,
+        };
+        raw(
+            SYS_rt_sigaction,
+            [sig, &dfl as *const _ as usize, 0, 8, 0, 0],
+        );
     }
     // SAFETY: a zeroed ucontext is a valid (if uninformative) context.
     let mut uc: ucontext_t = unsafe { core::mem::zeroed() };
     let depth = IN_SHIM.with(|g| g.replace(0));
     // SAFETY: `h` is the handler the program installed for `sig`.
     unsafe {
-        call_handler(h, flags, sig as i32, info.as_mut_ptr() as *mut siginfo_t, &mut uc as *mut _ as *mut c_void)
+        call_handler(
+            h,
+            flags,
+            sig as i32,
+            info.as_mut_ptr() as *mut siginfo_t,
+            &mut uc as *mut _ as *mut c_void,
+        )
     };
     IN_SHIM.with(|g| g.set(depth));
-    raw(SYS_rt_sigprocmask, [SIG_SETMASK as usize, &old as *const u64 as usize, 0, 8, 0, 0]);
+    raw(
+        SYS_rt_sigprocmask,
+        [
+            SIG_SETMASK as usize,
+            &old as *const u64 as usize,
+            0,
+            8,
+            0,
+            0,
+        ],
+    );
     flags & SA_RESTART as u64 != 0
 }
 
@@ -295,7 +369,17 @@ pub fn deliver_pending() {
         let sig = p.trailing_zeros() as usize + 1;
         PENDING.with(|c| c.set(p & !bit(sig)));
         let mut info = INFO.with(|i| i.get()[sig]);
-        emit(Rec { kind: Kind::Signal, flags: 0, nr: sig as u32, ret: 0, arg0: 0, arg1: 0 }, &[&info]);
+        emit(
+            Rec {
+                kind: Kind::Signal,
+                flags: 0,
+                nr: sig as u32,
+                ret: 0,
+                arg0: 0,
+                arg1: 0,
+            },
+            &[&info],
+        );
         restart &= invoke(sig, &mut info);
         any = true;
     }
@@ -341,11 +425,9 @@ pub fn on_exit() {
 /// Replay: deliver this thread's signal records that come next.
 fn deliver_following() {
     let r = state::reg();
-    let c = r.control();
     let me = state::vtid();
     loop {
-        let head_seq = c.head_seq.load(Ordering::Acquire);
-        let tail_seq = c.tail_seq.load(Ordering::Acquire);
+        let tail = r.tail();
         match r.peek() {
             Some(h) if h.vtid == me => {
                 if h.kind == Kind::Signal as u16 {
@@ -354,12 +436,12 @@ fn deliver_following() {
                 }
                 return;
             }
-            Some(_) => r.wait_consumed(tail_seq, &GateFutex, Some(1000)),
+            Some(_) => r.wait_consumed(tail, &GateFutex, Some(1000)),
             None => {
                 if r.has(ferry_ring::CTL_END_OF_LOG) {
                     return;
                 }
-                r.wait_published(head_seq, &GateFutex, Some(1000));
+                r.wait_published(&GateFutex, Some(1000));
             }
         }
         if r.has(ferry_ring::CTL_DIVERGED | ferry_ring::CTL_FAILED) {

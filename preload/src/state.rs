@@ -131,7 +131,10 @@ pub fn lock() {
     let me = real_tid();
     let mut spins = 0u32;
     loop {
-        match c.order_lock.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed) {
+        match c
+            .order_lock
+            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+        {
             Ok(_) => break,
             Err(owner) => {
                 spins += 1;
@@ -183,7 +186,14 @@ pub struct Rec {
 impl Rec {
     /// A syscall record.
     pub fn sys(nr: i64, ret: isize, arg0: u64, arg1: u64) -> Rec {
-        Rec { kind: Kind::Syscall, flags: 0, nr: nr as u32, ret: ret as i64, arg0, arg1 }
+        Rec {
+            kind: Kind::Syscall,
+            flags: 0,
+            nr: nr as u32,
+            ret: ret as i64,
+            arg0,
+            arg1,
+        }
     }
 }
 
@@ -198,7 +208,9 @@ pub fn emit_as(rec: Rec, vtid: u32, parts: &[&[u8]]) {
     lock();
     let r = reg();
     let c = r.control();
-    let gseq = c.next_gseq.fetch_add(1, Ordering::AcqRel);
+    // Under the ordering lock: a plain increment.
+    let gseq = c.next_gseq.load(Ordering::Relaxed);
+    c.next_gseq.store(gseq + 1, Ordering::Relaxed);
     let mut h = RecordHeader {
         len: 0,
         kind: rec.kind as u16,
@@ -246,11 +258,9 @@ pub fn fail(msg: &[u8]) -> ! {
 /// ring until [`consume`].
 pub fn turn() -> RecordHeader {
     let r = reg();
-    let c = r.control();
     let me = vtid();
     loop {
-        let head_seq = c.head_seq.load(Ordering::Acquire);
-        let tail_seq = c.tail_seq.load(Ordering::Acquire);
+        let tail = r.tail();
         if r.has(CTL_DIVERGED | CTL_FAILED) {
             sys::exit_group(3);
         }
@@ -262,14 +272,14 @@ pub fn turn() -> RecordHeader {
                 }
                 return h;
             }
-            Some(_) => r.wait_consumed(tail_seq, &GateFutex, Some(1000)),
+            Some(_) => r.wait_consumed(tail, &GateFutex, Some(1000)),
             None => {
                 if r.has(CTL_END_OF_LOG) {
                     // Every record has been replayed: the recording ended
                     // here (the program was still running when it stopped).
                     sys::exit_group(0);
                 }
-                r.wait_published(head_seq, &GateFutex, Some(1000));
+                r.wait_published(&GateFutex, Some(1000));
             }
         }
     }
@@ -321,7 +331,10 @@ pub fn diverge(h: &RecordHeader, seen_kind: Kind, seen_nr: u32, seen_arg0: u64) 
     let seen = calls::call_name(seen_kind, seen_nr);
     diverge_msg(
         h,
-        format_args!("expected {}({}) but the program called {}({})", expected, h.arg0 as i64, seen, seen_arg0 as i64),
+        format_args!(
+            "expected {}({}) but the program called {}({})",
+            expected, h.arg0 as i64, seen, seen_arg0 as i64
+        ),
     )
 }
 
@@ -361,7 +374,10 @@ pub fn expect(kind: Kind, nr: u32, arg0: Option<u64>, arg1: Option<u64>) -> Reco
             let name = calls::call_name(kind, nr);
             diverge_msg(
                 &h,
-                format_args!("{}({}) passed different data than recorded (digest {:08x}, recorded {:08x})", name, h.arg0 as i64, b, h.arg1),
+                format_args!(
+                    "{}({}) passed different data than recorded (digest {:08x}, recorded {:08x})",
+                    name, h.arg0 as i64, b, h.arg1
+                ),
             );
         }
     }
@@ -371,6 +387,9 @@ pub fn expect(kind: Kind, nr: u32, arg0: Option<u64>, arg1: Option<u64>) -> Reco
 /// Record, in a new image after `execve`: the previous image held the
 /// ordering lock across the exec; take it over.
 pub fn adopt_lock() {
-    reg().control().order_lock.store(real_tid(), Ordering::Release);
+    reg()
+        .control()
+        .order_lock
+        .store(real_tid(), Ordering::Release);
     LOCK_DEPTH.with(|d| d.set(1));
 }

@@ -30,7 +30,10 @@ pub fn install_handler() {
         restorer: sys::ferry_restorer as *const () as usize,
         mask: 0,
     };
-    raw(SYS_rt_sigaction, [SIGSYS as usize, &act as *const _ as usize, 0, 8, 0, 0]);
+    raw(
+        SYS_rt_sigaction,
+        [SIGSYS as usize, &act as *const _ as usize, 0, 8, 0, 0],
+    );
 }
 
 /// Switch dispatch on for the calling thread.
@@ -38,7 +41,17 @@ pub fn enable_thread() {
     let (start, end) = sys::gate();
     let sel = SELECTOR.with(|s| s.as_ptr() as usize);
     SELECTOR.with(|s| s.set(BLOCK));
-    let r = raw(SYS_prctl, [PR_SET_SYSCALL_USER_DISPATCH, PR_SYS_DISPATCH_ON, start, end - start, sel, 0]);
+    let r = raw(
+        SYS_prctl,
+        [
+            PR_SET_SYSCALL_USER_DISPATCH,
+            PR_SYS_DISPATCH_ON,
+            start,
+            end - start,
+            sel,
+            0,
+        ],
+    );
     if r < 0 {
         SELECTOR.with(|s| s.set(ALLOW));
         crate::state::fail(b"Syscall User Dispatch is not available (Linux >= 5.11 needed)");

@@ -46,7 +46,15 @@ global_asm!(
 );
 
 extern "C" {
-    fn ferry_syscall6(nr: usize, a0: usize, a1: usize, a2: usize, a3: usize, a4: usize, a5: usize) -> isize;
+    fn ferry_syscall6(
+        nr: usize,
+        a0: usize,
+        a1: usize,
+        a2: usize,
+        a3: usize,
+        a4: usize,
+        a5: usize,
+    ) -> isize;
     /// The `sa_restorer` of every handler the shim installs.
     pub fn ferry_restorer();
     static ferry_gate_start: u8;
@@ -56,7 +64,12 @@ extern "C" {
 /// The gate's address range `[start, end)`.
 pub fn gate() -> (usize, usize) {
     // SAFETY: only the addresses of the two linker symbols are taken.
-    unsafe { (&ferry_gate_start as *const u8 as usize, &ferry_gate_end as *const u8 as usize) }
+    unsafe {
+        (
+            &ferry_gate_start as *const u8 as usize,
+            &ferry_gate_end as *const u8 as usize,
+        )
+    }
 }
 
 /// Make system call `nr` from inside the gate. Returns the kernel's result:
@@ -92,7 +105,12 @@ pub fn sys3(nr: i64, a: usize, b: usize, c: usize) -> isize {
 /// Write all of `bytes` to `fd`, for the shim's own messages.
 pub fn write_all(fd: i32, mut bytes: &[u8]) {
     while !bytes.is_empty() {
-        let n = sys3(libc::SYS_write, fd as usize, bytes.as_ptr() as usize, bytes.len());
+        let n = sys3(
+            libc::SYS_write,
+            fd as usize,
+            bytes.as_ptr() as usize,
+            bytes.len(),
+        );
         if n == -(libc::EINTR as isize) {
             continue;
         }
@@ -125,17 +143,40 @@ pub fn futex_wait(word: &core::sync::atomic::AtomicU32, expected: u32, timeout_m
     let ts;
     let tsp = match timeout_ms {
         Some(ms) => {
-            ts = libc::timespec { tv_sec: (ms / 1000) as i64, tv_nsec: ((ms % 1000) as i64) * 1_000_000 };
+            ts = libc::timespec {
+                tv_sec: (ms / 1000) as i64,
+                tv_nsec: ((ms % 1000) as i64) * 1_000_000,
+            };
             &ts as *const libc::timespec as usize
         }
         None => 0,
     };
-    raw(libc::SYS_futex, [word.as_ptr() as usize, libc::FUTEX_WAIT as usize, expected as usize, tsp, 0, 0]);
+    raw(
+        libc::SYS_futex,
+        [
+            word.as_ptr() as usize,
+            libc::FUTEX_WAIT as usize,
+            expected as usize,
+            tsp,
+            0,
+            0,
+        ],
+    );
 }
 
 /// FUTEX_WAKE of up to `n` waiters on a shared word.
 pub fn futex_wake(word: &core::sync::atomic::AtomicU32, n: u32) {
-    raw(libc::SYS_futex, [word.as_ptr() as usize, libc::FUTEX_WAKE as usize, n as usize, 0, 0, 0]);
+    raw(
+        libc::SYS_futex,
+        [
+            word.as_ptr() as usize,
+            libc::FUTEX_WAKE as usize,
+            n as usize,
+            0,
+            0,
+            0,
+        ],
+    );
 }
 
 /// The ring's futex, through the gate.
@@ -159,7 +200,10 @@ pub struct Line {
 impl Line {
     /// An empty line.
     pub const fn new() -> Line {
-        Line { buf: [0; 900], len: 0 }
+        Line {
+            buf: [0; 900],
+            len: 0,
+        }
     }
     /// The bytes written so far.
     pub fn as_bytes(&self) -> &[u8] {

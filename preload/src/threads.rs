@@ -31,13 +31,21 @@ struct Start {
 }
 
 #[allow(clippy::declare_interior_mutable_const)]
-const FREE: Start = Start { busy: AtomicU32::new(0), func: AtomicUsize::new(0), arg: AtomicUsize::new(0), vtid: AtomicU32::new(0) };
+const FREE: Start = Start {
+    busy: AtomicU32::new(0),
+    func: AtomicUsize::new(0),
+    arg: AtomicUsize::new(0),
+    vtid: AtomicU32::new(0),
+};
 static STARTS: [Start; 256] = [FREE; 256];
 
 fn claim(func: usize, arg: usize, vtid: u32) -> Option<usize> {
     for _ in 0..1000 {
         for (i, s) in STARTS.iter().enumerate() {
-            if s.busy.compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if s.busy
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 s.func.store(func, Ordering::Relaxed);
                 s.arg.store(arg, Ordering::Relaxed);
                 s.vtid.store(vtid, Ordering::Release);
@@ -63,7 +71,12 @@ extern "C" fn thread_start(slot: *mut c_void) -> *mut c_void {
     f(arg as *mut c_void)
 }
 
-type CreateFn = fn(*mut pthread_t, *const pthread_attr_t, extern "C" fn(*mut c_void) -> *mut c_void, *mut c_void) -> c_int;
+type CreateFn = fn(
+    *mut pthread_t,
+    *const pthread_attr_t,
+    extern "C" fn(*mut c_void) -> *mut c_void,
+    *mut c_void,
+) -> c_int;
 
 #[no_mangle]
 pub extern "C" fn pthread_create(
@@ -72,7 +85,15 @@ pub extern "C" fn pthread_create(
     func: extern "C" fn(*mut c_void) -> *mut c_void,
     arg: *mut c_void,
 ) -> c_int {
-    let create = real!(REAL_CREATE, fn(*mut pthread_t, *const pthread_attr_t, extern "C" fn(*mut c_void) -> *mut c_void, *mut c_void) -> c_int);
+    let create = real!(
+        REAL_CREATE,
+        fn(
+            *mut pthread_t,
+            *const pthread_attr_t,
+            extern "C" fn(*mut c_void) -> *mut c_void,
+            *mut c_void,
+        ) -> c_int
+    );
     let _: Option<CreateFn> = None;
     let on = READY.load(Ordering::Relaxed) && IN_SHIM.with(|g| g.get()) == 0 && state::vtid() != 0;
     if !on || mode().is_none() {
@@ -96,7 +117,17 @@ pub extern "C" fn pthread_create(
                 }
                 None => EAGAIN,
             };
-            emit(Rec { kind: Kind::Call, flags: 0, nr: Call::ThreadCreate as u32, ret: r as i64, arg0: vtid as u64, arg1: 0 }, &[]);
+            emit(
+                Rec {
+                    kind: Kind::Call,
+                    flags: 0,
+                    nr: Call::ThreadCreate as u32,
+                    ret: r as i64,
+                    arg0: vtid as u64,
+                    arg1: 0,
+                },
+                &[],
+            );
             unlock();
             r
         }
@@ -109,7 +140,10 @@ pub extern "C" fn pthread_create(
                 };
                 let got = allowed(|| create(t, attr, thread_start, slot as *mut c_void));
                 if got != 0 {
-                    state::diverge_msg(&h, format_args!("pthread_create failed in replay ({})", got));
+                    state::diverge_msg(
+                        &h,
+                        format_args!("pthread_create failed in replay ({})", got),
+                    );
                 }
             }
             consume(&h);
@@ -133,7 +167,17 @@ pub extern "C" fn pthread_join(t: pthread_t, ret: *mut *mut c_void) -> c_int {
     signals::on_entry();
     let r = if mode() == Some(Mode::Record) {
         let r = allowed(|| join(t, ret));
-        emit(Rec { kind: Kind::Call, flags: 0, nr: Call::ThreadJoin as u32, ret: r as i64, arg0: 0, arg1: 0 }, &[]);
+        emit(
+            Rec {
+                kind: Kind::Call,
+                flags: 0,
+                nr: Call::ThreadJoin as u32,
+                ret: r as i64,
+                arg0: 0,
+                arg1: 0,
+            },
+            &[],
+        );
         r
     } else {
         let h = expect(Kind::Call, Call::ThreadJoin as u32, None, None);

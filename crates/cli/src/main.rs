@@ -1,10 +1,13 @@
 //! `ferry`: run a program so that it survives the failure of its host.
 //!
 //! This binary records a program under the shim (`ferry record`), replays a
-//! recording (`ferry replay`) and shows both on an example (`ferry demo`).
+//! recording (`ferry replay`), runs a program under the shim in its own
+//! process (`ferry exec`) and shows record and replay on an example
+//! (`ferry demo`).
 //! Exit codes are in [`exit`].
 
 mod demo;
+mod exec;
 mod exit;
 mod record;
 mod region;
@@ -72,6 +75,22 @@ enum Cmd {
         )
     )]
     Replay(replay::ReplayArgs),
+    /// Exec into CMD under the shim, in this process: same pid, nothing logged.
+    #[command(
+        long_about = "Replace ferry with CMD, running under the shim, in the same process: CMD \
+            keeps ferry's process id, so it is ready to be checkpointed by that pid, and \
+            its exit status is CMD's own.\n\n\
+            Nothing is recorded or replicated: the shim intercepts every call the program \
+            makes and runs it unchanged (passthrough). The program runs with its own stdin, \
+            stdout and stderr, and with address-space randomisation off.",
+        after_help = concat!(
+            "Example:\n  ferry exec -- sh -c 'echo $$'\n\n",
+            "Exit codes:\n",
+            "  the program's own, once it is running\n",
+            "  2  bad usage, command or shim not found, the program could not be started"
+        )
+    )]
+    Exec(exec::ExecArgs),
     /// Record and replay an example whose output changes on every run.
     #[command(
         long_about = "Record and replay an example that needs only bash and coreutils: a shell \
@@ -93,6 +112,7 @@ fn main() -> ExitCode {
     let code = match cli.command {
         Cmd::Record(args) => record::run(args),
         Cmd::Replay(args) => replay::run(args),
+        Cmd::Exec(args) => exec::run(args),
         Cmd::Demo => {
             demo::run().unwrap_or_else(|e| exit::report(exit::BAD_INPUT, format!("demo: {e:#}")))
         }
@@ -122,6 +142,17 @@ mod tests {
             panic!("not replay")
         };
         assert_eq!(a.command, ["echo", "--log", "-v"]);
+    }
+
+    #[test]
+    fn exec_takes_the_command_after_double_dash() {
+        let cli = Cli::try_parse_from(["ferry", "exec", "--", "sh", "-c", "echo $$"]).unwrap();
+        let Cmd::Exec(a) = cli.command else {
+            panic!("not exec")
+        };
+        assert_eq!(a.command, ["sh", "-c", "echo $$"]);
+        assert!(Cli::try_parse_from(["ferry", "exec", "sh"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "exec"]).is_err());
     }
 
     #[test]

@@ -244,11 +244,8 @@ impl Drain {
     /// Drain the ring until every process of the program has ended and the
     /// ring is empty; returns the root's raw wait status.
     fn run(&mut self, root: i32) -> Result<Option<i32>, SysError> {
-        let region = self.region;
-        let c = region.control();
         let mut root_status = None;
         loop {
-            let seq = c.head_seq.load(Ordering::Acquire);
             self.drain_ring();
             let mut no_children = false;
             loop {
@@ -279,14 +276,25 @@ impl Drain {
             if self.write_error.is_some() || self.stopped {
                 region::kill_program(&self.region);
             }
-            self.region.wait_published(seq, &PollFutex, Some(50));
+            self.region.wait_published(&PollFutex, Some(50));
         }
     }
 
     /// Move every published record from the ring to the log.
     fn drain_ring(&mut self) {
+        // Read the producer's position once per batch, not once per record.
+        let mut head = self.region.head();
         while !self.stopped {
-            let Some(h) = self.region.peek() else { return };
+            let h = match self.region.peek_below(head) {
+                Some(h) => h,
+                None => {
+                    head = self.region.head();
+                    match self.region.peek_below(head) {
+                        Some(h) => h,
+                        None => return,
+                    }
+                }
+            };
             let index = self.records + 1;
             let payload_len = h.payload_len as usize;
             if payload_len > MAX_PAYLOAD || h.len as usize != RECORD_HEADER_LEN + payload_len {

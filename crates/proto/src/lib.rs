@@ -95,7 +95,9 @@ pub const FLAG_PLACEHOLDER_FD: u16 = 1 << 2;
 pub const FLAG_SIGNALS_FOLLOW: u16 = 1 << 3;
 
 /// The fixed header of every record. Little-endian, 64 bytes, no padding.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct RecordHeader {
     /// Total length of the record, header and payload, before padding.
@@ -149,9 +151,9 @@ impl RecordHeader {
     pub fn compute_crc_parts(&self, parts: &[&[u8]]) -> u32 {
         let mut h = *self;
         h.crc = 0;
-        parts
-            .iter()
-            .fold(crc32c::crc32c(h.as_bytes()), |c, p| crc32c::crc32c_append(c, p))
+        parts.iter().fold(crc32c::crc32c(h.as_bytes()), |c, p| {
+            crc32c::crc32c_append(c, p)
+        })
     }
 
     /// Set `len`, `payload_len` and `crc` for a payload in several parts.

@@ -118,7 +118,11 @@ pub struct Control {
     /// The next virtual pid/tid to hand out (pids and tids share one space,
     /// as in Linux).
     pub next_vid: AtomicU32,
-    _pad1: [u8; 44],
+    _pad1a: u32,
+    /// The producer's last view of `tail` (saves reading the consumer's
+    /// cache line on every publish).
+    pub tail_cache: AtomicU64,
+    _pad1: [u8; 32],
 
     // Written by the producer.
     /// Bytes published into the ring.
@@ -299,7 +303,9 @@ impl Region {
         for (i, b) in msg[..n].iter().enumerate() {
             c.message[i].store(*b, Ordering::Relaxed);
         }
-        let _ = c.message_len.compare_exchange(0, n as u32, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = c
+            .message_len
+            .compare_exchange(0, n as u32, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Copy the message out; returns its length.
@@ -329,7 +335,11 @@ impl Region {
         // caller owns the range.
         unsafe {
             core::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ring().add(at), first);
-            core::ptr::copy_nonoverlapping(bytes.as_ptr().add(first), self.ring(), bytes.len() - first);
+            core::ptr::copy_nonoverlapping(
+                bytes.as_ptr().add(first),
+                self.ring(),
+                bytes.len() - first,
+            );
         }
     }
 
@@ -343,7 +353,11 @@ impl Region {
         // SAFETY: as copy_in.
         unsafe {
             core::ptr::copy_nonoverlapping(self.ring().add(at), out.as_mut_ptr(), first);
-            core::ptr::copy_nonoverlapping(self.ring(), out.as_mut_ptr().add(first), out.len() - first);
+            core::ptr::copy_nonoverlapping(
+                self.ring(),
+                out.as_mut_ptr().add(first),
+                out.len() - first,
+            );
         }
     }
 
@@ -364,31 +378,41 @@ impl Region {
 
     /// As [`Region::publish`], with the payload gathered from `parts` in
     /// order (`header.payload_len` must be their total length).
-    pub fn publish_parts(&self, header: &RecordHeader, parts: &[&[u8]], futex: &impl Futex) -> bool {
+    pub fn publish_parts(
+        &self,
+        header: &RecordHeader,
+        parts: &[&[u8]],
+        futex: &impl Futex,
+    ) -> bool {
         let c = self.control();
         let payload_len: usize = parts.iter().map(|p| p.len()).sum();
         debug_assert_eq!(payload_len, header.payload_len as usize);
-        let need = padded(RECORD_HEADER_LEN + payload_len);
-        debug_assert!(need <= RING_CAP);
-        loop {
-            let seq = c.tail_seq.load(Ordering::Acquire);
-            if self.free_space() >= need {
-                break;
-            }
-            if self.has(CTL_CONSUMER_GONE) {
-                return false;
-            }
-            if futex.polls() {
-                futex.wait(&c.tail_seq, seq, Some(1));
-                continue;
-            }
-            c.tail_waiters.fetch_add(1, Ordering::SeqCst);
-            if self.free_space() < need && !self.has(CTL_CONSUMER_GONE) {
-                futex.wait(&c.tail_seq, seq, Some(100));
-            }
-            c.tail_waiters.fetch_sub(1, Ordering::AcqRel);
-        }
+        let need = padded(RECORD_HEADER_LEN + payload_len) as u64;
+        debug_assert!(need as usize <= RING_CAP);
         let head = c.head.load(Ordering::Relaxed);
+        let fits = |tail: u64| head + need - tail <= RING_CAP as u64;
+        if !fits(c.tail_cache.load(Ordering::Relaxed)) {
+            loop {
+                let tail = c.tail.load(Ordering::SeqCst);
+                c.tail_cache.store(tail, Ordering::Relaxed);
+                if fits(tail) {
+                    break;
+                }
+                if self.has(CTL_CONSUMER_GONE) {
+                    return false;
+                }
+                if futex.polls() {
+                    futex.wait(&c.tail_seq, 0, Some(1));
+                    continue;
+                }
+                c.tail_waiters.fetch_add(1, Ordering::SeqCst);
+                let seq = c.tail_seq.load(Ordering::SeqCst);
+                if c.tail.load(Ordering::SeqCst) == tail && !self.has(CTL_CONSUMER_GONE) {
+                    futex.wait(&c.tail_seq, seq, Some(100));
+                }
+                c.tail_waiters.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         // SAFETY: [head, head + need) is free (checked above) and only this
         // producer writes it until head is published.
         unsafe {
@@ -399,12 +423,35 @@ impl Region {
                 at += p.len() as u64;
             }
         }
-        c.head.store(head + need as u64, Ordering::SeqCst);
-        c.head_seq.fetch_add(1, Ordering::SeqCst);
+        // A sleeper registers, then looks at head, then sleeps on head_seq;
+        // the producer stores head, then looks for sleepers: with both in
+        // one total order (SeqCst), one of them always sees the other.
+        c.head.store(head + need, Ordering::SeqCst);
         if c.head_waiters.load(Ordering::SeqCst) != 0 {
+            c.head_seq.fetch_add(1, Ordering::SeqCst);
             futex.wake_all(&c.head_seq);
         }
         true
+    }
+
+    /// The published-bytes counter: records below it may be read with
+    /// [`Region::peek_below`] without looking at the producer's cache line
+    /// again (a consumer draining a batch).
+    pub fn head(&self) -> u64 {
+        self.control().head.load(Ordering::SeqCst)
+    }
+
+    /// The header of the record at `tail`, if `tail` is below `head` (a
+    /// value [`Region::head`] returned).
+    pub fn peek_below(&self, head: u64) -> Option<RecordHeader> {
+        let tail = self.control().tail.load(Ordering::Relaxed);
+        if head <= tail {
+            return None;
+        }
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        // SAFETY: the record at tail is published (head > tail).
+        unsafe { self.copy_out(tail, &mut h) };
+        RecordHeader::read_from_bytes(&h).ok()
     }
 
     /// The header of the record at `tail`, if one is published.
@@ -435,38 +482,52 @@ impl Region {
     pub fn consume(&self, header: &RecordHeader, futex: &impl Futex) {
         let c = self.control();
         let tail = c.tail.load(Ordering::Acquire);
-        c.tail.store(tail + header.padded_len() as u64, Ordering::SeqCst);
         c.consumed.fetch_add(1, Ordering::Relaxed);
-        c.tail_seq.fetch_add(1, Ordering::SeqCst);
+        c.tail
+            .store(tail + header.padded_len() as u64, Ordering::SeqCst);
         if c.tail_waiters.load(Ordering::SeqCst) != 0 {
+            c.tail_seq.fetch_add(1, Ordering::SeqCst);
             futex.wake_all(&c.tail_seq);
         }
     }
 
-    /// Wait until a record is published after `seen_head_seq`, the end of log
-    /// is raised, or `timeout_ms` passes.
-    pub fn wait_published(&self, seen_head_seq: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
+    /// Wait until a record is published (the ring is not empty), a flag is
+    /// raised, or `timeout_ms` passes. Spurious returns are allowed.
+    pub fn wait_published(&self, futex: &impl Futex, timeout_ms: Option<u32>) {
         let c = self.control();
         if futex.polls() {
-            futex.wait(&c.head_seq, seen_head_seq, timeout_ms);
+            futex.wait(&c.head_seq, 0, timeout_ms);
             return;
         }
         c.head_waiters.fetch_add(1, Ordering::SeqCst);
-        futex.wait(&c.head_seq, seen_head_seq, timeout_ms);
-        c.head_waiters.fetch_sub(1, Ordering::AcqRel);
+        let seq = c.head_seq.load(Ordering::SeqCst);
+        if c.head.load(Ordering::SeqCst) == c.tail.load(Ordering::SeqCst)
+            && c.flags.load(Ordering::SeqCst) == 0
+        {
+            futex.wait(&c.head_seq, seq, timeout_ms);
+        }
+        c.head_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Wait until a record is consumed after `seen_tail_seq` (or a flag is
-    /// raised), at most `timeout_ms`.
-    pub fn wait_consumed(&self, seen_tail_seq: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
+    /// The consumed-bytes counter, to pass to [`Region::wait_consumed`].
+    pub fn tail(&self) -> u64 {
+        self.control().tail.load(Ordering::SeqCst)
+    }
+
+    /// Wait until the record at `seen_tail` is consumed, a flag is raised,
+    /// or `timeout_ms` passes. Spurious returns are allowed.
+    pub fn wait_consumed(&self, seen_tail: u64, futex: &impl Futex, timeout_ms: Option<u32>) {
         let c = self.control();
         if futex.polls() {
-            futex.wait(&c.tail_seq, seen_tail_seq, timeout_ms);
+            futex.wait(&c.tail_seq, 0, timeout_ms);
             return;
         }
         c.tail_waiters.fetch_add(1, Ordering::SeqCst);
-        futex.wait(&c.tail_seq, seen_tail_seq, timeout_ms);
-        c.tail_waiters.fetch_sub(1, Ordering::AcqRel);
+        let seq = c.tail_seq.load(Ordering::SeqCst);
+        if c.tail.load(Ordering::SeqCst) == seen_tail && c.flags.load(Ordering::SeqCst) == 0 {
+            futex.wait(&c.tail_seq, seq, timeout_ms);
+        }
+        c.tail_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Find the process-table slot of a virtual pid.
@@ -481,7 +542,8 @@ impl Region {
     pub fn slot_of_real_pid(&self, pid: u32) -> Option<usize> {
         (0..MAX_PROCS).find(|&s| {
             let p = self.proc(s);
-            p.state.load(Ordering::Acquire) == PROC_LIVE && p.real_pid.load(Ordering::Acquire) == pid
+            p.state.load(Ordering::Acquire) == PROC_LIVE
+                && p.real_pid.load(Ordering::Acquire) == pid
         })
     }
 
@@ -489,7 +551,10 @@ impl Region {
     pub fn alloc_proc(&self, vpid: u32, parent_vpid: u32) -> Option<usize> {
         for s in 0..MAX_PROCS {
             let p = self.proc(s);
-            if p.state.compare_exchange(PROC_FREE, PROC_LIVE, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            if p.state
+                .compare_exchange(PROC_FREE, PROC_LIVE, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
                 p.real_pid.store(0, Ordering::Relaxed);
                 p.parent_vpid.store(parent_vpid, Ordering::Relaxed);
                 p.exec_pending.store(0, Ordering::Relaxed);

@@ -1,0 +1,50 @@
+//! C programs recorded with `ferry record` and replayed with `ferry replay`:
+//! each replay must exit 0 and print byte for byte what the recording printed.
+//! Every program's output differs between two native runs
+//! (`programs.rs` checks that), so these tests can only pass if Ferry
+//! recorded and replayed the inputs.
+
+use ferry_tests::record_and_replay_program;
+
+/// clock_gettime (realtime, monotonic), gettimeofday and time, with sleeps.
+#[test]
+fn clocks() {
+    record_and_replay_program("clocks", &[], 12, 1);
+}
+
+/// getrandom, getentropy, /dev/urandom through stdio, rand() seeded from the
+/// clock and pid, getrandom through syscall(2) and through a bare `syscall`
+/// instruction (which only the safety net can see), getpid.
+#[test]
+fn random() {
+    record_and_replay_program("random", &[], 7, 1);
+}
+
+/// /proc/self/stat, /proc/uptime, /proc/loadavg and /proc/self/status, read
+/// through stdio (libc's internal reads) and through read(2).
+#[test]
+fn procfs() {
+    record_and_replay_program("procfs", &[], 10, 1);
+}
+
+/// Four threads on a mutex and two condition variables. The interleaving is
+/// the scheduler's choice natively; each of three replays must reproduce the
+/// recorded one exactly.
+#[test]
+fn threads() {
+    record_and_replay_program("threads", &[], 8, 3);
+}
+
+/// fork, waitpid, a pipe between processes, posix_spawn of /bin/echo and of
+/// /bin/date +%N.
+#[test]
+fn forks() {
+    record_and_replay_program("forks", &[], 11, 1);
+}
+
+/// SIGALRM from alarm() and setitimer caught in pause() and in a blocking
+/// read(), and SIGCHLD from an exiting child.
+#[test]
+fn signals() {
+    record_and_replay_program("signals", &[], 14, 1);
+}
