@@ -199,6 +199,15 @@ pub enum LogError {
         len: u32,
     },
     /// A record's checksum does not match its header and payload.
+    #[error("offset {offset}: record #{index} has non-zero padding")]
+    /// The bytes between a record's end and the next 8-byte boundary are
+    /// not zero (writers zero them, so a damaged byte there is caught too).
+    BadPadding {
+        /// Offset of the record.
+        offset: u64,
+        /// Its number.
+        index: u64,
+    },
     #[error("offset {offset}: record #{index} (gseq {gseq}) checksum mismatch")]
     BadChecksum {
         /// Start of the record.
@@ -260,6 +269,7 @@ impl LogError {
             | LogError::BadLength { offset, .. }
             | LogError::PayloadTooLong { offset, .. }
             | LogError::BadChecksum { offset, .. }
+            | LogError::BadPadding { offset, .. }
             | LogError::UnknownKind { offset, .. }
             | LogError::OutOfOrder { offset, .. }
             | LogError::BadStart { offset, .. }
@@ -389,6 +399,9 @@ impl<'a> LogReader<'a> {
                 index,
                 gseq: header.gseq,
             });
+        }
+        if rest[header.len as usize..total].iter().any(|&b| b != 0) {
+            return Err(LogError::BadPadding { offset, index });
         }
         let kind = Kind::from_u16(header.kind);
         if kind.is_none() && header.flags & FLAG_OPTIONAL == 0 {
@@ -674,7 +687,7 @@ mod with_std {
         }
 
         /// Append the bytes of one sealed, padded record, as found in the
-        /// ring (padding bytes are copied as they are). Fails with
+        /// ring (padding is written as zeros, whatever the ring held). Fails with
         /// `InvalidInput` if `record_bytes` is not exactly one record of
         /// consistent lengths; the checksum is not verified here.
         pub fn append_raw(&mut self, record_bytes: &[u8]) -> io::Result<()> {
@@ -687,7 +700,9 @@ mod with_std {
             {
                 return Err(invalid("raw record lengths do not match its bytes"));
             }
-            self.w.write_all(record_bytes)
+            self.w.write_all(&record_bytes[..header.len as usize])?;
+            let pad = record_bytes.len() - header.len as usize;
+            self.w.write_all(&[0u8; RECORD_ALIGN][..pad])
         }
 
         /// The underlying writer.
