@@ -157,9 +157,12 @@ pub fn exec(nr: i64, a: [usize; 6], rec: bool) -> isize {
         lock();
         p.exec_digest.store(d as u32, Ordering::Relaxed);
         p.exec_vtid.store(me, Ordering::Relaxed);
-        p.exec_pending.store(1, Ordering::Release);
+        p.exec_started_ns.store(state::now_ns(), Ordering::Relaxed);
+        p.exec_pending
+            .store(ferry_ring::EXEC_PENDING, Ordering::Release);
         let ret = raw(nr, a);
-        p.exec_pending.store(0, Ordering::Release);
+        p.exec_pending
+            .store(ferry_ring::EXEC_NONE, Ordering::Release);
         emit(
             Rec {
                 kind: Kind::Exec,
@@ -180,9 +183,12 @@ pub fn exec(nr: i64, a: [usize; 6], rec: bool) -> isize {
         return h.ret as isize;
     }
     p.exec_vtid.store(me, Ordering::Relaxed);
-    p.exec_pending.store(1, Ordering::Release);
+    p.exec_started_ns.store(state::now_ns(), Ordering::Relaxed);
+    p.exec_pending
+        .store(ferry_ring::EXEC_PENDING, Ordering::Release);
     let ret = raw(nr, a);
-    p.exec_pending.store(0, Ordering::Release);
+    p.exec_pending
+        .store(ferry_ring::EXEC_NONE, Ordering::Release);
     state::diverge_msg(
         &h,
         format_args!(
@@ -196,7 +202,16 @@ pub fn exec(nr: i64, a: [usize; 6], rec: bool) -> isize {
 pub fn finish_exec(record: bool) {
     let region = reg();
     let p = region.proc(MY_SLOT.load(Ordering::Relaxed));
-    if p.exec_pending.load(Ordering::Acquire) == 0 {
+    // Take the exec over before anyone decides this image has no shim.
+    if p.exec_pending
+        .compare_exchange(
+            ferry_ring::EXEC_PENDING,
+            ferry_ring::EXEC_CLAIMED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_err()
+    {
         return;
     }
     let old = p.exec_vtid.load(Ordering::Relaxed);
@@ -212,10 +227,12 @@ pub fn finish_exec(record: bool) {
                 arg0: 0,
                 arg1: p.exec_digest.load(Ordering::Relaxed) as u64,
             },
+            MY_VPID.load(Ordering::Relaxed),
             old,
             &[],
         );
-        p.exec_pending.store(0, Ordering::Release);
+        p.exec_pending
+            .store(ferry_ring::EXEC_NONE, Ordering::Release);
         unlock();
     } else {
         let saved = state::vtid();
@@ -224,7 +241,8 @@ pub fn finish_exec(record: bool) {
         if h.kind != Kind::Exec as u16 {
             state::diverge(&h, Kind::Exec, SYS_execve as u32, 0);
         }
-        p.exec_pending.store(0, Ordering::Release);
+        p.exec_pending
+            .store(ferry_ring::EXEC_NONE, Ordering::Release);
         consume(&h);
         state::VTID.with(|t| t.set(saved));
     }
@@ -317,8 +335,25 @@ pub fn wait(nr: i64, a: [usize; 6], rec: bool) -> isize {
     } else {
         0
     };
+    // A child the recording found killed by a signal may, in replay, be
+    // waiting for a turn that never comes (its killer was outside the
+    // program): all its records are replayed by now, so end it.
+    let killed = if nr == SYS_wait4 {
+        // SAFETY: the program's status word, just filled from the log.
+        a[1] != 0 && unsafe { libc::WIFSIGNALED(*(a[1] as *const i32)) }
+    } else {
+        // SAFETY: siginfo_t just filled from the log; si_code at offset 8.
+        a[2] != 0
+            && matches!(
+                unsafe { *((a[2] + 8) as *const i32) },
+                CLD_KILLED | CLD_DUMPED
+            )
+    };
     if reaped > 0 {
         if let Some(real) = real_of(reaped) {
+            if killed {
+                raw(SYS_kill, [real as usize, SIGKILL as usize, 0, 0, 0, 0]);
+            }
             let opts = if nr == SYS_wait4 { a[2] } else { a[3] } & !(WNOHANG as usize);
             let mut st = 0i32;
             raw(

@@ -145,10 +145,206 @@ pub fn lock() {
                 c.order_waiters.fetch_add(1, Ordering::AcqRel);
                 sys::futex_wait(&c.order_lock, owner, Some(50));
                 c.order_waiters.fetch_sub(1, Ordering::AcqRel);
+                if spins % 4 == 0 && stale_lock(owner, me) {
+                    break;
+                }
             }
         }
     }
     LOCK_DEPTH.with(|d| d.set(1));
+}
+
+/// How long an exec may take before its new image is looked at.
+const EXEC_GRACE_NS: u64 = 500_000_000;
+
+/// Record, waiting for the ordering lock: whether its holder will never
+/// release it, and if so take it over (returns true when `me` now holds
+/// it). Two cases: the holder died (a process killed while it logged), or
+/// the lock is held for an exec whose new image runs without the shim (a
+/// static or set-uid program), which can never log it: the exec is logged
+/// on its behalf.
+fn stale_lock(owner: u32, me: u32) -> bool {
+    let r = reg();
+    let c = r.control();
+    if let Some(slot) = shimless_exec() {
+        let p = r.proc(slot);
+        if p.exec_pending
+            .compare_exchange(
+                ferry_ring::EXEC_PENDING,
+                ferry_ring::EXEC_CLAIMED,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            )
+            .is_ok()
+        {
+            c.order_lock.store(me, Ordering::Release);
+            LOCK_DEPTH.with(|d| d.set(1));
+            let rec = Rec {
+                kind: Kind::Exec,
+                flags: 0,
+                nr: libc::SYS_execve as u32,
+                ret: 0,
+                arg0: 0,
+                arg1: p.exec_digest.load(Ordering::Relaxed) as u64,
+            };
+            emit_as(
+                rec,
+                p.vpid.load(Ordering::Relaxed),
+                p.exec_vtid.load(Ordering::Relaxed),
+                &[],
+            );
+            p.exec_pending
+                .store(ferry_ring::EXEC_NONE, Ordering::Release);
+            return true;
+        }
+        return false;
+    }
+    if any_exec_pending() {
+        // The holder's tid may be gone because an exec from a secondary
+        // thread gives it the process's tid; the new image takes over.
+        return false;
+    }
+    thread_gone(owner)
+        && c.order_lock
+            .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+}
+
+fn any_exec_pending() -> bool {
+    let r = reg();
+    (0..ferry_ring::MAX_PROCS)
+        .any(|s| r.proc(s).exec_pending.load(Ordering::Acquire) != ferry_ring::EXEC_NONE)
+}
+
+/// A process whose exec began more than the grace period ago and whose new
+/// image does not have the shim mapped.
+pub fn shimless_exec() -> Option<usize> {
+    let r = reg();
+    let now = now_ns();
+    (0..ferry_ring::MAX_PROCS).find(|&s| {
+        let p = r.proc(s);
+        p.exec_pending.load(Ordering::Acquire) == ferry_ring::EXEC_PENDING
+            && now.saturating_sub(p.exec_started_ns.load(Ordering::Acquire)) > EXEC_GRACE_NS
+            && !has_shim(p.real_pid.load(Ordering::Acquire))
+    })
+}
+
+/// CLOCK_MONOTONIC in ns, for the shim's own timeouts (not logged: the
+/// program never sees it).
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    sys::sys2(
+        libc::SYS_clock_gettime,
+        libc::CLOCK_MONOTONIC as usize,
+        &mut ts as *mut _ as usize,
+    );
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `/proc/<n>/<leaf>` as a NUL-terminated path.
+fn proc_path(n: u32, leaf: &[u8], out: &mut [u8; 48]) {
+    let mut digits = [0u8; 10];
+    let mut k = 0;
+    let mut v = n;
+    loop {
+        digits[k] = b'0' + (v % 10) as u8;
+        k += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    let mut at = 0;
+    for b in b"/proc/" {
+        out[at] = *b;
+        at += 1;
+    }
+    while k > 0 {
+        k -= 1;
+        out[at] = digits[k];
+        at += 1;
+    }
+    out[at] = b'/';
+    at += 1;
+    for b in leaf {
+        out[at] = *b;
+        at += 1;
+    }
+    out[at] = 0;
+}
+
+/// Read up to `buf.len()` bytes of `/proc/<n>/<leaf>` from `offset`.
+fn read_proc(n: u32, leaf: &[u8], offset: usize, buf: &mut [u8]) -> isize {
+    let mut path = [0u8; 48];
+    proc_path(n, leaf, &mut path);
+    let fd = sys::raw(
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as usize,
+            path.as_ptr() as usize,
+            libc::O_RDONLY as usize | libc::O_CLOEXEC as usize,
+            0,
+            0,
+            0,
+        ],
+    );
+    if fd < 0 {
+        return fd;
+    }
+    let n = sys::raw(
+        libc::SYS_pread64,
+        [
+            fd as usize,
+            buf.as_mut_ptr() as usize,
+            buf.len(),
+            offset,
+            0,
+            0,
+        ],
+    );
+    sys::sys1(libc::SYS_close, fd as usize);
+    n
+}
+
+/// Whether thread `tid` has ended (no such task, or a zombie).
+fn thread_gone(tid: u32) -> bool {
+    let mut buf = [0u8; 256];
+    let n = read_proc(tid, b"stat", 0, &mut buf);
+    if n <= 0 {
+        return n == -(libc::ENOENT as isize) || n == -(libc::ESRCH as isize);
+    }
+    // "pid (comm) S ...": the state follows the last ')'.
+    let s = &buf[..n as usize];
+    match s.iter().rposition(|&b| b == b')') {
+        Some(i) if i + 2 < s.len() => matches!(s[i + 2], b'Z' | b'X'),
+        _ => false,
+    }
+}
+
+/// Whether process `pid` has the shim mapped.
+fn has_shim(pid: u32) -> bool {
+    const NEEDLE: &[u8] = b"libferry_preload";
+    let mut buf = [0u8; 4096];
+    let mut offset = 0usize;
+    loop {
+        let n = read_proc(pid, b"maps", offset, &mut buf);
+        if n <= 0 {
+            // Gone or unreadable: nothing to wait for.
+            return false;
+        }
+        let s = &buf[..n as usize];
+        if s.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+            return true;
+        }
+        if (n as usize) < NEEDLE.len() {
+            return false;
+        }
+        // Overlap so a name across two reads is still found.
+        offset += n as usize - NEEDLE.len();
+    }
 }
 
 /// Record: release the ordering lock.
@@ -200,11 +396,11 @@ impl Rec {
 /// Record: append one record with the next `gseq`. Takes the ordering lock
 /// for the append if the caller does not hold it.
 pub fn emit(rec: Rec, parts: &[&[u8]]) {
-    emit_as(rec, vtid(), parts)
+    emit_as(rec, MY_VPID.load(Ordering::Relaxed), vtid(), parts)
 }
 
-/// As [`emit`], for thread `vtid`.
-pub fn emit_as(rec: Rec, vtid: u32, parts: &[&[u8]]) {
+/// As [`emit`], for thread `vtid` of process `vpid`.
+pub fn emit_as(rec: Rec, vpid: u32, vtid: u32, parts: &[&[u8]]) {
     lock();
     let r = reg();
     let c = r.control();
@@ -216,7 +412,7 @@ pub fn emit_as(rec: Rec, vtid: u32, parts: &[&[u8]]) {
         kind: rec.kind as u16,
         flags: rec.flags,
         gseq,
-        vpid: MY_VPID.load(Ordering::Relaxed),
+        vpid,
         vtid,
         nr: rec.nr,
         crc: 0,
@@ -272,7 +468,12 @@ pub fn turn() -> RecordHeader {
                 }
                 return h;
             }
-            Some(_) => r.wait_consumed(tail, &GateFutex, Some(1000)),
+            Some(h) => {
+                r.wait_consumed(tail, &GateFutex, Some(200));
+                if r.tail() == tail {
+                    finish_shimless_exec(&h);
+                }
+            }
             None => {
                 if r.has(CTL_END_OF_LOG) {
                     // Every record has been replayed: the recording ended
@@ -282,6 +483,36 @@ pub fn turn() -> RecordHeader {
                 r.wait_published(&GateFutex, Some(1000));
             }
         }
+    }
+}
+
+/// Replay: the head record has been waiting a while. If it is the exec of a
+/// process whose new image runs without the shim, that image will never
+/// take it: consume it on its behalf.
+fn finish_shimless_exec(h: &RecordHeader) {
+    if h.kind != Kind::Exec as u16 || h.ret != 0 {
+        return;
+    }
+    let r = reg();
+    let Some(slot) = shimless_exec() else { return };
+    let p = r.proc(slot);
+    if p.vpid.load(Ordering::Acquire) != h.vpid {
+        return;
+    }
+    if p.exec_pending
+        .compare_exchange(
+            ferry_ring::EXEC_PENDING,
+            ferry_ring::EXEC_CLAIMED,
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+    {
+        if r.peek().map(|x| x.gseq) == Some(h.gseq) {
+            r.consume(h, &GateFutex);
+        }
+        p.exec_pending
+            .store(ferry_ring::EXEC_NONE, Ordering::Release);
     }
 }
 

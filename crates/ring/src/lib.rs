@@ -163,6 +163,15 @@ pub const PROC_LIVE: u32 = 1;
 /// `ProcEntry::state`: the process has exited.
 pub const PROC_EXITED: u32 = 2;
 
+/// `ProcEntry::exec_pending`: no exec under way.
+pub const EXEC_NONE: u32 = 0;
+/// `ProcEntry::exec_pending`: an exec is under way; in record the ordering
+/// lock is held on its behalf until the new image logs it.
+pub const EXEC_PENDING: u32 = 1;
+/// `ProcEntry::exec_pending`: another process is finishing that exec for a
+/// new image that runs without the shim.
+pub const EXEC_CLAIMED: u32 = 2;
+
 /// What a descriptor is, for replay.
 pub const FD_CLOSED: u8 = 0;
 /// A descriptor whose I/O is repeated in replay: a regular file, a directory,
@@ -190,13 +199,17 @@ pub struct ProcEntry {
     pub exec_vtid: AtomicU32,
     /// CRC-32C of the path of that `execve`.
     pub exec_digest: AtomicU32,
+    _pad: AtomicU32,
+    /// CLOCK_MONOTONIC nanoseconds when that `execve` began.
+    pub exec_started_ns: AtomicU64,
     /// Zero.
-    pub reserved: [AtomicU32; 9],
+    pub reserved: [AtomicU32; 6],
     /// `FD_*` per descriptor number.
     pub fds: [AtomicU8; MAX_FDS],
 }
 
 const _: () = assert!(core::mem::size_of::<ProcEntry>() <= PROC_ENTRY_LEN);
+const _: () = assert!(core::mem::offset_of!(ProcEntry, fds) == 64);
 
 /// Waiting and waking on a 32-bit word shared between processes.
 pub trait Futex {
