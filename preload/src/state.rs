@@ -145,7 +145,7 @@ pub fn lock() {
                 c.order_waiters.fetch_add(1, Ordering::AcqRel);
                 sys::futex_wait(&c.order_lock, owner, Some(50));
                 c.order_waiters.fetch_sub(1, Ordering::AcqRel);
-                if spins % 4 == 0 && stale_lock(owner, me) {
+                if spins.is_multiple_of(4) && stale_lock(owner, me) {
                     break;
                 }
             }
