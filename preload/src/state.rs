@@ -469,9 +469,11 @@ pub fn turn() -> RecordHeader {
                 return h;
             }
             Some(h) => {
-                r.wait_consumed(tail, &GateFutex, Some(200));
-                if r.tail() == tail {
-                    finish_shimless_exec(&h);
+                if !spin_until(|| r.tail() != tail) {
+                    r.wait_consumed(tail, &GateFutex, Some(200));
+                    if r.tail() == tail {
+                        finish_shimless_exec(&h);
+                    }
                 }
             }
             None => {
@@ -480,10 +482,26 @@ pub fn turn() -> RecordHeader {
                     // here (the program was still running when it stopped).
                     sys::exit_group(0);
                 }
-                r.wait_published(&GateFutex, Some(1000));
+                if !spin_until(|| r.head() != r.tail()) {
+                    r.wait_published(&GateFutex, Some(1000));
+                }
             }
         }
     }
+}
+
+/// Spin a few microseconds for `ready` before sleeping on a futex: a turn
+/// passes between threads, or a record arrives, much sooner than a sleep
+/// and a wake-up take. Returns whether `ready` came true.
+#[inline]
+fn spin_until(ready: impl Fn() -> bool) -> bool {
+    for _ in 0..2000 {
+        if ready() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
 }
 
 /// Replay: the head record has been waiting a while. If it is the exec of a

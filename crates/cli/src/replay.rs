@@ -7,9 +7,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use ferry_proto::log::{validate, LogError, LogReader, LogRecord};
-use ferry_proto::Kind;
+use ferry_proto::log::{validate_with, LogError};
+use ferry_proto::{Kind, RecordHeader, RECORD_HEADER_LEN};
 use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_DIVERGED, CTL_END_OF_LOG, CTL_FAILED};
+use zerocopy::FromBytes;
 
 use crate::exit::{report, report_error, ExitCodeOf, BAD_INPUT, DIVERGED, SUCCESS};
 use crate::region::{self, PollFutex, SharedRegion, SysFutex};
@@ -143,32 +144,29 @@ pub fn check_argv(recorded: &[Vec<u8>], asked: &[OsString]) -> Result<(), Replay
     }
 }
 
-/// The records replay publishes: every record after the start record, up
-/// to (not including) the end record.
-fn records_to_publish(bytes: &[u8]) -> Result<Vec<LogRecord<'_>>, LogError> {
-    let mut out = Vec::new();
-    for r in LogReader::new(bytes)? {
-        let r = r?;
-        match Kind::from_u16(r.header.kind) {
-            Some(Kind::Start) => continue,
-            Some(Kind::End) => break,
-            _ => out.push(r),
-        }
-    }
-    Ok(out)
-}
-
 fn replay(args: &ReplayArgs) -> Result<u8, ReplayError> {
     let path = &args.log;
-    let bytes = std::fs::read(path).map_err(|source| ReplayError::ReadLog {
+    let bytes = map_log(path).map_err(|source| ReplayError::ReadLog {
         path: path.clone(),
         source,
     })?;
+    let bytes: &[u8] = &bytes;
     let bad = |source| ReplayError::BadLog {
         path: path.clone(),
         source,
     };
-    let summary = validate(&bytes).map_err(bad)?;
+    // One pass checks the whole log and keeps the records replay publishes:
+    // every record after the start record, up to (not including) the end.
+    let mut records: Vec<usize> = Vec::new();
+    let summary = validate_with(bytes, |r| {
+        if !matches!(
+            Kind::from_u16(r.header.kind),
+            Some(Kind::Start) | Some(Kind::End)
+        ) {
+            records.push(r.offset as usize);
+        }
+    })
+    .map_err(bad)?;
     let start = &summary.start;
     if let Err(diverged) = check_argv(&start.argv, &args.command) {
         // A command that does not exist here is bad input, not a divergence.
@@ -201,7 +199,6 @@ fn replay(args: &ReplayArgs) -> Result<u8, ReplayError> {
     let path_var = env_value(&start.env, b"PATH").map(OsStr::from_bytes);
     let exe = resolve(OsStr::from_bytes(&start.argv[0]), path_var, cwd)?;
     let launch = Launch::new(&exe, &start.argv, &start.env, Some(&start.cwd))?;
-    let records = records_to_publish(&bytes).map_err(bad)?;
     let total = records.len() as u64;
 
     let shared = SharedRegion::create(Mode::Replay)?;
@@ -211,7 +208,7 @@ fn replay(args: &ReplayArgs) -> Result<u8, ReplayError> {
     let root = spawn(&launch, region, shared.fd(), &signals)?;
 
     let (root_status, published) = std::thread::scope(|s| {
-        let producer = s.spawn(|| produce(region, &records));
+        let producer = s.spawn(|| produce(region, bytes, &records));
         let reaped = reap_all(region, root);
         region.raise(CTL_CONSUMER_GONE, &SysFutex);
         let published = producer.join().unwrap_or(0);
@@ -263,15 +260,29 @@ fn replay(args: &ReplayArgs) -> Result<u8, ReplayError> {
     Ok(SUCCESS)
 }
 
-/// Publish `records` in order, then mark the end of the log. Stops early if
+/// Map the log read-only (a log can be large: no copy, no allocation).
+fn map_log(path: &Path) -> io::Result<memmap2::Mmap> {
+    let file = std::fs::File::open(path)?;
+    // SAFETY: the mapping is read-only and private to this process; a log
+    // being rewritten underneath a replay is outside what replay supports,
+    // and every length read from it is checked before use.
+    unsafe { memmap2::Mmap::map(&file) }
+}
+
+/// Publish `records` (offsets of whole records in `bytes`) in order, then mark the end of the log. Stops early if
 /// the consumers went away or replay stopped. Returns how many it published.
-fn produce(region: Region, records: &[LogRecord<'_>]) -> u64 {
+fn produce(region: Region, bytes: &[u8], records: &[usize]) -> u64 {
     let mut published = 0;
-    for r in records {
+    for &at in records {
         if region.has(CTL_DIVERGED | CTL_FAILED | CTL_CONSUMER_GONE) {
             return published;
         }
-        if !region.publish(&r.header, r.payload, &PollFutex) {
+        // Validated above: a whole record starts at every offset kept.
+        let Ok((header, _)) = RecordHeader::read_from_prefix(&bytes[at..]) else {
+            return published;
+        };
+        let payload = &bytes[at + RECORD_HEADER_LEN..at + header.len as usize];
+        if !region.publish(&header, payload, &PollFutex) {
             return published;
         }
         published += 1;

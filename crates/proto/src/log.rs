@@ -611,6 +611,16 @@ mod with_std {
     /// ([`LogError::Truncated`] at the offset of the cut record); a log that
     /// merely lacks an end record is not (`complete` is false).
     pub fn validate(bytes: &[u8]) -> Result<LogSummary, LogError> {
+        validate_with(bytes, |_| {})
+    }
+
+    /// As [`validate`], handing every record to `each` as it is read (a
+    /// replay collects the records to publish in the same pass). After an
+    /// error, the records already handed over are not to be used.
+    pub fn validate_with<'a>(
+        bytes: &'a [u8],
+        mut each: impl FnMut(&super::LogRecord<'a>),
+    ) -> Result<LogSummary, LogError> {
         let mut reader = LogReader::new(bytes)?;
         let first_offset = reader.position();
         let mut start = None;
@@ -618,6 +628,7 @@ mod with_std {
         let mut end_status = None;
         for record in reader.by_ref() {
             let record = record?;
+            each(&record);
             last_gseq = record.header.gseq;
             match Kind::from_u16(record.header.kind) {
                 Some(Kind::Start) => {
