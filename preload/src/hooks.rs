@@ -5,7 +5,7 @@
 
 use crate::engine;
 use crate::signals;
-use crate::state::{self, consume, emit, expect, mode, Rec, IN_SHIM, READY};
+use crate::state::{self, consume, emit, expect, mode, Rec, READY};
 use crate::sud::allowed;
 use crate::sys::raw;
 use core::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +17,8 @@ use libc::*;
 /// Whether the calling thread should go through the shim now.
 #[inline]
 fn active() -> bool {
-    READY.load(Ordering::Relaxed) && IN_SHIM.with(|g| g.get()) == 0 && state::vtid() != 0
+    let t = state::me();
+    READY.load(Ordering::Relaxed) && t.in_shim.get() == 0 && t.vtid.get() != 0
 }
 
 #[inline]
@@ -34,12 +35,13 @@ fn set_errno(r: isize) -> isize {
 /// A syscall wrapper: the same dispatch as the SIGSYS path.
 #[inline]
 fn syscall_hook(nr: i64, a: [usize; 6]) -> isize {
-    if !active() {
+    let t = state::me();
+    if !READY.load(Ordering::Relaxed) || t.in_shim.get() != 0 || t.vtid.get() == 0 {
         return set_errno(raw(nr, a));
     }
-    IN_SHIM.with(|g| g.set(1));
+    t.in_shim.set(1);
     let r = engine::dispatch(nr, a, core::ptr::null_mut());
-    IN_SHIM.with(|g| g.set(0));
+    t.in_shim.set(0);
     set_errno(r)
 }
 
@@ -205,11 +207,11 @@ pub(crate) use real;
 fn vdso_input(nr: i64, a: [usize; 6], exec: impl FnOnce() -> isize) -> isize {
     match mode() {
         Some(Mode::Record) | Some(Mode::Replay) if active() => {
-            IN_SHIM.with(|g| g.set(1));
+            state::me().in_shim.set(1);
             signals::on_entry();
             let r = engine::logged_with(nr, a, mode() == Some(Mode::Record), || allowed(exec));
             signals::on_exit();
-            IN_SHIM.with(|g| g.set(0));
+            state::me().in_shim.set(0);
             r
         }
         _ => allowed(exec),
@@ -268,7 +270,7 @@ fn sync_op(
     if !active() || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
         return allowed(exec);
     }
-    IN_SHIM.with(|g| g.set(1));
+    state::me().in_shim.set(1);
     signals::on_entry();
     let r = if mode() == Some(Mode::Record) {
         let r = allowed(exec);
@@ -292,7 +294,7 @@ fn sync_op(
         r
     };
     signals::on_exit();
-    IN_SHIM.with(|g| g.set(0));
+    state::me().in_shim.set(0);
     r
 }
 

@@ -43,7 +43,7 @@ extern "C" fn ferry_init() {
     let vpid = p.vpid.load(Ordering::Acquire);
     state::MY_SLOT.store(slot, Ordering::Release);
     state::MY_VPID.store(vpid, Ordering::Release);
-    state::VTID.with(|t| t.set(vpid));
+    state::me().vtid.set(vpid);
     if vpid == 1
         && p.exec_pending.load(Ordering::Acquire) == 0
         && r.control().next_gseq.load(Ordering::Acquire) <= 1

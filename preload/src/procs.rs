@@ -236,7 +236,7 @@ pub fn finish_exec(record: bool) {
         unlock();
     } else {
         let saved = state::vtid();
-        state::VTID.with(|t| t.set(old));
+        state::me().vtid.set(old);
         let h = state::turn();
         if h.kind != Kind::Exec as u16 {
             state::diverge(&h, Kind::Exec, SYS_execve as u32, 0);
@@ -244,7 +244,7 @@ pub fn finish_exec(record: bool) {
         p.exec_pending
             .store(ferry_ring::EXEC_NONE, Ordering::Release);
         consume(&h);
-        state::VTID.with(|t| t.set(saved));
+        state::me().vtid.set(saved);
     }
 }
 

@@ -7,7 +7,7 @@
 //! real signals. Faults (SIGSEGV and the like, raised by an instruction) are
 //! deterministic and go straight to the program's handler.
 
-use crate::state::{self, consume, emit, mode, Rec, IN_SHIM};
+use crate::state::{self, consume, emit, mode, Rec};
 use crate::sys::{self, raw, GateFutex, SA_RESTORER};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -46,15 +46,8 @@ const NO_ACTION: Action = Action {
 static ACTIONS: [Action; NSIG] = [NO_ACTION; NSIG];
 
 thread_local! {
-    /// Signals noted by the shim's handler, not yet delivered (bit n-1 for n).
-    static PENDING: Cell<u64> = const { Cell::new(0) };
-    /// Their siginfo.
+    /// The siginfo of each signal noted and not yet delivered.
     static INFO: Cell<[[u8; SIGINFO_LEN]; NSIG]> = const { Cell::new([[0; SIGINFO_LEN]; NSIG]) };
-    /// The last delivery asks the interrupted call to be restarted.
-    static RESTART: Cell<bool> = const { Cell::new(false) };
-    /// Record: the last record said signals follow it. Replay: the record
-    /// just consumed said so.
-    static FOLLOW: Cell<bool> = const { Cell::new(false) };
 }
 
 fn bit(sig: usize) -> u64 {
@@ -144,8 +137,8 @@ pub fn init() {
 
 /// In a forked child: nothing noted in the parent is the child's.
 pub fn after_fork_child() {
-    PENDING.with(|p| p.set(0));
-    FOLLOW.with(|f| f.set(false));
+    state::me().pending.set(0);
+    state::me().follow.set(false);
 }
 
 /// `rt_sigaction`: remember the program's disposition and install the
@@ -218,7 +211,10 @@ extern "C" fn on_signal(sig: i32, info: *mut siginfo_t, uc: *mut c_void) {
                 all[s] = unsafe { core::ptr::read_unaligned(info as *const [u8; SIGINFO_LEN]) };
                 i.set(all);
             });
-            PENDING.with(|p| p.set(p.get() | bit(s)));
+            {
+                let t = state::me();
+                t.pending.set(t.pending.get() | bit(s))
+            };
         }
         _ => {
             let a = &ACTIONS[sig as usize];
@@ -248,12 +244,7 @@ unsafe fn call_handler(h: usize, flags: u64, sig: i32, info: *mut siginfo_t, uc:
 /// Record: whether signals wait to be delivered (checked when a record is
 /// sealed: they will be delivered right after that call).
 pub fn pending_now() -> bool {
-    PENDING.with(|p| p.get()) != 0
-}
-
-/// Record: the record being emitted says signals follow it.
-pub fn note_follow(v: bool) {
-    FOLLOW.with(|f| f.set(v));
+    state::me().pending.get() != 0
 }
 
 /// Run the program's handler for `sig` as the kernel would: with its mask
@@ -331,7 +322,7 @@ fn invoke(sig: usize, info: &mut [u8; SIGINFO_LEN]) -> bool {
     }
     // SAFETY: a zeroed ucontext is a valid (if uninformative) context.
     let mut uc: ucontext_t = unsafe { core::mem::zeroed() };
-    let depth = IN_SHIM.with(|g| g.replace(0));
+    let depth = state::me().in_shim.replace(0);
     // SAFETY: `h` is the handler the program installed for `sig`.
     unsafe {
         call_handler(
@@ -342,7 +333,7 @@ fn invoke(sig: usize, info: &mut [u8; SIGINFO_LEN]) -> bool {
             &mut uc as *mut _ as *mut c_void,
         )
     };
-    IN_SHIM.with(|g| g.set(depth));
+    state::me().in_shim.set(depth);
     raw(
         SYS_rt_sigprocmask,
         [
@@ -362,12 +353,12 @@ pub fn deliver_pending() {
     let mut restart = true;
     let mut any = false;
     loop {
-        let p = PENDING.with(|p| p.get());
+        let p = state::me().pending.get();
         if p == 0 {
             break;
         }
         let sig = p.trailing_zeros() as usize + 1;
-        PENDING.with(|c| c.set(p & !bit(sig)));
+        state::me().pending.set(p & !bit(sig));
         let mut info = INFO.with(|i| i.get()[sig]);
         emit(
             Rec {
@@ -383,7 +374,7 @@ pub fn deliver_pending() {
         restart &= invoke(sig, &mut info);
         any = true;
     }
-    RESTART.with(|r| r.set(any && restart));
+    state::me().restart.set(any && restart);
 }
 
 /// Replay: the head record is a signal for this thread: deliver it.
@@ -393,7 +384,10 @@ pub fn deliver_logged(h: &RecordHeader) {
     state::reg().read_payload(h, 0, &mut info[..n]);
     consume(h);
     let r = invoke(h.nr as usize, &mut info);
-    RESTART.with(|c| c.set(c.get() && r));
+    {
+        let t = state::me();
+        t.restart.set(t.restart.get() && r)
+    };
 }
 
 /// Called on entry to the shim: record delivers what is pending.
@@ -409,13 +403,13 @@ pub fn on_entry() {
 /// the record says follow).
 #[inline]
 pub fn on_exit() {
-    if !FOLLOW.with(|f| f.replace(false)) {
+    if !state::me().follow.replace(false) {
         return;
     }
     match mode() {
         Some(Mode::Record) => deliver_pending(),
         Some(Mode::Replay) => {
-            RESTART.with(|r| r.set(true));
+            state::me().restart.set(true);
             deliver_following();
         }
         _ => {}
@@ -452,5 +446,5 @@ fn deliver_following() {
 
 /// Whether the call interrupted by the last delivery should be restarted.
 pub fn take_restart() -> bool {
-    RESTART.with(|r| r.replace(false))
+    state::me().restart.replace(false)
 }

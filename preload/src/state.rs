@@ -23,17 +23,51 @@ pub static MY_VPID: AtomicU32 = AtomicU32::new(0);
 /// Set once init has finished.
 pub static READY: AtomicBool = AtomicBool::new(false);
 
-thread_local! {
-    /// Syscall User Dispatch selector: ALLOW (0) or BLOCK (1).
-    pub static SELECTOR: Cell<u8> = const { Cell::new(0) };
+/// Everything the shim keeps per thread, in one thread-local: a lookup of
+/// a thread-local in a shared library is a call (`__tls_get_addr`), so hot
+/// paths take `me()` once.
+pub struct Thread {
+    /// Syscall User Dispatch selector: ALLOW (0) or BLOCK (1). The kernel
+    /// reads it at this address.
+    pub selector: Cell<u8>,
     /// Non-zero while the thread runs shim code (the re-entrancy guard).
-    pub static IN_SHIM: Cell<u32> = const { Cell::new(0) };
+    pub in_shim: Cell<u32>,
     /// This thread's virtual tid (0: not a thread the shim knows).
-    pub static VTID: Cell<u32> = const { Cell::new(0) };
+    pub vtid: Cell<u32>,
     /// Real tid, cached (0: unknown).
-    static REAL_TID: Cell<u32> = const { Cell::new(0) };
+    real_tid: Cell<u32>,
     /// Depth of the ordering lock held by this thread.
-    static LOCK_DEPTH: Cell<u32> = const { Cell::new(0) };
+    lock_depth: Cell<u32>,
+    /// Signals noted by the shim's handler, not yet delivered (bit n-1).
+    pub pending: Cell<u64>,
+    /// The last delivery asks the interrupted call to be restarted.
+    pub restart: Cell<bool>,
+    /// Record: the last record said signals follow it. Replay: the record
+    /// just consumed said so.
+    pub follow: Cell<bool>,
+}
+
+thread_local! {
+    static THREAD: Thread = const {
+        Thread {
+            selector: Cell::new(0),
+            in_shim: Cell::new(0),
+            vtid: Cell::new(0),
+            real_tid: Cell::new(0),
+            lock_depth: Cell::new(0),
+            pending: Cell::new(0),
+            restart: Cell::new(false),
+            follow: Cell::new(false),
+        }
+    };
+}
+
+/// The calling thread's state.
+#[inline(always)]
+pub fn me() -> &'static Thread {
+    // SAFETY: the thread-local lives as long as its thread, and the
+    // reference never leaves the thread (Thread is not Sync).
+    THREAD.with(|t| unsafe { &*(t as *const Thread) })
 }
 
 /// The region, if the shim is active.
@@ -95,40 +129,41 @@ pub fn map_region() -> Result<Region, &'static str> {
 /// Forget the cached per-thread and per-process facts that a fork changes;
 /// called in the child of a fork, before anything else.
 pub fn after_fork_child(vpid: u32, slot: usize) {
-    REAL_TID.with(|t| t.set(0));
-    LOCK_DEPTH.with(|d| d.set(0));
+    let t = me();
+    t.real_tid.set(0);
+    t.lock_depth.set(0);
     MY_VPID.store(vpid, Ordering::Release);
     MY_SLOT.store(slot, Ordering::Release);
-    VTID.with(|t| t.set(vpid));
+    t.vtid.set(vpid);
 }
 
-fn real_tid() -> u32 {
-    REAL_TID.with(|t| {
-        let v = t.get();
-        if v != 0 {
-            return v;
-        }
-        let v = sys::gettid();
-        t.set(v);
-        v
-    })
+fn real_tid(t: &Thread) -> u32 {
+    let v = t.real_tid.get();
+    if v != 0 {
+        return v;
+    }
+    let v = sys::gettid();
+    t.real_tid.set(v);
+    v
 }
 
 /// This thread's virtual tid.
 #[inline]
 pub fn vtid() -> u32 {
-    VTID.with(|t| t.get())
+    me().vtid.get()
 }
 
 /// Record: take the ordering lock (re-entrant for the owning thread).
 pub fn lock() {
-    if LOCK_DEPTH.with(|d| d.get()) > 0 {
-        LOCK_DEPTH.with(|d| d.set(d.get() + 1));
+    let t = me();
+    let depth = t.lock_depth.get();
+    if depth > 0 {
+        t.lock_depth.set(depth + 1);
         return;
     }
     let r = reg();
     let c = r.control();
-    let me = real_tid();
+    let me = real_tid(t);
     let mut spins = 0u32;
     loop {
         match c
@@ -151,7 +186,7 @@ pub fn lock() {
             }
         }
     }
-    LOCK_DEPTH.with(|d| d.set(1));
+    t.lock_depth.set(1);
 }
 
 /// How long an exec may take before its new image is looked at.
@@ -178,7 +213,7 @@ fn stale_lock(owner: u32, me: u32) -> bool {
             .is_ok()
         {
             c.order_lock.store(me, Ordering::Release);
-            LOCK_DEPTH.with(|d| d.set(1));
+            self::me().lock_depth.set(1);
             let rec = Rec {
                 kind: Kind::Exec,
                 flags: 0,
@@ -349,9 +384,10 @@ fn has_shim(pid: u32) -> bool {
 
 /// Record: release the ordering lock.
 pub fn unlock() {
-    let depth = LOCK_DEPTH.with(|d| d.get());
+    let t = me();
+    let depth = t.lock_depth.get();
     debug_assert!(depth > 0);
-    LOCK_DEPTH.with(|d| d.set(depth - 1));
+    t.lock_depth.set(depth - 1);
     if depth == 1 {
         force_unlock();
     }
@@ -396,7 +432,7 @@ impl Rec {
 /// Record: append one record with the next `gseq`. Takes the ordering lock
 /// for the append if the caller does not hold it.
 pub fn emit(rec: Rec, parts: &[&[u8]]) {
-    emit_as(rec, MY_VPID.load(Ordering::Relaxed), vtid(), parts)
+    emit_as(rec, MY_VPID.load(Ordering::Relaxed), me().vtid.get(), parts)
 }
 
 /// As [`emit`], for thread `vtid` of process `vpid`.
@@ -422,9 +458,10 @@ pub fn emit_as(rec: Rec, vpid: u32, vtid: u32, parts: &[&[u8]]) {
         payload_len: 0,
         reserved: 0,
     };
-    if rec.kind != Kind::Signal && crate::signals::pending_now() {
+    let t = me();
+    if rec.kind != Kind::Signal && t.pending.get() != 0 {
         h.flags |= ferry_proto::FLAG_SIGNALS_FOLLOW;
-        crate::signals::note_follow(true);
+        t.follow.set(true);
     }
     h.size_parts(parts);
     if !r.publish_parts(&h, parts, &GateFutex) {
@@ -569,7 +606,7 @@ pub fn payload_to(h: &RecordHeader, off: usize, dst: *mut u8, len: usize) {
 pub fn consume(h: &RecordHeader) {
     reg().consume(h, &GateFutex);
     if h.flags & ferry_proto::FLAG_SIGNALS_FOLLOW != 0 {
-        crate::signals::note_follow(true);
+        me().follow.set(true);
     }
 }
 
@@ -636,9 +673,10 @@ pub fn expect(kind: Kind, nr: u32, arg0: Option<u64>, arg1: Option<u64>) -> Reco
 /// Record, in a new image after `execve`: the previous image held the
 /// ordering lock across the exec; take it over.
 pub fn adopt_lock() {
+    let t = me();
     reg()
         .control()
         .order_lock
-        .store(real_tid(), Ordering::Release);
-    LOCK_DEPTH.with(|d| d.set(1));
+        .store(real_tid(t), Ordering::Release);
+    t.lock_depth.set(1);
 }

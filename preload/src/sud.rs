@@ -5,7 +5,7 @@
 //! (`enable_thread`), and an exec clears it (the new image's init).
 
 use crate::engine;
-use crate::state::{IN_SHIM, SELECTOR};
+use crate::state;
 use crate::sys::{self, raw, SA_RESTORER};
 use libc::*;
 
@@ -39,8 +39,8 @@ pub fn install_handler() {
 /// Switch dispatch on for the calling thread.
 pub fn enable_thread() {
     let (start, end) = sys::gate();
-    let sel = SELECTOR.with(|s| s.as_ptr() as usize);
-    SELECTOR.with(|s| s.set(BLOCK));
+    let sel = state::me().selector.as_ptr() as usize;
+    state::me().selector.set(BLOCK);
     let r = raw(
         SYS_prctl,
         [
@@ -53,7 +53,7 @@ pub fn enable_thread() {
         ],
     );
     if r < 0 {
-        SELECTOR.with(|s| s.set(ALLOW));
+        state::me().selector.set(ALLOW);
         crate::state::fail(b"Syscall User Dispatch is not available (Linux >= 5.11 needed)");
     }
 }
@@ -61,9 +61,9 @@ pub fn enable_thread() {
 /// Run `f` with dispatch allowed (calling into libc from the shim).
 #[inline]
 pub fn allowed<R>(f: impl FnOnce() -> R) -> R {
-    let old = SELECTOR.with(|s| s.replace(ALLOW));
+    let old = state::me().selector.replace(ALLOW);
     let r = f();
-    SELECTOR.with(|s| s.set(old));
+    state::me().selector.set(old);
     r
 }
 
@@ -84,12 +84,13 @@ extern "C" fn on_sigsys(_sig: i32, info: *mut siginfo_t, ctx: *mut c_void) {
         ];
         (nr, a)
     };
-    let ret = if IN_SHIM.with(|g| g.get()) != 0 {
+    let t = state::me();
+    let ret = if t.in_shim.get() != 0 {
         raw(nr, a)
     } else {
-        IN_SHIM.with(|g| g.set(1));
+        t.in_shim.set(1);
         let r = engine::dispatch(nr, a, uc);
-        IN_SHIM.with(|g| g.set(0));
+        t.in_shim.set(0);
         r
     };
     // SAFETY: as above; rax carries the syscall's result back.

@@ -4,7 +4,7 @@
 
 use crate::hooks::{real, Real};
 use crate::signals;
-use crate::state::{self, consume, emit, expect, lock, mode, reg, unlock, Rec, IN_SHIM, READY};
+use crate::state::{self, consume, emit, expect, lock, mode, reg, unlock, Rec, READY};
 use crate::sud::{self, allowed};
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use ferry_proto::calls::Call;
@@ -63,7 +63,7 @@ extern "C" fn thread_start(slot: *mut c_void) -> *mut c_void {
     let arg = s.arg.load(Ordering::Relaxed);
     let vtid = s.vtid.load(Ordering::Relaxed);
     s.busy.store(0, Ordering::Release);
-    state::VTID.with(|t| t.set(vtid));
+    state::me().vtid.set(vtid);
     sud::enable_thread();
     // SAFETY: `func` is the start routine the program passed to
     // pthread_create.
@@ -95,11 +95,11 @@ pub extern "C" fn pthread_create(
         ) -> c_int
     );
     let _: Option<CreateFn> = None;
-    let on = READY.load(Ordering::Relaxed) && IN_SHIM.with(|g| g.get()) == 0 && state::vtid() != 0;
+    let on = READY.load(Ordering::Relaxed) && state::me().in_shim.get() == 0 && state::vtid() != 0;
     if !on || mode().is_none() {
         return allowed(|| create(t, attr, func, arg));
     }
-    IN_SHIM.with(|g| g.set(1));
+    state::me().in_shim.set(1);
     signals::on_entry();
     let r = match mode() {
         Some(Mode::Record) => {
@@ -152,18 +152,18 @@ pub extern "C" fn pthread_create(
         _ => allowed(|| create(t, attr, func, arg)),
     };
     signals::on_exit();
-    IN_SHIM.with(|g| g.set(0));
+    state::me().in_shim.set(0);
     r
 }
 
 #[no_mangle]
 pub extern "C" fn pthread_join(t: pthread_t, ret: *mut *mut c_void) -> c_int {
     let join = real!(REAL_JOIN, fn(pthread_t, *mut *mut c_void) -> c_int);
-    let on = READY.load(Ordering::Relaxed) && IN_SHIM.with(|g| g.get()) == 0 && state::vtid() != 0;
+    let on = READY.load(Ordering::Relaxed) && state::me().in_shim.get() == 0 && state::vtid() != 0;
     if !on || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
         return allowed(|| join(t, ret));
     }
-    IN_SHIM.with(|g| g.set(1));
+    state::me().in_shim.set(1);
     signals::on_entry();
     let r = if mode() == Some(Mode::Record) {
         let r = allowed(|| join(t, ret));
@@ -190,6 +190,6 @@ pub extern "C" fn pthread_join(t: pthread_t, ret: *mut *mut c_void) -> c_int {
         h.ret as c_int
     };
     signals::on_exit();
-    IN_SHIM.with(|g| g.set(0));
+    state::me().in_shim.set(0);
     r
 }
