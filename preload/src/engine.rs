@@ -440,6 +440,7 @@ fn passthrough(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
         SYS_rt_sigaction => signals::sigaction(a),
         SYS_rt_sigprocmask => signals::sigprocmask(a),
         SYS_close_range => fds::close_range_raw(a),
+        SYS_wait4 | SYS_waitid => procs::wait_passthrough(nr, a),
         _ => raw(nr, a),
     }
 }

@@ -59,9 +59,22 @@ pub fn fork_like(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: Option<bool>
     let parent_slot = MY_SLOT.load(Ordering::Relaxed);
     match rec {
         None => {
+            // Passthrough: nothing is logged and pids stay real, but the
+            // child needs a slot of its own (its shim finds itself there
+            // after an exec).
+            let r = reg();
+            let vpid = r.control().next_vid.fetch_add(1, Ordering::AcqRel);
+            let Some(slot) = alloc_slot(vpid, parent_vpid) else {
+                return -(EAGAIN as isize);
+            };
+            fds::copy_kinds(parent_slot, slot);
             let ret = run();
             if ret == 0 {
-                child(MY_VPID.load(Ordering::Relaxed), parent_slot, ctx, new_stack);
+                child(vpid, slot, ctx, new_stack);
+            } else if ret < 0 {
+                r.proc(slot).state.store(PROC_FREE, Ordering::Release);
+            } else {
+                r.proc(slot).real_pid.store(ret as u32, Ordering::Release);
             }
             ret
         }
@@ -69,7 +82,7 @@ pub fn fork_like(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: Option<bool>
             lock();
             let r = reg();
             let vpid = r.control().next_vid.fetch_add(1, Ordering::AcqRel);
-            let Some(slot) = r.alloc_proc(vpid, parent_vpid) else {
+            let Some(slot) = alloc_slot(vpid, parent_vpid) else {
                 unlock();
                 return -(EAGAIN as isize);
             };
@@ -109,7 +122,7 @@ pub fn fork_like(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: Option<bool>
             }
             let vpid = h.ret as u32;
             let r = reg();
-            let Some(slot) = r.alloc_proc(vpid, parent_vpid) else {
+            let Some(slot) = alloc_slot(vpid, parent_vpid) else {
                 state::fail(b"the process table is full");
             };
             fds::copy_kinds(parent_slot, slot);
@@ -125,6 +138,68 @@ pub fn fork_like(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: Option<bool>
             consume(&h);
             vpid as isize
         }
+    }
+}
+
+/// A process-table slot for a new child. Slots are freed when their process
+/// is reaped; those of processes reaped out of sight (by the kernel for a
+/// parent ignoring SIGCHLD, or by ferry for orphans) are reclaimed here once
+/// the process no longer exists.
+fn alloc_slot(vpid: u32, parent_vpid: u32) -> Option<usize> {
+    let r = reg();
+    if let Some(s) = r.alloc_proc(vpid, parent_vpid) {
+        return Some(s);
+    }
+    for s in 0..ferry_ring::MAX_PROCS {
+        let p = r.proc(s);
+        let pid = p.real_pid.load(Ordering::Acquire);
+        if p.state.load(Ordering::Acquire) != PROC_FREE
+            && pid != 0
+            && raw(SYS_kill, [pid as usize, 0, 0, 0, 0, 0]) == -(ESRCH as isize)
+        {
+            let _ = p.state.compare_exchange(
+                PROC_EXITED,
+                PROC_FREE,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            let _ = p.state.compare_exchange(
+                ferry_ring::PROC_LIVE,
+                PROC_FREE,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+    r.alloc_proc(vpid, parent_vpid)
+}
+
+/// A child has been reaped: its slot can serve another process.
+fn free_slot_of_vpid(vpid: i32) {
+    let r = reg();
+    if let Some(s) = r.slot_of_vpid(vpid as u32) {
+        r.proc(s).state.store(PROC_FREE, Ordering::Release);
+    }
+}
+
+/// Whether a wait status (wait4) or siginfo code (waitid) means the child is
+/// gone (exited or killed), not merely stopped or continued.
+fn reaped_status(nr: i64, a: &[usize; 6]) -> bool {
+    if nr == SYS_wait4 {
+        // SAFETY: the program's status word, filled by the kernel or the log.
+        a[1] != 0
+            && unsafe {
+                let st = *(a[1] as *const i32);
+                libc::WIFEXITED(st) || libc::WIFSIGNALED(st)
+            }
+    } else {
+        // SAFETY: the program's siginfo_t; si_code at offset 8.
+        a[2] != 0
+            && a[3] as i32 & WNOWAIT == 0
+            && matches!(
+                unsafe { *((a[2] + 8) as *const i32) },
+                CLD_EXITED | CLD_KILLED | CLD_DUMPED
+            )
     }
 }
 
@@ -321,6 +396,7 @@ pub fn wait(nr: i64, a: [usize; 6], rec: bool) -> isize {
             }
         }
         emit_outs(Rec::sys(nr, ret, a[0] as u64, 0), &outs(nr, &a, ret, p));
+        free_if_reaped(nr, &a, ret);
         return ret;
     }
     let h = expect(Kind::Syscall, nr as u32, Some(a[0] as u64), None);
@@ -370,6 +446,43 @@ pub fn wait(nr: i64, a: [usize; 6], rec: bool) -> isize {
         }
     }
     consume(&h);
+    free_if_reaped(nr, &a, ret);
+    ret
+}
+
+/// After a wait that returned `ret` (virtual pids): free the reaped child's
+/// slot.
+fn free_if_reaped(nr: i64, a: &[usize; 6], ret: isize) {
+    let vpid = if nr == SYS_wait4 {
+        ret as i32
+    } else if ret == 0 && a[2] != 0 {
+        // SAFETY: siginfo_t filled by the kernel or the log; si_pid at 16.
+        unsafe { *((a[2] + 16) as *const i32) }
+    } else {
+        0
+    };
+    if vpid > 0 && reaped_status(nr, a) {
+        free_slot_of_vpid(vpid);
+    }
+}
+
+/// Passthrough `wait4`/`waitid`: real pids; free the reaped child's slot.
+pub fn wait_passthrough(nr: i64, a: [usize; 6]) -> isize {
+    let ret = raw(nr, a);
+    let pid = if nr == SYS_wait4 {
+        ret as i32
+    } else if ret == 0 && a[2] != 0 {
+        // SAFETY: siginfo_t just filled by the kernel; si_pid at 16.
+        unsafe { *((a[2] + 16) as *const i32) }
+    } else {
+        0
+    };
+    if pid > 0 && reaped_status(nr, &a) {
+        let r = reg();
+        if let Some(s) = r.slot_of_real_pid(pid as u32) {
+            r.proc(s).state.store(PROC_FREE, Ordering::Release);
+        }
+    }
     ret
 }
 

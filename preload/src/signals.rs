@@ -92,7 +92,12 @@ fn kernel_action(sig: usize, new: &KSigaction) -> KSigaction {
         restorer: sys::ferry_restorer as *const () as usize,
         mask: new.mask,
     };
-    if new.handler == SIG_IGN || (new.handler == SIG_DFL && !terminates_by_default(sig)) {
+    // Passthrough logs nothing, so a death needs no record: leave SIG_DFL
+    // to the kernel there.
+    let passthrough = mode() == Some(Mode::Passthrough);
+    if new.handler == SIG_IGN
+        || (new.handler == SIG_DFL && (passthrough || !terminates_by_default(sig)))
+    {
         KSigaction {
             handler: new.handler,
             flags: new.flags & !(SA_RESTORER as u64),

@@ -121,3 +121,49 @@ fn a_static_program_the_shim_cannot_enter_does_not_hang() {
         record.describe()
     );
 }
+
+/// More processes over a recording's life than the process table has slots
+/// (512): slots of reaped processes are used again.
+#[test]
+fn more_processes_than_the_process_table_holds() {
+    let work = Workdir::new("many");
+    let ferry = Ferry::new(&work);
+    record_and_replay(
+        &ferry,
+        &work.file("many.log"),
+        &[
+            "bash",
+            "-c",
+            "for i in $(seq 600); do /bin/true; done; echo done $RANDOM",
+        ],
+        1,
+        1,
+    );
+}
+
+/// `ferry exec` (the shim in passthrough: nothing logged) runs a pipeline,
+/// an exec after a fork, and lets a program die of a signal it left at
+/// its default action.
+#[test]
+fn exec_runs_forks_execs_and_default_signals() {
+    let work = Workdir::new("exec");
+    let ferry = Ferry::new(&work);
+    let out = ferry_tests::run(
+        "ferry exec pipeline",
+        ferry.raw(&[
+            "exec",
+            "--",
+            "sh",
+            "-c",
+            "yes | head -2; /bin/true; exec /bin/echo done",
+        ]),
+    );
+    assert_exit(&out, 0);
+    assert_eq!(out.stdout_text(), "y\ny\ndone\n", "{}", out.describe());
+    let out = ferry_tests::run(
+        "ferry exec sigterm",
+        ferry.raw(&["exec", "--", "sh", "-c", "kill -TERM $$; echo after"]),
+    );
+    assert_ne!(out.code(), Some(0), "{}", out.describe());
+    assert!(!out.stdout_text().contains("after"), "{}", out.describe());
+}
