@@ -1,0 +1,1 @@
+//! Durable, checksummed segment files of records on a backup.
