@@ -699,12 +699,64 @@ fn read_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
         }
         a[2] = k.max(1);
     }
+    if nr == SYS_recvmsg {
+        return recvmsg(a, rec);
+    }
     let ret = logged(nr, a, rec);
     if !rec && ret > 0 && matches!(nr, SYS_read | SYS_readv) && fds::kind(a[0] as i32) == FD_REAL {
         // Keep the real descriptor's offset where the recorded one was.
         raw(SYS_lseek, [a[0], ret as usize, SEEK_CUR as usize, 0, 0, 0]);
     }
     ret
+}
+
+/// `recvmsg`: an input like the others, but descriptors passed with
+/// `SCM_RIGHTS` are new descriptors: record marks them as placeholders, and
+/// replay puts placeholders at the recorded numbers.
+fn recvmsg(a: [usize; 6], rec: bool) -> isize {
+    if rec {
+        let ret = logged(SYS_recvmsg, a, true);
+        if ret >= 0 {
+            scm_rights(a[1], |fd| fds::set_kind(fd, FD_PLACEHOLDER));
+        }
+        return ret;
+    }
+    let p = pre(SYS_recvmsg, &a);
+    let h = expect(Kind::Syscall, SYS_recvmsg as u32, Some(a[0] as u64), None);
+    let ret = h.ret as isize;
+    apply_outs(&h, &outs(SYS_recvmsg, &a, ret, p));
+    if ret >= 0 {
+        let cloexec = a[2] as i32 & MSG_CMSG_CLOEXEC != 0;
+        scm_rights(a[1], |fd| fds::placeholder(&h, fd, cloexec));
+    }
+    consume(&h);
+    ret
+}
+
+/// Call `f` with every descriptor in the `SCM_RIGHTS` messages of the
+/// program's `msghdr` at `m` (after the call filled it).
+fn scm_rights(m: usize, mut f: impl FnMut(i32)) {
+    let control = rd_usize(m + 32);
+    let len = rd_usize(m + 40);
+    if control == 0 {
+        return;
+    }
+    let mut at = 0usize;
+    // struct cmsghdr { size_t cmsg_len; int cmsg_level; int cmsg_type; }
+    while at + 16 <= len {
+        let clen = rd_usize(control + at);
+        if clen < 16 || at + clen > len {
+            break;
+        }
+        let level = rd_u32(control + at + 8) as i32;
+        let kind = rd_u32(control + at + 12) as i32;
+        if level == SOL_SOCKET && kind == SCM_RIGHTS {
+            for k in 0..(clen - 16) / 4 {
+                f(rd_u32(control + at + 16 + 4 * k) as i32);
+            }
+        }
+        at += (clen + 7) & !7;
+    }
 }
 
 /// The digest of what a write-like call sends.

@@ -78,7 +78,7 @@ fn place(h: &ferry_proto::RecordHeader, got: i32, want: i32) {
 
 /// Replay: occupy number `want` with a placeholder for a descriptor that
 /// only existed in the recording (an accepted connection, say).
-fn placeholder(h: &ferry_proto::RecordHeader, want: i32, cloexec: bool) {
+pub fn placeholder(h: &ferry_proto::RecordHeader, want: i32, cloexec: bool) {
     let path = b"/dev/null\0";
     let flags = O_RDWR | if cloexec { O_CLOEXEC } else { 0 };
     let got = raw(

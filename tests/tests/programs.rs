@@ -74,6 +74,11 @@ fn forks_is_nondeterministic() {
 }
 
 #[test]
+fn pass_fd_is_nondeterministic() {
+    assert_program_varies("pass_fd");
+}
+
+#[test]
 fn signals_is_nondeterministic() {
     assert_program_varies("signals");
 }

@@ -48,3 +48,10 @@ fn forks() {
 fn signals() {
     record_and_replay_program("signals", &[], 14, 1);
 }
+
+/// A pipe's read end passed to a child over a unix socket (SCM_RIGHTS), a
+/// random secret read through it.
+#[test]
+fn passed_descriptors() {
+    record_and_replay_program("pass_fd", &[], 2, 1);
+}
