@@ -438,7 +438,7 @@ fn passthrough(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
     match nr {
         SYS_clone | SYS_fork | SYS_vfork | SYS_clone3 => procs::fork_like(nr, a, ctx, None),
         SYS_rt_sigaction => signals::sigaction(a),
-        SYS_rt_sigprocmask => signals::sigprocmask(a),
+        SYS_rt_sigprocmask => signals::sigprocmask(a, ctx),
         SYS_close_range => fds::close_range_raw(a),
         SYS_wait4 | SYS_waitid => procs::wait_passthrough(nr, a),
         _ => raw(nr, a),
@@ -467,7 +467,7 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         | SYS_set_tid_address | SYS_arch_prctl | SYS_sigaltstack | SYS_exit | SYS_membarrier
         | SYS_restart_syscall | SYS_rt_sigreturn | SYS_futex_waitv => raw(nr, a),
         SYS_rt_sigaction => signals::sigaction(a),
-        SYS_rt_sigprocmask => signals::sigprocmask(a),
+        SYS_rt_sigprocmask => signals::sigprocmask(a, ctx),
         // Unsupported calls: refused identically in both modes (libc and
         // most programs fall back to the single-message calls, to read and
         // write).
@@ -790,16 +790,22 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
     let d = out_digest(nr, &a);
     let fd = a[0] as i32;
     if rec {
-        let ret = raw(nr, a);
-        let flags = if fds::kind(fd) == FD_PLACEHOLDER {
-            ferry_proto::FLAG_PLACEHOLDER_FD
-        } else {
-            0
+        let placeholder = fds::kind(fd) == FD_PLACEHOLDER;
+        let run = || {
+            let ret = raw(nr, a);
+            let mut r = Rec::sys(nr, ret, a[0] as u64, d);
+            if placeholder {
+                r.flags = ferry_proto::FLAG_PLACEHOLDER_FD;
+            }
+            emit(r, &[]);
+            ret
         };
-        let mut r = Rec::sys(nr, ret, a[0] as u64, d);
-        r.flags = flags;
-        emit(r, &[]);
-        ret
+        // A write replay repeats (stdout, a file) runs under the ordering
+        // lock, so the log's order is the order the world saw. A write to a
+        // placeholder (a pipe between the program's processes, a socket)
+        // may block until another process of the program reads: it must
+        // not hold the lock, and replay does not repeat it anyway.
+        return if placeholder { run() } else { ordered(run) };
     } else {
         let h = expect(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(d));
         if fds::kind(fd) == FD_REAL && h.ret > 0 {
@@ -818,9 +824,16 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
 /// A local call: runs in both modes; replay returns the recorded result.
 pub fn local(nr: i64, a: [usize; 6], rec: bool) -> isize {
     if rec {
-        let ret = raw(nr, a);
-        emit(Rec::sys(nr, ret, a[0] as u64, 0), &[]);
-        ret
+        let run = || {
+            let ret = raw(nr, a);
+            emit(Rec::sys(nr, ret, a[0] as u64, 0), &[]);
+            ret
+        };
+        // Local calls change what replay changes again (files, mappings):
+        // run them under the ordering lock so their order in the log is
+        // their real order, unless they can wait on another process of the
+        // program (which would need the lock to go on).
+        return if may_block(nr, &a) { run() } else { ordered(run) };
     } else {
         let h = expect(Kind::Syscall, nr as u32, check0(nr, &a), None);
         raw(nr, a);
@@ -829,11 +842,24 @@ pub fn local(nr: i64, a: [usize; 6], rec: bool) -> isize {
     }
 }
 
+/// Local calls that can wait for another process of the program.
+fn may_block(nr: i64, a: &[usize; 6]) -> bool {
+    match nr {
+        SYS_flock => a[1] as i32 & LOCK_NB == 0,
+        SYS_fcntl => matches!(a[1] as i32, F_SETLKW | F_OFD_SETLKW),
+        SYS_msgsnd | SYS_msgrcv | SYS_semop | SYS_semtimedop | SYS_mq_timedsend
+        | SYS_mq_timedreceive | SYS_wait4 | SYS_waitid | SYS_pause | SYS_futex => true,
+        _ => false,
+    }
+}
+
 fn mmap(a: [usize; 6], rec: bool) -> isize {
     if rec {
-        let ret = raw(SYS_mmap, a);
-        emit(Rec::sys(SYS_mmap, ret, a[1] as u64, 0), &[]);
-        return ret;
+        return ordered(|| {
+            let ret = raw(SYS_mmap, a);
+            emit(Rec::sys(SYS_mmap, ret, a[1] as u64, 0), &[]);
+            ret
+        });
     }
     let h = expect(Kind::Syscall, SYS_mmap as u32, Some(a[1] as u64), None);
     let want = h.ret as isize;
@@ -862,9 +888,11 @@ fn mmap(a: [usize; 6], rec: bool) -> isize {
 
 fn mremap(a: [usize; 6], rec: bool) -> isize {
     if rec {
-        let ret = raw(SYS_mremap, a);
-        emit(Rec::sys(SYS_mremap, ret, a[0] as u64, 0), &[]);
-        return ret;
+        return ordered(|| {
+            let ret = raw(SYS_mremap, a);
+            emit(Rec::sys(SYS_mremap, ret, a[0] as u64, 0), &[]);
+            ret
+        });
     }
     let h = expect(Kind::Syscall, SYS_mremap as u32, Some(a[0] as u64), None);
     let want = h.ret as isize;
@@ -890,9 +918,11 @@ fn mremap(a: [usize; 6], rec: bool) -> isize {
 
 fn brk(a: [usize; 6], rec: bool) -> isize {
     if rec {
-        let ret = raw(SYS_brk, a);
-        emit(Rec::sys(SYS_brk, ret, a[0] as u64, 0), &[]);
-        return ret;
+        return ordered(|| {
+            let ret = raw(SYS_brk, a);
+            emit(Rec::sys(SYS_brk, ret, a[0] as u64, 0), &[]);
+            ret
+        });
     }
     let h = expect(Kind::Syscall, SYS_brk as u32, Some(a[0] as u64), None);
     let got = raw(SYS_brk, a);

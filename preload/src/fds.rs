@@ -53,6 +53,12 @@ pub fn adopt_inherited() {
     }
 }
 
+fn is_fifo(fd: i32) -> bool {
+    // SAFETY: a zeroed stat is a valid out-buffer for fstat.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    sys2(SYS_fstat, fd as usize, &mut st as *mut libc::stat as usize) == 0 && st.st_mode & S_IFMT == S_IFIFO
+}
+
 fn is_open(fd: i32) -> bool {
     sys2(SYS_fcntl, fd as usize, F_GETFD as usize) >= 0
 }
@@ -126,19 +132,28 @@ pub fn open(nr: i64, a: [usize; 6], rec: bool) -> isize {
     let d = cstr_digest(path_arg(nr, &a));
     if rec {
         let ret = raw(nr, a);
+        let mut r = Rec::sys(nr, ret, 0, d);
         if ret >= 0 {
-            set_kind(ret as i32, FD_REAL);
+            // A FIFO opened by path may have its other end in the program:
+            // like a pipe, it is a placeholder (its writes may block, so
+            // they cannot run under the ordering lock).
+            let k = if is_fifo(ret as i32) { FD_PLACEHOLDER } else { FD_REAL };
+            if k == FD_PLACEHOLDER {
+                r.flags |= ferry_proto::FLAG_PLACEHOLDER_FD;
+            }
+            set_kind(ret as i32, k);
         }
-        emit(Rec::sys(nr, ret, 0, d), &[]);
+        emit(r, &[]);
         return ret;
     }
     let h = expect(Kind::Syscall, nr as u32, None, Some(d));
     let got = raw(nr, a);
     let want = h.ret as isize;
+    let k = if h.flags & ferry_proto::FLAG_PLACEHOLDER_FD != 0 { FD_PLACEHOLDER } else { FD_REAL };
     if want >= 0 {
         if got >= 0 {
             place(&h, got as i32, want as i32);
-            set_kind(want as i32, FD_REAL);
+            set_kind(want as i32, k);
         } else {
             // The file is not here (replay on another host): its reads come
             // from the log anyway.

@@ -86,11 +86,14 @@ fn terminates_by_default(sig: usize) -> bool {
 
 /// What the kernel is given for the program's disposition `new` of `sig`.
 fn kernel_action(sig: usize, new: &KSigaction) -> KSigaction {
+    // SIGSYS must never be blocked, not even while a handler runs: the
+    // kernel kills a thread whose dispatch SIGSYS arrives while blocked.
+    let mask = new.mask & !bit(SIGSYS as usize);
     let ours = KSigaction {
         handler: on_signal as *const () as usize,
         flags: (SA_SIGINFO | SA_RESTORER) as u64 | (new.flags & SA_ONSTACK as u64),
         restorer: sys::ferry_restorer as *const () as usize,
-        mask: new.mask,
+        mask,
     };
     // Passthrough logs nothing, so a death needs no record: leave SIG_DFL
     // to the kernel there.
@@ -189,16 +192,48 @@ pub fn sigaction(a: [usize; 6]) -> isize {
 }
 
 /// `rt_sigprocmask`: SIGSYS can never be blocked (the dispatch needs it).
-pub fn sigprocmask(a: [usize; 6]) -> isize {
+///
+/// From the SIGSYS handler (`ctx` not null) the change is made to the mask
+/// saved in the handler's context: `rt_sigreturn` installs that mask when
+/// the handler returns, so a change made to the live mask would be undone.
+pub fn sigprocmask(a: [usize; 6], ctx: *mut ucontext_t) -> isize {
+    let never = bit(SIGSYS as usize) | bit(SIGKILL as usize) | bit(SIGSTOP as usize);
+    if ctx.is_null() {
+        if a[1] != 0 {
+            // SAFETY: the program passed a sigset of at least 8 bytes.
+            let set = unsafe { core::ptr::read_unaligned(a[1] as *const u64) };
+            let clean = set & !bit(SIGSYS as usize);
+            let mut b = a;
+            b[1] = &clean as *const u64 as usize;
+            return raw(SYS_rt_sigprocmask, b);
+        }
+        return raw(SYS_rt_sigprocmask, a);
+    }
+    if a[3] != 8 {
+        return -(EINVAL as isize);
+    }
+    // SAFETY: ctx is the SIGSYS handler's context; uc_sigmask starts with
+    // the 64-bit kernel signal set.
+    let saved = unsafe { &mut (*ctx).uc_sigmask as *mut sigset_t as *mut u64 };
+    // SAFETY: as above.
+    let cur = unsafe { core::ptr::read_unaligned(saved) };
     if a[1] != 0 {
         // SAFETY: the program passed a sigset of at least 8 bytes.
         let set = unsafe { core::ptr::read_unaligned(a[1] as *const u64) };
-        let clean = set & !bit(SIGSYS as usize);
-        let mut b = a;
-        b[1] = &clean as *const u64 as usize;
-        return raw(SYS_rt_sigprocmask, b);
+        let new = match a[0] as i32 {
+            SIG_BLOCK => cur | set,
+            SIG_UNBLOCK => cur & !set,
+            SIG_SETMASK => set,
+            _ => return -(EINVAL as isize),
+        };
+        // SAFETY: as above.
+        unsafe { core::ptr::write_unaligned(saved, new & !never) };
     }
-    raw(SYS_rt_sigprocmask, a)
+    if a[2] != 0 {
+        // SAFETY: the program passed room for the old sigset.
+        unsafe { core::ptr::write_unaligned(a[2] as *mut u64, cur) };
+    }
+    0
 }
 
 /// The handler the shim installs for every signal the program handles.

@@ -74,6 +74,11 @@ fn forks_is_nondeterministic() {
 }
 
 #[test]
+fn fault_handler_is_nondeterministic() {
+    assert_program_varies("fault_handler");
+}
+
+#[test]
 fn pass_fd_is_nondeterministic() {
     assert_program_varies("pass_fd");
 }

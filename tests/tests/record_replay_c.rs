@@ -55,3 +55,11 @@ fn signals() {
 fn passed_descriptors() {
     record_and_replay_program("pass_fd", &[], 2, 1);
 }
+
+/// A fault handler whose mask blocks every signal makes raw system calls
+/// (the dispatch's SIGSYS must still reach the shim) and recovers with
+/// siglongjmp, three times.
+#[test]
+fn fault_handler_with_a_full_mask() {
+    record_and_replay_program("fault_handler", &[], 7, 1);
+}
