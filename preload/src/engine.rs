@@ -805,7 +805,11 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
         // placeholder (a pipe between the program's processes, a socket)
         // may block until another process of the program reads: it must
         // not hold the lock, and replay does not repeat it anyway.
-        return if placeholder { run() } else { ordered(run) };
+        if placeholder {
+            run()
+        } else {
+            ordered(run)
+        }
     } else {
         let h = expect(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(d));
         if fds::kind(fd) == FD_REAL && h.ret > 0 {
@@ -833,7 +837,11 @@ pub fn local(nr: i64, a: [usize; 6], rec: bool) -> isize {
         // run them under the ordering lock so their order in the log is
         // their real order, unless they can wait on another process of the
         // program (which would need the lock to go on).
-        return if may_block(nr, &a) { run() } else { ordered(run) };
+        if may_block(nr, &a) {
+            run()
+        } else {
+            ordered(run)
+        }
     } else {
         let h = expect(Kind::Syscall, nr as u32, check0(nr, &a), None);
         raw(nr, a);

@@ -56,7 +56,8 @@ pub fn adopt_inherited() {
 fn is_fifo(fd: i32) -> bool {
     // SAFETY: a zeroed stat is a valid out-buffer for fstat.
     let mut st: libc::stat = unsafe { core::mem::zeroed() };
-    sys2(SYS_fstat, fd as usize, &mut st as *mut libc::stat as usize) == 0 && st.st_mode & S_IFMT == S_IFIFO
+    sys2(SYS_fstat, fd as usize, &mut st as *mut libc::stat as usize) == 0
+        && st.st_mode & S_IFMT == S_IFIFO
 }
 
 fn is_open(fd: i32) -> bool {
@@ -137,7 +138,11 @@ pub fn open(nr: i64, a: [usize; 6], rec: bool) -> isize {
             // A FIFO opened by path may have its other end in the program:
             // like a pipe, it is a placeholder (its writes may block, so
             // they cannot run under the ordering lock).
-            let k = if is_fifo(ret as i32) { FD_PLACEHOLDER } else { FD_REAL };
+            let k = if is_fifo(ret as i32) {
+                FD_PLACEHOLDER
+            } else {
+                FD_REAL
+            };
             if k == FD_PLACEHOLDER {
                 r.flags |= ferry_proto::FLAG_PLACEHOLDER_FD;
             }
@@ -149,7 +154,11 @@ pub fn open(nr: i64, a: [usize; 6], rec: bool) -> isize {
     let h = expect(Kind::Syscall, nr as u32, None, Some(d));
     let got = raw(nr, a);
     let want = h.ret as isize;
-    let k = if h.flags & ferry_proto::FLAG_PLACEHOLDER_FD != 0 { FD_PLACEHOLDER } else { FD_REAL };
+    let k = if h.flags & ferry_proto::FLAG_PLACEHOLDER_FD != 0 {
+        FD_PLACEHOLDER
+    } else {
+        FD_REAL
+    };
     if want >= 0 {
         if got >= 0 {
             place(&h, got as i32, want as i32);
