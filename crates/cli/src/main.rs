@@ -6,6 +6,7 @@
 //! (`ferry demo`).
 //! Exit codes are in [`exit`].
 
+mod cert;
 mod demo;
 mod exec;
 mod exit;
@@ -105,6 +106,19 @@ enum Cmd {
         )
     )]
     Demo,
+    /// Create the cluster's certificate authority and node certificates.
+    #[command(
+        long_about = "Create the cluster's certificate authority and the certificate of each node. \
+            The daemons authenticate each other with these (mutual TLS): a peer whose \
+            certificate is not from the cluster CA is refused.\n\n\
+            Copy DIR/ca.crt and a node's own NAME.crt and NAME.key to that node \
+            (/etc/ferry/certs/); keep ca.key only where certificates are issued.",
+        after_help = concat!(
+            "Examples:\n  ferry cert init --dir ./certs\n  ferry cert issue --dir ./certs --node alpha\n\n",
+            "Exit codes:\n  0  done\n  2  bad usage, a file already exists, an unreadable or invalid CA"
+        )
+    )]
+    Cert(cert::CertArgs),
 }
 
 fn main() -> ExitCode {
@@ -113,6 +127,7 @@ fn main() -> ExitCode {
         Cmd::Record(args) => record::run(args),
         Cmd::Replay(args) => replay::run(args),
         Cmd::Exec(args) => exec::run(args),
+        Cmd::Cert(args) => cert::run(args),
         Cmd::Demo => {
             demo::run().unwrap_or_else(|e| exit::report(exit::BAD_INPUT, format!("demo: {e:#}")))
         }
