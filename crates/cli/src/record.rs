@@ -3,8 +3,8 @@
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -87,36 +87,6 @@ pub fn run(args: RecordArgs) -> u8 {
     }
 }
 
-/// The environment for the program: ours, with the shim first in
-/// `LD_PRELOAD` (in place if it was set, appended if not).
-fn program_env(shim_path: &Path) -> Vec<Vec<u8>> {
-    let mut env = Vec::new();
-    let mut preload_set = false;
-    for (key, value) in std::env::vars_os() {
-        let value = if key == "LD_PRELOAD" && !preload_set {
-            preload_set = true;
-            shim::preload_value(shim_path, Some(&value))
-        } else {
-            value
-        };
-        env.push(entry(key, value));
-    }
-    if !preload_set {
-        env.push(entry(
-            OsString::from("LD_PRELOAD"),
-            shim::preload_value(shim_path, None),
-        ));
-    }
-    env
-}
-
-fn entry(key: OsString, value: OsString) -> Vec<u8> {
-    let mut e = key.into_vec();
-    e.push(b'=');
-    e.extend_from_slice(value.as_bytes());
-    e
-}
-
 fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -130,7 +100,7 @@ fn record(args: &RecordArgs) -> Result<u8, RecordError> {
     let cwd = std::env::current_dir().map_err(RecordError::Cwd)?;
     let path = resolve(&args.command[0], std::env::var_os("PATH").as_deref(), &cwd)?;
     let shim_path = shim::locate()?;
-    let env = program_env(&shim_path);
+    let env = shim::program_env(&shim_path, std::env::vars_os());
     let launch = Launch::new(&path, &argv, &env, None)?;
 
     let shared = SharedRegion::create(Mode::Record)?;
@@ -344,7 +314,10 @@ mod tests {
 
     #[test]
     fn env_gets_the_shim_first() {
-        let env = program_env(Path::new("/x/libferry_preload.so"));
+        let env = shim::program_env(
+            std::path::Path::new("/x/libferry_preload.so"),
+            std::env::vars_os(),
+        );
         let preloads: Vec<_> = env
             .iter()
             .filter(|e| e.starts_with(b"LD_PRELOAD="))

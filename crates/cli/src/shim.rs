@@ -1,6 +1,7 @@
 //! Where the shim is.
 
 use std::ffi::OsString;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
 /// The environment variable that overrides the shim's location.
@@ -43,6 +44,38 @@ pub fn preload_value(shim: &Path, previous: Option<&OsString>) -> OsString {
         v.push(prev);
     }
     v
+}
+
+/// The environment for the program: `vars` (ferry's own), with the shim
+/// first in `LD_PRELOAD` (in place if it was set, appended if not).
+pub fn program_env(
+    shim_path: &Path,
+    vars: impl IntoIterator<Item = (OsString, OsString)>,
+) -> Vec<Vec<u8>> {
+    let entry = |key: OsString, value: OsString| {
+        let mut e = key.into_vec();
+        e.push(b'=');
+        e.extend_from_slice(value.as_bytes());
+        e
+    };
+    let mut env = Vec::new();
+    let mut preload_set = false;
+    for (key, value) in vars {
+        let value = if key == "LD_PRELOAD" && !preload_set {
+            preload_set = true;
+            preload_value(shim_path, Some(&value))
+        } else {
+            value
+        };
+        env.push(entry(key, value));
+    }
+    if !preload_set {
+        env.push(entry(
+            OsString::from("LD_PRELOAD"),
+            preload_value(shim_path, None),
+        ));
+    }
+    env
 }
 
 #[cfg(test)]

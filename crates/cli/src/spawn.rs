@@ -202,23 +202,7 @@ pub fn spawn(
         report[4..].try_into().unwrap_or_default(),
     ));
     let _ = wait_for(pid);
-    Err(match stage {
-        STAGE_PERSONALITY => SpawnError::Personality(err),
-        STAGE_REGION_FD => SpawnError::RegionFd(err),
-        STAGE_SIGNALS => SpawnError::Signals(err),
-        STAGE_CHDIR => SpawnError::Chdir {
-            dir: launch
-                .chdir
-                .as_ref()
-                .map(|d| d.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            source: err,
-        },
-        _ => SpawnError::Exec {
-            cmd: launch.cmd.clone(),
-            source: err,
-        },
-    })
+    Err(stage_error(launch, stage, err))
 }
 
 /// The child's side of [`spawn`]. Never returns.
@@ -235,8 +219,32 @@ unsafe fn child(
     dfl: &libc::sigaction,
     wr: RawFd,
 ) -> ! {
-    // SAFETY: each block below is a raw system call on valid pointers (see
-    // the caller); `fail` writes 8 bytes from the stack and calls _exit.
+    // SAFETY: the caller's contract is enter's.
+    let stage = unsafe { enter(launch, region, region_fd, saved, dfl) };
+    // SAFETY: child side, as above.
+    unsafe { fail(wr, stage) }
+}
+
+/// Become the program described by `launch` in this process: register this
+/// pid in process-table slot 0, turn address-space randomisation off, put
+/// the region at [`REGION_FD`], restore the signal dispositions in `saved`,
+/// give SIGPIPE its default action (`dfl`), enter the working directory,
+/// and `execve`. Returns only on failure: the stage that failed (errno is
+/// set). `ferry exec` calls it in place; [`spawn`] in a forked child.
+///
+/// # Safety
+/// Makes only raw system calls on pointers into its arguments and atomic
+/// stores into the region, and does not allocate, so it may run in a child
+/// right after `fork`; the region must stay mapped.
+pub unsafe fn enter(
+    launch: &Launch,
+    region: Region,
+    region_fd: RawFd,
+    saved: &[(c_int, libc::sigaction)],
+    dfl: &libc::sigaction,
+) -> i32 {
+    // SAFETY: each call below is a raw system call on valid pointers (see
+    // the contract above).
     unsafe {
         let persona = libc::personality(0xffff_ffff);
         if persona == -1
@@ -244,7 +252,7 @@ unsafe fn child(
                 (persona as libc::c_ulong) | libc::ADDR_NO_RANDOMIZE as libc::c_ulong,
             ) == -1
         {
-            fail(wr, STAGE_PERSONALITY);
+            return STAGE_PERSONALITY;
         }
         region
             .proc(0)
@@ -252,24 +260,26 @@ unsafe fn child(
             .store(libc::getpid() as u32, Ordering::Release);
         if region_fd != REGION_FD {
             if libc::dup2(region_fd, REGION_FD) == -1 {
-                fail(wr, STAGE_REGION_FD);
+                return STAGE_REGION_FD;
             }
-            libc::close(region_fd);
+            // Not closed: if the exec fails the caller still owns it; the
+            // exec closes it (it is close-on-exec unless it was REGION_FD).
+            libc::fcntl(region_fd, libc::F_SETFD, libc::FD_CLOEXEC);
         } else if libc::fcntl(REGION_FD, libc::F_SETFD, 0) == -1 {
-            fail(wr, STAGE_REGION_FD);
+            return STAGE_REGION_FD;
         }
         for (sig, act) in saved {
             if libc::sigaction(*sig, act, std::ptr::null_mut()) == -1 {
-                fail(wr, STAGE_SIGNALS);
+                return STAGE_SIGNALS;
             }
         }
         // The Rust runtime ignores SIGPIPE; programs expect the default.
         if libc::sigaction(libc::SIGPIPE, dfl, std::ptr::null_mut()) == -1 {
-            fail(wr, STAGE_SIGNALS);
+            return STAGE_SIGNALS;
         }
         if let Some(dir) = &launch.chdir {
             if libc::chdir(dir.as_ptr()) == -1 {
-                fail(wr, STAGE_CHDIR);
+                return STAGE_CHDIR;
             }
         }
         libc::execve(
@@ -277,7 +287,28 @@ unsafe fn child(
             launch.argv_ptrs.as_ptr(),
             launch.envp_ptrs.as_ptr(),
         );
-        fail(wr, STAGE_EXEC)
+        STAGE_EXEC
+    }
+}
+
+/// The error for a failed [`enter`] at `stage` with OS error `err`.
+pub fn stage_error(launch: &Launch, stage: i32, err: io::Error) -> SpawnError {
+    match stage {
+        STAGE_PERSONALITY => SpawnError::Personality(err),
+        STAGE_REGION_FD => SpawnError::RegionFd(err),
+        STAGE_SIGNALS => SpawnError::Signals(err),
+        STAGE_CHDIR => SpawnError::Chdir {
+            dir: launch
+                .chdir
+                .as_ref()
+                .map(|d| d.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            source: err,
+        },
+        _ => SpawnError::Exec {
+            cmd: launch.cmd.clone(),
+            source: err,
+        },
     }
 }
 
