@@ -243,6 +243,8 @@ impl Server {
     /// Serve until the process ends. Returns only on a fatal error.
     pub fn run(self) -> Result<std::convert::Infallible, ServerError> {
         let (events_rx, events_tx) = io::pipe().map_err(ServerError::Pipe)?;
+        // One write end, shared: every event is a single `write`.
+        let events_tx = Arc::new(events_tx);
         let max_conns = self.config.max_conns.max(1);
         let accepted = Arc::new(AcceptQueue {
             queue: Mutex::new(VecDeque::with_capacity(64)),
@@ -252,7 +254,7 @@ impl Server {
         let sequencer = Sequencer {
             store: Store::new(),
             events_rx,
-            events_tx: events_tx.try_clone().map_err(ServerError::Pipe)?,
+            events_tx: Arc::clone(&events_tx),
             accepted: Arc::clone(&accepted),
             conns: Vec::new(),
             idle: Vec::new(),
@@ -327,7 +329,7 @@ struct Sequencer {
     store: Store,
     events_rx: PipeReader,
     /// Given to each connection thread it starts.
-    events_tx: PipeWriter,
+    events_tx: Arc<PipeWriter>,
     accepted: Arc<AcceptQueue>,
     conns: Vec<Arc<Conn>>,
     /// Connection threads without a connection, reused last-freed first.
@@ -438,7 +440,7 @@ impl Sequencer {
             cv: Condvar::new(),
             notes,
         });
-        let events = self.events_tx.try_clone()?;
+        let events = Arc::clone(&self.events_tx);
         let theirs = Arc::clone(&conn);
         thread::Builder::new()
             .name(format!("kv-conn-{id}"))
@@ -504,7 +506,7 @@ fn respond(out: &mut Vec<u8>, r: &Response) {
 }
 
 /// A connection thread: serve each connection the sequencer gives it.
-fn conn_thread(conn: &Conn, events: PipeWriter, mut notes: PipeReader) {
+fn conn_thread(conn: &Conn, events: Arc<PipeWriter>, mut notes: PipeReader) {
     // Every allocation this thread makes, it makes here, while the
     // sequencer waits for it to start.
     let mut pending: Vec<u8> = Vec::with_capacity(CONN_BUFFER);

@@ -142,7 +142,9 @@ fn broken_connections_make_unknown_writes_not_lost_ones() {
     assert_eq!(r.failed, 0, "{r}");
     assert!(r.unknown >= 10, "{r}");
     assert_eq!(r.acknowledged + r.unknown, 90);
-    assert!(r.reconnects >= r.unknown, "{r}");
+    // A connection is opened again after each unknown write, except maybe
+    // after a client's last one.
+    assert!(r.reconnects + 3 >= r.unknown, "{r}");
     // Every unknown write was in fact applied (the proxy dropped only the
     // answers): keys whose last write was unknown hold that write, under a
     // later version, and that is no loss.
