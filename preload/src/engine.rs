@@ -789,6 +789,10 @@ fn out_digest(nr: i64, a: &[usize; 6]) -> u64 {
 fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
     let d = out_digest(nr, &a);
     let fd = a[0] as i32;
+    if fds::kind(fd) == FD_PLACEHOLDER {
+        // Its reader may be another thread of the program: see `before`.
+        state::before(nr, rec);
+    }
     if rec {
         let placeholder = fds::kind(fd) == FD_PLACEHOLDER;
         let run = || {

@@ -58,6 +58,15 @@ extern "C" fn ferry_init() {
     hooks::resolve_all();
     let record = state::mode() == Some(Mode::Record);
     if matches!(state::mode(), Some(Mode::Record) | Some(Mode::Replay)) {
+        // One malloc arena: glibc creates a new arena (an mmap) for a thread
+        // that finds the others busy, which depends on timing, not on the
+        // log. A single arena makes the program's own allocation calls the
+        // same in record and replay. Set here, not through the environment,
+        // so the program sees the same environment either way.
+        const M_ARENA_MAX: libc::c_int = -8;
+        // SAFETY: mallopt takes two integers; called before the program
+        // runs, in both modes alike.
+        sud::allowed(|| unsafe { libc::mallopt(M_ARENA_MAX, 1) });
         procs::finish_exec(record);
     }
     state::READY.store(true, Ordering::Release);

@@ -510,6 +510,8 @@ pub fn kill(nr: i64, a: [usize; 6], rec: bool) -> isize {
             b[0] = real as usize;
         }
     }
+    // The target may log the signal's delivery before this call's record.
+    state::before(nr, rec);
     if rec {
         let ret = raw(nr, b);
         emit(Rec::sys(nr, ret, a[0] as u64, sig as u64), &[]);

@@ -461,7 +461,6 @@ fn deliver_following() {
     let r = state::reg();
     let me = state::vtid();
     loop {
-        let tail = r.tail();
         match r.peek() {
             Some(h) if h.vtid == me => {
                 if h.kind == Kind::Signal as u16 {
@@ -470,7 +469,7 @@ fn deliver_following() {
                 }
                 return;
             }
-            Some(_) => r.wait_consumed(tail, &GateFutex, Some(1000)),
+            Some(_) => r.wait_turn(me, &GateFutex, Some(1000)),
             None => {
                 if r.has(ferry_ring::CTL_END_OF_LOG) {
                     return;

@@ -473,6 +473,20 @@ pub fn emit_as(rec: Rec, vpid: u32, vtid: u32, parts: &[&[u8]]) {
     unlock();
 }
 
+/// Record: log that this thread is about to make syscall `nr`, whose effect
+/// others may observe before its result is logged. Replay: wait for that
+/// point in the order. Together they keep cause before effect: a reader's
+/// record can never come before the writer reached its write.
+pub fn before(nr: i64, rec: bool) {
+    let r = Rec { kind: Kind::Call, flags: 0, nr: calls::Call::Before as u32, ret: 0, arg0: nr as u64, arg1: 0 };
+    if rec {
+        emit(r, &[]);
+    } else {
+        let h = expect(Kind::Call, calls::Call::Before as u32, Some(nr as u64), None);
+        consume(&h);
+    }
+}
+
 /// Stop the program because the shim cannot go on.
 pub fn fail(msg: &[u8]) -> ! {
     if let Some(r) = region() {
@@ -506,8 +520,8 @@ pub fn turn() -> RecordHeader {
                 return h;
             }
             Some(h) => {
-                if !spin_until(|| r.tail() != tail) {
-                    r.wait_consumed(tail, &GateFutex, Some(200));
+                if !spin_until(|| r.head_vtid() != Some(h.vtid)) {
+                    r.wait_turn(me, &GateFutex, Some(200));
                     if r.tail() == tail {
                         finish_shimless_exec(&h);
                     }
@@ -532,7 +546,7 @@ pub fn turn() -> RecordHeader {
 /// and a wake-up take. Returns whether `ready` came true.
 #[inline]
 fn spin_until(ready: impl Fn() -> bool) -> bool {
-    for _ in 0..2000 {
+    for _ in 0..200 {
         if ready() {
             return true;
         }
@@ -564,7 +578,7 @@ fn finish_shimless_exec(h: &RecordHeader) {
         .is_ok()
     {
         if r.peek().map(|x| x.gseq) == Some(h.gseq) {
-            r.consume(h, &GateFutex);
+            r.consume_and_pass(h, &GateFutex);
         }
         p.exec_pending
             .store(ferry_ring::EXEC_NONE, Ordering::Release);
@@ -604,7 +618,7 @@ pub fn payload_to(h: &RecordHeader, off: usize, dst: *mut u8, len: usize) {
 
 /// Replay: the record at the head has been carried out; pass the turn on.
 pub fn consume(h: &RecordHeader) {
-    reg().consume(h, &GateFutex);
+    reg().consume_and_pass(h, &GateFutex);
     if h.flags & ferry_proto::FLAG_SIGNALS_FOLLOW != 0 {
         me().follow.set(true);
     }

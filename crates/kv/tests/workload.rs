@@ -148,9 +148,10 @@ fn broken_connections_make_unknown_writes_not_lost_ones() {
     // Every unknown write was in fact applied (the proxy dropped only the
     // answers): keys whose last write was unknown hold that write, under a
     // later version, and that is no loss.
+    // (Whether some key's last write is an unknown one depends on timing,
+    // so how many unknown writes are found applied is not asserted.)
     let v = w.verify(&server.to_string()).unwrap();
     assert!(v.is_clean(), "{v}");
-    assert!(v.unknown_applied > 0, "{v}");
 }
 
 #[test]

@@ -23,6 +23,12 @@ pub enum Call {
     Fork = 8,
     /// `posix_spawn`/`posix_spawnp`; `ret` the result, `arg0` the child's vpid.
     Spawn = 9,
+    /// The thread is about to make the call `arg0` (a syscall number) whose
+    /// effect another thread or process of the program can observe before
+    /// the call's own record is logged (a write into a pipe or socket, a
+    /// signal sent): logged first, so that whatever the other side does
+    /// with it comes later in the order.
+    Before = 10,
 }
 
 impl Call {
@@ -38,6 +44,7 @@ impl Call {
             7 => Call::ThreadJoin,
             8 => Call::Fork,
             9 => Call::Spawn,
+            10 => Call::Before,
             _ => return None,
         })
     }
@@ -54,6 +61,7 @@ impl Call {
             Call::ThreadJoin => "pthread_join",
             Call::Fork => "fork",
             Call::Spawn => "posix_spawn",
+            Call::Before => "before",
         }
     }
 }

@@ -86,6 +86,8 @@ pub const CTL_CONSUMER_GONE: u32 = 1 << 3;
 
 /// Length of `Control::message`.
 pub const MESSAGE_LEN: usize = 1024;
+/// Number of turn words (see `Control::turn_words`).
+pub const TURN_SLOTS: usize = 256;
 
 /// The control block at offset 0. Words written by different sides sit on
 /// different cache lines, so a producer and a consumer on two cores do not
@@ -147,6 +149,13 @@ pub struct Control {
     /// Non-zero while someone sleeps on `tail_seq`.
     pub tail_waiters: AtomicU32,
     _pad4: [u8; 56],
+
+    /// Replay: one futex word per group of threads (by vtid modulo
+    /// [`TURN_SLOTS`]): bumped when a record of one of them reaches the head,
+    /// so a waiting thread is woken for its own turn, not for every record.
+    pub turn_words: [AtomicU32; TURN_SLOTS],
+    /// Sleepers on each of `turn_words`.
+    pub turn_waiters: [AtomicU32; TURN_SLOTS],
 
     /// Length of `message`.
     pub message_len: AtomicU32,
@@ -295,6 +304,12 @@ impl Region {
     pub fn raise(&self, flag: u32, futex: &impl Futex) {
         let c = self.control();
         c.flags.fetch_or(flag, Ordering::AcqRel);
+        for (w, n) in c.turn_words.iter().zip(&c.turn_waiters) {
+            if n.load(Ordering::SeqCst) != 0 {
+                w.fetch_add(1, Ordering::SeqCst);
+                futex.wake_all(w);
+            }
+        }
         c.head_seq.fetch_add(1, Ordering::AcqRel);
         c.tail_seq.fetch_add(1, Ordering::AcqRel);
         futex.wake_all(&c.head_seq);
@@ -444,7 +459,57 @@ impl Region {
             c.head_seq.fetch_add(1, Ordering::SeqCst);
             futex.wake_all(&c.head_seq);
         }
+        // Published into an empty ring: this record is the head now, and
+        // its thread may sleep on its turn word (see `consume_and_pass`).
+        if c.tail.load(Ordering::SeqCst) == head {
+            self.wake_turn(header.vtid, futex);
+        }
         true
+    }
+
+    /// Wake the threads waiting on the turn word of `vtid`.
+    fn wake_turn(&self, vtid: u32, futex: &impl Futex) {
+        let c = self.control();
+        let i = vtid as usize % TURN_SLOTS;
+        if c.turn_waiters[i].load(Ordering::SeqCst) != 0 {
+            c.turn_words[i].fetch_add(1, Ordering::SeqCst);
+            futex.wake_all(&c.turn_words[i]);
+        }
+    }
+
+    /// Replay: consume the head record and wake the thread whose record is
+    /// the head now. The consumer stores `tail` then looks at `head`; the
+    /// producer stores `head` then looks at `tail`: one of them sees the
+    /// other, so the next record's thread is always woken.
+    pub fn consume_and_pass(&self, header: &RecordHeader, futex: &impl Futex) {
+        self.consume(header, futex);
+        if let Some(next) = self.peek() {
+            self.wake_turn(next.vtid, futex);
+        }
+    }
+
+    /// The thread of the record at the head, if one is published.
+    pub fn head_vtid(&self) -> Option<u32> {
+        self.peek().map(|h| h.vtid)
+    }
+
+    /// Replay: sleep until the head record is `vtid`'s (or the ring is
+    /// empty, or a flag is raised, or `timeout_ms` passes). Records of other
+    /// threads coming and going do not wake it: whoever makes a record the
+    /// head wakes that record's thread. Spurious returns are allowed.
+    pub fn wait_turn(&self, vtid: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
+        let c = self.control();
+        let i = vtid as usize % TURN_SLOTS;
+        c.turn_waiters[i].fetch_add(1, Ordering::SeqCst);
+        let w = c.turn_words[i].load(Ordering::SeqCst);
+        let head = self.head_vtid();
+        // The end of the log does not end this wait: the head record's
+        // thread still has it to replay.
+        let stop = c.flags.load(Ordering::SeqCst) & !CTL_END_OF_LOG;
+        if head.is_some() && head != Some(vtid) && stop == 0 {
+            futex.wait(&c.turn_words[i], w, timeout_ms);
+        }
+        c.turn_waiters[i].fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The published-bytes counter: records below it may be read with
