@@ -520,7 +520,7 @@ pub fn turn() -> RecordHeader {
                 return h;
             }
             Some(h) => {
-                if !spin_until(|| r.head_vtid() != Some(h.vtid)) {
+                if !spin_until(200, || r.head_vtid() != Some(h.vtid)) {
                     r.wait_turn(me, &GateFutex, Some(200));
                     if r.tail() == tail {
                         finish_shimless_exec(&h);
@@ -533,7 +533,7 @@ pub fn turn() -> RecordHeader {
                     // here (the program was still running when it stopped).
                     sys::exit_group(0);
                 }
-                if !spin_until(|| r.head() != r.tail()) {
+                if !spin_until(2000, || r.head() != r.tail()) {
                     r.wait_published(&GateFutex, Some(1000));
                 }
             }
@@ -541,12 +541,14 @@ pub fn turn() -> RecordHeader {
     }
 }
 
-/// Spin a few microseconds for `ready` before sleeping on a futex: a turn
+/// Spin up to `rounds` times for `ready` before sleeping on a futex: a turn
 /// passes between threads, or a record arrives, much sooner than a sleep
-/// and a wake-up take. Returns whether `ready` came true.
+/// and a wake-up take. Waiting for the producer spins longer than waiting
+/// for another thread's turn (many threads may wait for turns at once).
+/// Returns whether `ready` came true.
 #[inline]
-fn spin_until(ready: impl Fn() -> bool) -> bool {
-    for _ in 0..200 {
+fn spin_until(rounds: u32, ready: impl Fn() -> bool) -> bool {
+    for _ in 0..rounds {
         if ready() {
             return true;
         }

@@ -156,6 +156,9 @@ pub struct Control {
     pub turn_words: [AtomicU32; TURN_SLOTS],
     /// Sleepers on each of `turn_words`.
     pub turn_waiters: [AtomicU32; TURN_SLOTS],
+    /// Sleepers on all the turn words together: when zero (always in
+    /// record), publish and consume skip looking for someone to wake.
+    pub turn_sleepers: AtomicU32,
 
     /// Length of `message`.
     pub message_len: AtomicU32,
@@ -461,7 +464,8 @@ impl Region {
         }
         // Published into an empty ring: this record is the head now, and
         // its thread may sleep on its turn word (see `consume_and_pass`).
-        if c.tail.load(Ordering::SeqCst) == head {
+        // Only looked at when someone sleeps: `tail` is the consumer's line.
+        if c.turn_sleepers.load(Ordering::SeqCst) != 0 && c.tail.load(Ordering::SeqCst) == head {
             self.wake_turn(header.vtid, futex);
         }
         true
@@ -483,6 +487,9 @@ impl Region {
     /// other, so the next record's thread is always woken.
     pub fn consume_and_pass(&self, header: &RecordHeader, futex: &impl Futex) {
         self.consume(header, futex);
+        if self.control().turn_sleepers.load(Ordering::SeqCst) == 0 {
+            return;
+        }
         if let Some(next) = self.peek() {
             self.wake_turn(next.vtid, futex);
         }
@@ -500,6 +507,7 @@ impl Region {
     pub fn wait_turn(&self, vtid: u32, futex: &impl Futex, timeout_ms: Option<u32>) {
         let c = self.control();
         let i = vtid as usize % TURN_SLOTS;
+        c.turn_sleepers.fetch_add(1, Ordering::SeqCst);
         c.turn_waiters[i].fetch_add(1, Ordering::SeqCst);
         let w = c.turn_words[i].load(Ordering::SeqCst);
         let head = self.head_vtid();
@@ -510,6 +518,7 @@ impl Region {
             futex.wait(&c.turn_words[i], w, timeout_ms);
         }
         c.turn_waiters[i].fetch_sub(1, Ordering::SeqCst);
+        c.turn_sleepers.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// The published-bytes counter: records below it may be read with
