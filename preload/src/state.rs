@@ -478,11 +478,23 @@ pub fn emit_as(rec: Rec, vpid: u32, vtid: u32, parts: &[&[u8]]) {
 /// point in the order. Together they keep cause before effect: a reader's
 /// record can never come before the writer reached its write.
 pub fn before(nr: i64, rec: bool) {
-    let r = Rec { kind: Kind::Call, flags: 0, nr: calls::Call::Before as u32, ret: 0, arg0: nr as u64, arg1: 0 };
+    let r = Rec {
+        kind: Kind::Call,
+        flags: 0,
+        nr: calls::Call::Before as u32,
+        ret: 0,
+        arg0: nr as u64,
+        arg1: 0,
+    };
     if rec {
         emit(r, &[]);
     } else {
-        let h = expect(Kind::Call, calls::Call::Before as u32, Some(nr as u64), None);
+        let h = expect(
+            Kind::Call,
+            calls::Call::Before as u32,
+            Some(nr as u64),
+            None,
+        );
         consume(&h);
     }
 }
