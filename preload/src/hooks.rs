@@ -218,19 +218,23 @@ fn vdso_input(nr: i64, a: [usize; 6], exec: impl FnOnce() -> isize) -> isize {
     }
 }
 
+/// A libc result (0, or -1 with errno) as a syscall result (0 or -errno).
+fn neg_errno(r: c_int) -> isize {
+    if r == 0 {
+        0
+    } else {
+        // SAFETY: errno is this thread's.
+        -(unsafe { *__errno_location() }) as isize
+    }
+}
+
 #[no_mangle]
 pub extern "C" fn clock_gettime(clk: clockid_t, ts: *mut timespec) -> c_int {
     let f = real!(REAL_CLOCK_GETTIME, fn(clockid_t, *mut timespec) -> c_int);
     let r = vdso_input(
         SYS_clock_gettime,
         [clk as usize, ts as usize, 0, 0, 0, 0],
-        || {
-            match f(clk, ts) {
-                0 => 0,
-                // SAFETY: errno is this thread's.
-                _ => -(unsafe { *__errno_location() }) as isize,
-            }
-        },
+        || neg_errno(f(clk, ts)),
     );
     set_errno(r) as c_int
 }
@@ -241,13 +245,7 @@ pub extern "C" fn gettimeofday(tv: *mut timeval, tz: *mut c_void) -> c_int {
     let r = vdso_input(
         SYS_gettimeofday,
         [tv as usize, tz as usize, 0, 0, 0, 0],
-        || {
-            match f(tv, tz) {
-                0 => 0,
-                // SAFETY: errno is this thread's.
-                _ => -(unsafe { *__errno_location() }) as isize,
-            }
-        },
+        || neg_errno(f(tv, tz)),
     );
     set_errno(r) as c_int
 }
@@ -435,11 +433,7 @@ fn sem_op(s: *mut sem_t, exec: impl FnOnce() -> c_int) -> c_int {
     let r = sync_op(
         Call::SemWait,
         s as usize,
-        || match exec() {
-            0 => 0,
-            // SAFETY: errno is this thread's.
-            _ => -unsafe { *__errno_location() },
-        },
+        || neg_errno(exec()) as c_int,
         |r| {
             if r == 0 {
                 wait(s);
