@@ -389,6 +389,11 @@ pub fn dispatch(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
         return passthrough(nr, a, ctx);
     }
     let rec = m == Mode::Record;
+    if unlogged(nr) {
+        // No record, so no delivery point either: replay could not deliver
+        // a signal here (it delivers at the thread's logged calls only).
+        return call(nr, a, ctx, rec);
+    }
     loop {
         signals::on_entry();
         let ret = call(nr, a, ctx, rec);
@@ -398,6 +403,31 @@ pub fn dispatch(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
         }
         return ret;
     }
+}
+
+/// Calls that never leave a record: identity answered from the process
+/// table, and the thread's own machinery (see `call`).
+fn unlogged(nr: i64) -> bool {
+    matches!(
+        nr,
+        SYS_getpid
+            | SYS_gettid
+            | SYS_futex
+            | SYS_sched_yield
+            | SYS_set_robust_list
+            | SYS_get_robust_list
+            | SYS_rseq
+            | SYS_set_tid_address
+            | SYS_arch_prctl
+            | SYS_sigaltstack
+            | SYS_exit
+            | SYS_membarrier
+            | SYS_restart_syscall
+            | SYS_rt_sigreturn
+            | SYS_futex_waitv
+            | SYS_rt_sigaction
+            | SYS_rt_sigprocmask
+    )
 }
 
 fn touches_region_fd(nr: i64, a: &[usize; 6]) -> bool {
