@@ -536,6 +536,7 @@ pub fn turn() -> RecordHeader {
                     r.wait_turn(me, &GateFutex, Some(200));
                     if r.tail() == tail {
                         finish_shimless_exec(&h);
+                        end_if_orphaned();
                     }
                 }
             }
@@ -547,9 +548,22 @@ pub fn turn() -> RecordHeader {
                 }
                 if !spin_until(2000, || r.head() != r.tail()) {
                     r.wait_published(&GateFutex, Some(1000));
+                    if r.head() == r.tail() {
+                        end_if_orphaned();
+                    }
                 }
             }
         }
+    }
+}
+
+/// Replay, after a wait that brought nothing: if the process feeding the
+/// log is gone, no record will ever come; end this process instead of
+/// waiting forever.
+fn end_if_orphaned() {
+    let pid = reg().control().consumer_pid.load(Ordering::Relaxed);
+    if pid != 0 && sys::sys2(libc::SYS_kill, pid as usize, 0) == -(libc::ESRCH as isize) {
+        sys::exit_group(3);
     }
 }
 

@@ -62,6 +62,10 @@ impl SharedRegion {
             _ => return Err(RegionError::NoSlot),
         }
         region.control().live_procs.store(1, Ordering::Release);
+        region
+            .control()
+            .consumer_pid
+            .store(std::process::id(), Ordering::Release);
         region.control().next_vid.store(2, Ordering::Release);
         Ok(SharedRegion { file, map, region })
     }

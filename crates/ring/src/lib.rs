@@ -104,11 +104,14 @@ pub struct Control {
     pub flags: AtomicU32,
     /// Processes of the program alive now.
     pub live_procs: AtomicU32,
+    /// The pid of the process on the other side (the `ferry` CLI, later
+    /// `ferryd`): a replay whose producer has died ends.
+    pub consumer_pid: AtomicU32,
     /// The highest `gseq` a backup has acknowledged (the output gate).
     pub acked_gseq: AtomicU64,
     /// The replication epoch.
     pub epoch: AtomicU64,
-    _pad0: [u8; 24],
+    _pad0: [u8; 20],
 
     // Written by the program's threads (record).
     /// Record: the ordering lock. 0 when free, else the real tid of its owner.
