@@ -18,6 +18,8 @@ extern crate std;
 
 pub mod calls;
 pub mod log;
+#[cfg(feature = "std")]
+pub mod wire;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
