@@ -819,12 +819,13 @@ fn out_digest(nr: i64, a: &[usize; 6]) -> u64 {
 fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
     let d = out_digest(nr, &a);
     let fd = a[0] as i32;
-    if fds::kind(fd) == FD_PLACEHOLDER {
+    let kind = fds::kind(fd);
+    let placeholder = kind == FD_PLACEHOLDER;
+    if placeholder {
         // Its reader may be another thread of the program: see `before`.
         state::before(nr, rec);
     }
     if rec {
-        let placeholder = fds::kind(fd) == FD_PLACEHOLDER;
         let run = || {
             let ret = raw(nr, a);
             let mut r = Rec::sys(nr, ret, a[0] as u64, d);
@@ -846,7 +847,7 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
         }
     } else {
         let h = expect(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(d));
-        if fds::kind(fd) == FD_REAL && h.ret > 0 {
+        if kind == FD_REAL && h.ret > 0 {
             // The program's stdout, stderr or a file: do it again.
             let mut b = a;
             if matches!(nr, SYS_write | SYS_pwrite64) {

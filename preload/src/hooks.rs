@@ -16,7 +16,7 @@ use libc::*;
 
 /// Whether the calling thread should go through the shim now.
 #[inline]
-fn active() -> bool {
+pub(crate) fn active() -> bool {
     let t = state::me();
     READY.load(Ordering::Relaxed) && t.in_shim.get() == 0 && t.vtid.get() != 0
 }
@@ -296,35 +296,27 @@ fn sync_op(
     r
 }
 
+/// A mutex acquisition: record runs `exec`; replay takes the mutex for real
+/// when the recording got it.
+fn mutex_op(m: *mut pthread_mutex_t, exec: impl FnOnce() -> c_int) -> c_int {
+    let lock = real!(REAL_MUTEX_LOCK, fn(*mut pthread_mutex_t) -> c_int);
+    sync_op(Call::MutexLock, m as usize, exec, |r| {
+        if r == 0 {
+            lock(m);
+        }
+    })
+}
+
 #[no_mangle]
 pub extern "C" fn pthread_mutex_lock(m: *mut pthread_mutex_t) -> c_int {
     let f = real!(REAL_MUTEX_LOCK, fn(*mut pthread_mutex_t) -> c_int);
-    sync_op(
-        Call::MutexLock,
-        m as usize,
-        || f(m),
-        |r| {
-            if r == 0 {
-                f(m);
-            }
-        },
-    )
+    mutex_op(m, || f(m))
 }
 
 #[no_mangle]
 pub extern "C" fn pthread_mutex_trylock(m: *mut pthread_mutex_t) -> c_int {
     let f = real!(REAL_MUTEX_TRYLOCK, fn(*mut pthread_mutex_t) -> c_int);
-    let lock = real!(REAL_MUTEX_LOCK, fn(*mut pthread_mutex_t) -> c_int);
-    sync_op(
-        Call::MutexLock,
-        m as usize,
-        || f(m),
-        |r| {
-            if r == 0 {
-                lock(m);
-            }
-        },
-    )
+    mutex_op(m, || f(m))
 }
 
 #[no_mangle]
@@ -333,17 +325,7 @@ pub extern "C" fn pthread_mutex_timedlock(m: *mut pthread_mutex_t, t: *const tim
         REAL_MUTEX_TIMEDLOCK,
         fn(*mut pthread_mutex_t, *const timespec) -> c_int
     );
-    let lock = real!(REAL_MUTEX_LOCK, fn(*mut pthread_mutex_t) -> c_int);
-    sync_op(
-        Call::MutexLock,
-        m as usize,
-        || f(m, t),
-        |r| {
-            if r == 0 {
-                lock(m);
-            }
-        },
-    )
+    mutex_op(m, || f(m, t))
 }
 
 /// Replay of a condition wait: release the mutex, wait for the turn the

@@ -4,7 +4,7 @@
 
 use crate::hooks::{real, Real};
 use crate::signals;
-use crate::state::{self, consume, emit, expect, lock, mode, reg, unlock, Rec, READY};
+use crate::state::{self, consume, emit, expect, lock, mode, reg, unlock, Rec};
 use crate::sud::{self, allowed};
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use ferry_proto::calls::Call;
@@ -95,7 +95,7 @@ pub extern "C" fn pthread_create(
         ) -> c_int
     );
     let _: Option<CreateFn> = None;
-    let on = READY.load(Ordering::Relaxed) && state::me().in_shim.get() == 0 && state::vtid() != 0;
+    let on = crate::hooks::active();
     if !on || mode().is_none() {
         return allowed(|| create(t, attr, func, arg));
     }
@@ -159,7 +159,7 @@ pub extern "C" fn pthread_create(
 #[no_mangle]
 pub extern "C" fn pthread_join(t: pthread_t, ret: *mut *mut c_void) -> c_int {
     let join = real!(REAL_JOIN, fn(pthread_t, *mut *mut c_void) -> c_int);
-    let on = READY.load(Ordering::Relaxed) && state::me().in_shim.get() == 0 && state::vtid() != 0;
+    let on = crate::hooks::active();
     if !on || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
         return allowed(|| join(t, ret));
     }

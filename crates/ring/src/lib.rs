@@ -599,25 +599,9 @@ impl Region {
         c.head_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// The consumed-bytes counter, to pass to [`Region::wait_consumed`].
+    /// The consumed-bytes counter (replay: whether the head record moved).
     pub fn tail(&self) -> u64 {
         self.control().tail.load(Ordering::SeqCst)
-    }
-
-    /// Wait until the record at `seen_tail` is consumed, a flag is raised,
-    /// or `timeout_ms` passes. Spurious returns are allowed.
-    pub fn wait_consumed(&self, seen_tail: u64, futex: &impl Futex, timeout_ms: Option<u32>) {
-        let c = self.control();
-        if futex.polls() {
-            futex.wait(&c.tail_seq, 0, timeout_ms);
-            return;
-        }
-        c.tail_waiters.fetch_add(1, Ordering::SeqCst);
-        let seq = c.tail_seq.load(Ordering::SeqCst);
-        if c.tail.load(Ordering::SeqCst) == seen_tail && c.flags.load(Ordering::SeqCst) == 0 {
-            futex.wait(&c.tail_seq, seq, timeout_ms);
-        }
-        c.tail_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Find the process-table slot of a virtual pid.
