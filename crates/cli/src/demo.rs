@@ -87,7 +87,7 @@ pub fn line_diff(recorded: &[u8], replayed: &[u8]) -> String {
 /// Run the demo; returns the exit code.
 pub fn run() -> anyhow::Result<u8> {
     let exe = std::env::current_exe().context("cannot find the ferry executable")?;
-    if let Err(e) = crate::shim::locate() {
+    if let Err(e) = ferry_host::shim::locate() {
         return Ok(report(BAD_INPUT, e));
     }
     println!(

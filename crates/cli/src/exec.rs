@@ -6,7 +6,7 @@
 //! knows the pid of the program (to checkpoint it, to wait for it), and its
 //! exit status is the program's own.
 //!
-//! It is [`spawn`](crate::spawn)'s child side run in place: the same
+//! It is [`spawn`](ferry_host::spawn)'s child side run in place: the same
 //! [`Launch`] and the same [`enter`].
 
 use std::ffi::OsString;
@@ -16,10 +16,10 @@ use std::os::unix::ffi::OsStrExt;
 use ferry_ring::Mode;
 
 use crate::exit::{report_error, ExitCodeOf, BAD_INPUT};
-use crate::region::{self, SharedRegion};
-use crate::resolve::{resolve, ResolveError};
-use crate::shim::{self, ShimNotFound};
-use crate::spawn::{enter, stage_error, Launch, SpawnError};
+use ferry_host::region::{self, SharedRegion};
+use ferry_host::resolve::{resolve, ResolveError};
+use ferry_host::shim::{self, ShimNotFound};
+use ferry_host::spawn::{enter, stage_error, Launch, SpawnError};
 
 /// What `ferry exec` was asked to do.
 #[derive(Debug, clap::Args)]
@@ -74,7 +74,7 @@ fn exec(command: &[OsString]) -> Result<std::convert::Infallible, ExecError> {
     let env = shim::program_env(&shim_path, std::env::vars_os());
     let launch = Launch::new(&path, &argv, &env, None)?;
     let shared = SharedRegion::create(Mode::Passthrough)?;
-    let mut dfl = crate::sys::zeroed_sigaction();
+    let mut dfl = ferry_host::sys::zeroed_sigaction();
     dfl.sa_sigaction = libc::SIG_DFL;
     // SAFETY: launch, the region and dfl stay alive for the call; enter only
     // returns if the exec failed.
@@ -105,7 +105,7 @@ mod tests {
         let lib = b"LD_PRELOAD=libc.so.6".to_vec();
         let launch = Launch::new(Path::new("/bin/sh"), &argv, &[lib], None).unwrap();
         let shared = SharedRegion::create(Mode::Passthrough).unwrap();
-        let mut dfl = crate::sys::zeroed_sigaction();
+        let mut dfl = ferry_host::sys::zeroed_sigaction();
         dfl.sa_sigaction = libc::SIG_DFL;
         let mut out = tempfile::tempfile().unwrap();
 
@@ -121,7 +121,7 @@ mod tests {
                 libc::_exit(100);
             }
         }
-        let status = crate::sys::wait_for(pid).unwrap();
+        let status = ferry_host::sys::wait_for(pid).unwrap();
         assert!(libc::WIFEXITED(status), "status {status:#x}");
         assert_eq!(libc::WEXITSTATUS(status), 7, "the program's own status");
 
@@ -147,7 +147,7 @@ mod tests {
         let argv = [b"/nonexistent/ferry-prog".to_vec()];
         let launch = Launch::new(Path::new("/nonexistent/ferry-prog"), &argv, &[], None).unwrap();
         let shared = SharedRegion::create(Mode::Passthrough).unwrap();
-        let dfl = crate::sys::zeroed_sigaction();
+        let dfl = ferry_host::sys::zeroed_sigaction();
         // In a child: a failed exec still leaves the process changed.
         // SAFETY: the child makes only raw system calls, then _exit.
         let pid = unsafe { libc::fork() };
@@ -163,7 +163,7 @@ mod tests {
             // SAFETY: ends the child without running the parent's handlers.
             unsafe { libc::_exit(code) };
         }
-        let status = crate::sys::wait_for(pid).unwrap();
+        let status = ferry_host::sys::wait_for(pid).unwrap();
         assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
     }
 }

@@ -11,13 +11,7 @@ mod demo;
 mod exec;
 mod exit;
 mod record;
-mod region;
 mod replay;
-mod resolve;
-mod shim;
-mod spawn;
-mod status;
-mod sys;
 
 use std::process::ExitCode;
 

@@ -13,12 +13,12 @@ use ferry_proto::{MAX_PAYLOAD, RECORD_HEADER_LEN};
 use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_FAILED};
 
 use crate::exit::{report, report_error, ExitCodeOf, BAD_INPUT, PROGRAM_FAILED, SUCCESS};
-use crate::region::{self, PollFutex, SharedRegion, SysFutex};
-use crate::resolve::{resolve, ResolveError};
-use crate::shim::{self, ShimNotFound};
-use crate::spawn::{spawn, Launch, SpawnError};
-use crate::status::Termination;
-use crate::sys::{self, IgnoredSignals, Reaped, SysError};
+use ferry_host::region::{self, PollFutex, SharedRegion, SysFutex};
+use ferry_host::resolve::{resolve, ResolveError};
+use ferry_host::shim::{self, ShimNotFound};
+use ferry_host::spawn::{spawn, Launch, SpawnError};
+use ferry_host::status::Termination;
+use ferry_host::sys::{self, IgnoredSignals, Reaped, SysError};
 
 /// What `ferry record` was asked to do.
 #[derive(Debug, clap::Args)]
@@ -123,7 +123,7 @@ fn record(args: &RecordArgs) -> Result<u8, RecordError> {
 
     sys::set_child_subreaper()?;
     let signals = IgnoredSignals::ignore_interrupts()?;
-    let root = match spawn(&launch, region, shared.fd(), &signals) {
+    let root = match spawn(&launch, region, shared.fd(), &signals, &Default::default()) {
         Ok(pid) => pid,
         Err(e) => {
             let _ = finish_file(&mut writer);

@@ -13,11 +13,11 @@ use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_DIVERGED, CTL_END_OF_LOG, 
 use zerocopy::FromBytes;
 
 use crate::exit::{report, report_error, ExitCodeOf, BAD_INPUT, DIVERGED, SUCCESS};
-use crate::region::{self, PollFutex, SharedRegion, SysFutex};
-use crate::resolve::{env_value, resolve, ResolveError};
-use crate::spawn::{spawn, Launch, SpawnError};
-use crate::status::Termination;
-use crate::sys::{self, IgnoredSignals, Reaped, SysError};
+use ferry_host::region::{self, PollFutex, SharedRegion, SysFutex};
+use ferry_host::resolve::{env_value, resolve, ResolveError};
+use ferry_host::spawn::{spawn, Launch, SpawnError};
+use ferry_host::status::Termination;
+use ferry_host::sys::{self, IgnoredSignals, Reaped, SysError};
 
 /// What `ferry replay` was asked to do.
 #[derive(Debug, clap::Args)]
@@ -205,7 +205,7 @@ fn replay(args: &ReplayArgs) -> Result<u8, ReplayError> {
     let region = shared.region();
     sys::set_child_subreaper()?;
     let signals = IgnoredSignals::ignore_interrupts()?;
-    let root = spawn(&launch, region, shared.fd(), &signals)?;
+    let root = spawn(&launch, region, shared.fd(), &signals, &Default::default())?;
 
     let (root_status, published) = std::thread::scope(|s| {
         let producer = s.spawn(|| produce(region, bytes, &records));

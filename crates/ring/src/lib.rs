@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, IntoBytes};
 /// `Control::magic`.
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"FERRYCTL");
 /// Version of this layout; the shim refuses a region of another version.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Processes one program may have alive or dead over its life.
 pub const MAX_PROCS: usize = 512;
 /// Descriptors whose kind the process table tracks.
@@ -84,6 +84,18 @@ pub const CTL_FAILED: u32 = 1 << 2;
 /// `Control::flags`: the consumer went away; producers stop waiting.
 pub const CTL_CONSUMER_GONE: u32 = 1 << 3;
 
+/// `Control::flags`: outputs (writes and sends on sockets and other
+/// placeholder descriptors, `connect`) wait for the output gate: the
+/// record's gseq at or below `acked_gseq` and `CLOCK_MONOTONIC` below
+/// `gate_until`. Set by `ferryd` for a primary in sync mode.
+pub const CTL_GATED: u32 = 1 << 4;
+/// `Control::flags`: stop before the next logged call (a planned
+/// switchover); the threads wait until the flag is lowered.
+pub const CTL_PAUSE: u32 = 1 << 5;
+/// `Control::flags`: a replica went live (the mode word moved from replay
+/// to record); set once, with `next_gseq` continuing the old log.
+pub const CTL_WENT_LIVE: u32 = 1 << 6;
+
 /// Length of `Control::message`.
 pub const MESSAGE_LEN: usize = 1024;
 /// Number of turn words (see `Control::turn_words`).
@@ -111,7 +123,14 @@ pub struct Control {
     pub acked_gseq: AtomicU64,
     /// The replication epoch.
     pub epoch: AtomicU64,
-    _pad0: [u8; 20],
+    /// With `CTL_GATED`: outputs may be released while `CLOCK_MONOTONIC`
+    /// (nanoseconds) reads less than this (the lease's end).
+    pub gate_until: AtomicU64,
+    /// Futex word bumped whenever the gate or the pause flag changes.
+    pub gate_seq: AtomicU32,
+    /// Non-zero while someone sleeps on `gate_seq`.
+    pub gate_waiters: AtomicU32,
+    _pad0: [u8; 4],
 
     // Written by the program's threads (record).
     /// Record: the ordering lock. 0 when free, else the real tid of its owner.
@@ -320,6 +339,26 @@ impl Region {
         c.tail_seq.fetch_add(1, Ordering::AcqRel);
         futex.wake_all(&c.head_seq);
         futex.wake_all(&c.tail_seq);
+    }
+
+    /// Clear a `CTL_*` flag and wake everyone waiting on the gate word.
+    pub fn lower(&self, flag: u32, futex: &impl Futex) {
+        let c = self.control();
+        c.flags.fetch_and(!flag, Ordering::SeqCst);
+        c.gate_seq.fetch_add(1, Ordering::SeqCst);
+        futex.wake_all(&c.gate_seq);
+    }
+
+    /// Replica: switch from replay to record, the next record being
+    /// `next_gseq`, and wake every thread waiting for its turn. The ring
+    /// must be empty (every record fed has been replayed).
+    pub fn go_live(&self, next_gseq: u64, futex: &impl Futex) {
+        let c = self.control();
+        c.next_gseq.store(next_gseq, Ordering::SeqCst);
+        c.mode.store(Mode::Record as u32, Ordering::SeqCst);
+        self.raise(CTL_WENT_LIVE, futex);
+        c.gate_seq.fetch_add(1, Ordering::SeqCst);
+        futex.wake_all(&c.gate_seq);
     }
 
     /// Whether `flag` is set.

@@ -45,6 +45,9 @@ pub enum SpawnError {
         /// The OS error.
         source: io::Error,
     },
+    /// The standard streams could not be set up.
+    #[error("cannot set up the program's standard streams: {0}")]
+    Stdio(#[source] io::Error),
     /// `execve` failed.
     #[error("{cmd}: {source}")]
     Exec {
@@ -60,6 +63,15 @@ const STAGE_REGION_FD: i32 = 2;
 const STAGE_SIGNALS: i32 = 3;
 const STAGE_CHDIR: i32 = 4;
 const STAGE_EXEC: i32 = 5;
+const STAGE_STDIO: i32 = 6;
+
+/// Where the child's standard streams go.
+#[derive(Debug, Default)]
+pub struct Stdio {
+    /// Standard output and standard error; standard input becomes
+    /// `/dev/null`. `None`: all three inherited.
+    pub out: Option<RawFd>,
+}
 
 /// Everything the child needs, prepared before `fork`.
 pub struct Launch {
@@ -155,6 +167,7 @@ pub fn spawn(
     region: Region,
     region_fd: RawFd,
     signals: &IgnoredSignals,
+    stdio: &Stdio,
 ) -> Result<i32, SpawnError> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: fds is a valid array of two ints for pipe2 to fill.
@@ -176,7 +189,7 @@ pub fn spawn(
         // on pointers into `launch`, `saved` and `dfl`, which stay valid (the
         // child's copy of the parent's memory), and atomic stores into the
         // shared region, mapped in the child too.
-        unsafe { child(launch, region, region_fd, saved, &dfl, wr) }
+        unsafe { child(launch, region, region_fd, saved, &dfl, wr, stdio.out) }
     }
     // SAFETY: the write end belongs to the child now; ours is closed once.
     unsafe { libc::close(wr) };
@@ -218,7 +231,23 @@ unsafe fn child(
     saved: &[(c_int, libc::sigaction)],
     dfl: &libc::sigaction,
     wr: RawFd,
+    out: Option<RawFd>,
 ) -> ! {
+    if let Some(out) = out {
+        // SAFETY: raw system calls on descriptors and a NUL-terminated
+        // literal; async-signal-safe.
+        let ok = unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            null >= 0
+                && libc::dup2(null, 0) == 0
+                && libc::dup2(out, 1) == 1
+                && libc::dup2(out, 2) == 2
+        };
+        if !ok {
+            // SAFETY: child side, as below.
+            unsafe { fail(wr, STAGE_STDIO) }
+        }
+    }
     // SAFETY: the caller's contract is enter's.
     let stage = unsafe { enter(launch, region, region_fd, saved, dfl) };
     // SAFETY: child side, as above.
@@ -305,6 +334,7 @@ pub fn stage_error(launch: &Launch, stage: i32, err: io::Error) -> SpawnError {
                 .unwrap_or_default(),
             source: err,
         },
+        STAGE_STDIO => SpawnError::Stdio(err),
         _ => SpawnError::Exec {
             cmd: launch.cmd.clone(),
             source: err,

@@ -15,6 +15,13 @@ pub struct SysError {
     pub source: io::Error,
 }
 
+impl SysError {
+    /// An error of `op` from an `io::Error`.
+    pub fn from_io(op: &'static str, source: io::Error) -> SysError {
+        SysError { op, source }
+    }
+}
+
 /// Turn a `-1` return into an error naming `op`.
 pub fn check(op: &'static str, ret: c_int) -> Result<c_int, SysError> {
     if ret == -1 {
@@ -144,6 +151,17 @@ impl IgnoredSignals {
             check("sigaction", unsafe { libc::sigaction(*sig, &ign, old) })?;
         }
         Ok(IgnoredSignals { saved })
+    }
+
+    /// Nothing ignored (a daemon has no terminal): the program keeps this
+    /// process's dispositions.
+    pub fn none() -> IgnoredSignals {
+        IgnoredSignals {
+            saved: [
+                (libc::SIGINT, zeroed_sigaction()),
+                (libc::SIGQUIT, zeroed_sigaction()),
+            ],
+        }
     }
 
     /// The dispositions to restore in the program's process.

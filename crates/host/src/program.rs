@@ -1,0 +1,469 @@
+//! A protected program on this host, as `ferryd` drives it: a primary whose
+//! records it drains and whose outputs it gates, or a live replica that it
+//! feeds and, on a takeover, turns into the primary.
+//!
+//! ```text
+//! primary:  Program::primary ─ drain() → records ─▶ (network) ─▶ feed() ─ Program::replica
+//!           open_gate()/close_gate()                       go_live(base) turns the replica
+//!           pause()/resume() for a planned switchover      into a primary that drain()s
+//! ```
+//!
+//! Records travel in the log encoding of `ferry_proto` (`docs/LOG-FORMAT.md`):
+//! a 64-byte header, the payload and zero padding to 8 bytes, each record
+//! sealed with its CRC-32C. Record 0 is the start record ([`StartInfo`]);
+//! both sides build it from the same [`StartInfo`], so it never travels.
+//!
+//! The caller owns reaping: `ferryd` is the child subreaper of its programs
+//! and reaps every child itself; it hands the root's wait status to
+//! [`Program::root_exited`]. This keeps one process able to run several
+//! programs.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use ferry_proto::log::StartInfo;
+use ferry_proto::{padded, Kind, RecordHeader, MAX_PAYLOAD, RECORD_HEADER_LEN};
+use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_DIVERGED, CTL_END_OF_LOG, CTL_FAILED};
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::region::{self, PollFutex, RegionError, SharedRegion, SysFutex};
+use crate::resolve::{env_value, resolve, ResolveError};
+use crate::spawn::{spawn, Launch, SpawnError, Stdio};
+use crate::sys::{IgnoredSignals, SysError};
+
+/// Why a program could not be started or driven.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    /// The command cannot be found from the recorded PATH and directory.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The shared region could not be set up.
+    #[error(transparent)]
+    Region(#[from] RegionError),
+    /// The program could not be started.
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    /// A system call failed.
+    #[error(transparent)]
+    Sys(#[from] SysError),
+    /// The shim published a record that cannot be walked past.
+    #[error("the shim published a record with impossible lengths (gseq {gseq}, len {len}, payload {payload_len})")]
+    BadRecord {
+        /// Its gseq.
+        gseq: u64,
+        /// Its total length.
+        len: u32,
+        /// Its payload length.
+        payload_len: u32,
+    },
+    /// Records handed to [`Program::feed`] are not whole, valid records
+    /// following the last one fed.
+    #[error("cannot feed the replica: {0}")]
+    BadFeed(String),
+    /// The replica diverged from the log, or the shim failed; the message
+    /// is the shim's one line.
+    #[error("the replica stopped: {0}")]
+    Stopped(String),
+    /// The replica did not reach the end of what it was fed in time.
+    #[error("the replica replayed up to gseq {replayed} but not to {base} within {waited:?}")]
+    NotCaughtUp {
+        /// Where it is.
+        replayed: u64,
+        /// Where it had to be.
+        base: u64,
+        /// How long it was given.
+        waited: Duration,
+    },
+    /// The operation needs the program in another role.
+    #[error("the program is a {is}, not a {needs}")]
+    WrongSide {
+        /// What it is.
+        is: &'static str,
+        /// What the operation needs.
+        needs: &'static str,
+    },
+}
+
+/// Where the program's standard streams go.
+#[derive(Debug, Default)]
+pub struct Output {
+    /// Standard output and standard error (appended); `None`: inherited.
+    pub file: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Primary,
+    Replica,
+}
+
+impl Side {
+    fn name(self) -> &'static str {
+        match self {
+            Side::Primary => "primary",
+            Side::Replica => "replica",
+        }
+    }
+}
+
+/// One program under the shim, with the region `ferryd` shares with it.
+pub struct Program {
+    shared: SharedRegion,
+    root: i32,
+    side: Side,
+    root_status: Option<i32>,
+    /// Replica: the gseq of the last record fed (0: only the start record).
+    fed: u64,
+    /// Primary: the gseq of the last record drained.
+    drained: u64,
+}
+
+impl std::fmt::Debug for Program {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Program")
+            .field("root", &self.root)
+            .field("side", &self.side)
+            .field("fed", &self.fed)
+            .field("drained", &self.drained)
+            .finish()
+    }
+}
+
+fn launch_for(start: &StartInfo) -> Result<Launch, ProgramError> {
+    let cwd = std::path::Path::new(std::ffi::OsStr::from_bytes(&start.cwd));
+    let path_var = env_value(&start.env, b"PATH").map(std::ffi::OsStr::from_bytes);
+    let first = start.argv.first().map(|a| &a[..]).unwrap_or_default();
+    let exe = resolve(std::ffi::OsStr::from_bytes(first), path_var, cwd)?;
+    Ok(Launch::new(
+        &exe,
+        &start.argv,
+        &start.env,
+        Some(&start.cwd),
+    )?)
+}
+
+use std::os::unix::ffi::OsStrExt;
+
+impl Program {
+    /// Start `start` under the shim as the primary: its calls are logged
+    /// into the ring for [`Program::drain`]. When `gated`, its outputs wait
+    /// for [`Program::open_gate`] (sync output commit); otherwise they go at
+    /// once.
+    pub fn primary(
+        start: &StartInfo,
+        gated: bool,
+        output: &Output,
+    ) -> Result<Program, ProgramError> {
+        let shared = SharedRegion::create(Mode::Record)?;
+        if gated {
+            shared.region().raise(ferry_ring::CTL_GATED, &SysFutex);
+        }
+        Self::start(shared, start, Side::Primary, output)
+    }
+
+    /// Start `start` under the shim as a live replica: it replays the
+    /// records given to [`Program::feed`] as they come, and waits for more
+    /// at the end of them.
+    pub fn replica(start: &StartInfo, output: &Output) -> Result<Program, ProgramError> {
+        let shared = SharedRegion::create(Mode::Replay)?;
+        Self::start(shared, start, Side::Replica, output)
+    }
+
+    fn start(
+        shared: SharedRegion,
+        start: &StartInfo,
+        side: Side,
+        output: &Output,
+    ) -> Result<Program, ProgramError> {
+        let launch = launch_for(start)?;
+        let stdio = match &output.file {
+            Some(path) => {
+                let f = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+                    .map_err(|e| SysError::from_io("open the output file", e))?;
+                Some(f)
+            }
+            None => None,
+        };
+        let signals = IgnoredSignals::none();
+        let stdio = Stdio {
+            out: stdio.as_ref().map(|f: &File| f.as_raw_fd()),
+        };
+        let root = spawn(&launch, shared.region(), shared.fd(), &signals, &stdio)?;
+        Ok(Program {
+            shared,
+            root,
+            side,
+            root_status: None,
+            fed: 0,
+            drained: 0,
+        })
+    }
+
+    /// The region shared with the shim.
+    pub fn region(&self) -> Region {
+        self.shared.region()
+    }
+
+    /// The root process's pid on this host.
+    pub fn root_pid(&self) -> i32 {
+        self.root
+    }
+
+    /// The caller reaped the root process with this raw wait status.
+    pub fn root_exited(&mut self, status: i32) {
+        self.root_status = Some(status);
+    }
+
+    /// The root's raw wait status once it was reaped.
+    pub fn root_status(&self) -> Option<i32> {
+        self.root_status
+    }
+
+    /// Whether every process of the program has ended.
+    pub fn ended(&self) -> bool {
+        self.root_status.is_some()
+            && self.region().control().live_procs.load(Ordering::Acquire) == 0
+    }
+
+    /// The shim's one-line message, when it failed or replay diverged.
+    pub fn failure(&self) -> Option<String> {
+        let r = self.region();
+        r.has(CTL_DIVERGED | CTL_FAILED)
+            .then(|| region::message(&r))
+    }
+
+    /// SIGKILL every process of the program.
+    pub fn kill(&self) {
+        let r = self.region();
+        r.raise(CTL_CONSUMER_GONE, &SysFutex);
+        for pid in region::live_pids(&r).into_iter().chain([self.root]) {
+            if pid > 0 {
+                crate::sys::kill_hard(pid);
+            }
+        }
+    }
+
+    fn need(&self, side: Side) -> Result<(), ProgramError> {
+        if self.side == side {
+            Ok(())
+        } else {
+            Err(ProgramError::WrongSide {
+                is: self.side.name(),
+                needs: side.name(),
+            })
+        }
+    }
+
+    /// Primary: move up to about `max_bytes` of published records (at least
+    /// one if any) to the end of `out`, sealed, in the log encoding. Returns
+    /// the gseq of the last record moved, or `None` when the ring was empty.
+    /// Never waits.
+    pub fn drain(
+        &mut self,
+        out: &mut Vec<u8>,
+        max_bytes: usize,
+    ) -> Result<Option<u64>, ProgramError> {
+        self.need(Side::Primary)?;
+        let r = self.region();
+        let head = r.head();
+        let start_len = out.len();
+        let mut last = None;
+        while out.len() - start_len < max_bytes.max(1) {
+            let Some(mut h) = r.peek_below(head) else {
+                break;
+            };
+            let payload_len = h.payload_len as usize;
+            if payload_len > MAX_PAYLOAD || h.len as usize != RECORD_HEADER_LEN + payload_len {
+                return Err(ProgramError::BadRecord {
+                    gseq: h.gseq,
+                    len: h.len,
+                    payload_len: h.payload_len,
+                });
+            }
+            let at = out.len();
+            out.extend_from_slice(h.as_bytes());
+            out.resize(at + padded(h.len as usize), 0);
+            r.read_payload(&h, 0, &mut out[at + RECORD_HEADER_LEN..at + h.len as usize]);
+            h.seal(&out[at + RECORD_HEADER_LEN..at + h.len as usize]);
+            out[at..at + RECORD_HEADER_LEN].copy_from_slice(h.as_bytes());
+            r.consume(&h, &PollFutex);
+            self.drained = h.gseq;
+            last = Some(h.gseq);
+        }
+        Ok(last)
+    }
+
+    /// Primary: the gseq of the last record drained.
+    pub fn drained(&self) -> u64 {
+        self.drained
+    }
+
+    /// Primary: wait up to `timeout` for the shim to publish a record.
+    pub fn wait_records(&self, timeout: Duration) {
+        let r = self.region();
+        if r.peek().is_none() {
+            let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
+            r.wait_published(&PollFutex, Some(ms));
+        }
+    }
+
+    /// Primary: outputs of records up to `up_to_gseq` may be released until
+    /// `CLOCK_MONOTONIC` reads `until_ns`. The shim checks the deadline
+    /// itself, so the gate closes on time even if `ferryd` stops.
+    pub fn open_gate(&self, up_to_gseq: u64, until_ns: u64) {
+        let c = self.region();
+        let c = c.control();
+        c.gate_until.store(until_ns, Ordering::SeqCst);
+        c.acked_gseq.fetch_max(up_to_gseq, Ordering::SeqCst);
+        c.gate_seq.fetch_add(1, Ordering::SeqCst);
+        ferry_ring::Futex::wake_all(&SysFutex, &c.gate_seq);
+    }
+
+    /// Primary: close the gate now; outputs wait.
+    pub fn close_gate(&self) {
+        let c = self.region();
+        let c = c.control();
+        c.gate_until.store(0, Ordering::SeqCst);
+        c.gate_seq.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Primary: stop the program before its next logged call. Returns the
+    /// gseq of its last record once no thread can log another; every record
+    /// up to it is then in the ring (drain them).
+    pub fn pause(&self) -> u64 {
+        let r = self.region();
+        r.raise(ferry_ring::CTL_PAUSE, &SysFutex);
+        let c = r.control();
+        // A thread that took the ordering lock before it saw the flag logs
+        // its record and lets go; every later one sees the flag and waits.
+        while c.order_lock.load(Ordering::SeqCst) != 0 && !self.ended() {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        c.next_gseq.load(Ordering::SeqCst).saturating_sub(1)
+    }
+
+    /// Primary: let a paused program go on.
+    pub fn resume(&self) {
+        let r = self.region();
+        r.lower(ferry_ring::CTL_PAUSE, &SysFutex);
+    }
+
+    /// Replica: publish `records` (whole records in the log encoding, the
+    /// first one following the last fed). Waits while the ring is full.
+    /// Start and end records are skipped.
+    pub fn feed(&mut self, records: &[u8]) -> Result<(), ProgramError> {
+        self.need(Side::Replica)?;
+        let r = self.region();
+        let mut at = 0;
+        while at < records.len() {
+            let Ok((h, _)) = RecordHeader::read_from_prefix(&records[at..]) else {
+                return Err(ProgramError::BadFeed(format!(
+                    "a partial record header at byte {at}"
+                )));
+            };
+            let len = h.len as usize;
+            if len < RECORD_HEADER_LEN
+                || h.payload_len as usize != len - RECORD_HEADER_LEN
+                || at + len > records.len()
+            {
+                return Err(ProgramError::BadFeed(format!(
+                    "record gseq {} at byte {at} has impossible lengths",
+                    h.gseq
+                )));
+            }
+            let payload = &records[at + RECORD_HEADER_LEN..at + len];
+            if h.crc != h.compute_crc(payload) {
+                return Err(ProgramError::BadFeed(format!(
+                    "record gseq {} fails its checksum",
+                    h.gseq
+                )));
+            }
+            at += padded(len);
+            if matches!(Kind::from_u16(h.kind), Some(Kind::Start) | Some(Kind::End)) {
+                continue;
+            }
+            if h.gseq != self.fed + 1 {
+                return Err(ProgramError::BadFeed(format!(
+                    "record gseq {} does not follow gseq {}",
+                    h.gseq, self.fed
+                )));
+            }
+            if let Some(msg) = self.failure() {
+                return Err(ProgramError::Stopped(msg));
+            }
+            if !r.publish(&h, payload, &PollFutex) {
+                return Err(ProgramError::Stopped("the replica is gone".into()));
+            }
+            self.fed = h.gseq;
+        }
+        Ok(())
+    }
+
+    /// Replica: the gseq of the last record fed.
+    pub fn fed(&self) -> u64 {
+        self.fed
+    }
+
+    /// The gseq of the last record the replica has replayed (consumed).
+    pub fn replayed(&self) -> u64 {
+        let r = self.region();
+        match r.peek() {
+            Some(h) => h.gseq.saturating_sub(1),
+            None => self.fed,
+        }
+    }
+
+    /// Replica: replay every record fed up to `base` (all of them must have
+    /// been fed), then go live: the program's calls run for real from here,
+    /// logged from gseq `base + 1` for [`Program::drain`], with placeholder
+    /// listening sockets bound again and connections of the old primary
+    /// ended. The program becomes a primary, gated when `gated`.
+    pub fn go_live(
+        &mut self,
+        base: u64,
+        gated: bool,
+        timeout: Duration,
+    ) -> Result<(), ProgramError> {
+        self.need(Side::Replica)?;
+        if base != self.fed {
+            return Err(ProgramError::BadFeed(format!(
+                "asked to go live after gseq {base} but fed up to {}",
+                self.fed
+            )));
+        }
+        let r = self.region();
+        let started = Instant::now();
+        while r.head() != r.tail() {
+            if let Some(msg) = self.failure() {
+                return Err(ProgramError::Stopped(msg));
+            }
+            if started.elapsed() > timeout {
+                return Err(ProgramError::NotCaughtUp {
+                    replayed: self.replayed(),
+                    base,
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        if gated {
+            r.raise(ferry_ring::CTL_GATED, &SysFutex);
+        }
+        r.go_live(base + 1, &SysFutex);
+        self.side = Side::Primary;
+        self.drained = base;
+        Ok(())
+    }
+
+    /// Replica: no more records will come; the replica ends where the log
+    /// ends (the application was stopped).
+    pub fn end_of_log(&self) {
+        self.region().raise(CTL_END_OF_LOG, &SysFutex);
+    }
+}
