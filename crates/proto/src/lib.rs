@@ -17,6 +17,8 @@
 extern crate std;
 
 pub mod calls;
+#[cfg(feature = "std")]
+pub mod control;
 pub mod log;
 #[cfg(feature = "std")]
 pub mod wire;

@@ -1,0 +1,868 @@
+//! One protected application on this node: its segment log, the thread
+//! that drives its program (a primary it drains or a replica it feeds), and
+//! on a backup the thread that makes received records durable.
+//!
+//! ```text
+//! primary:  Program ─drain→ runner ─append→ SegmentLog ─(streamer task)→ backups
+//! backup:   record stream → writer ─append+sync→ SegmentLog ─(runner: read, feed)→ replica
+//! ```
+//!
+//! Both threads talk to the core through [`AppEvent`]s; the core talks to
+//! them through [`RunnerCmd`] and [`WriterMsg`].
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use ferry_host::program::{Output, Program, ProgramError};
+use ferry_log::{LogError, SegmentLog, SegmentOptions};
+use ferry_proto::log::{start_record, StartInfo};
+use ferry_proto::Kind;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+use zerocopy::IntoBytes;
+
+/// How many bytes of records travel in one batch.
+pub const BATCH_BYTES: usize = 256 << 10;
+
+/// What an application's threads tell the core.
+#[derive(Debug)]
+pub enum AppEvent {
+    /// Primary: records up to `gseq` are in the ring... and now in the log.
+    Logged { app: String, gseq: u64 },
+    /// Primary: the program is paused after `gseq`.
+    Paused { app: String, gseq: u64 },
+    /// A program or replica started with this root pid.
+    Started { app: String, pid: i32 },
+    /// Primary: the program's root process ended. `killed`: by a signal
+    /// (a death, not an exit through the log); `last`: the last record.
+    Ended {
+        app: String,
+        killed: bool,
+        status: i32,
+        last: u64,
+    },
+    /// The replica went live (promotion done) or could not.
+    WentLive {
+        app: String,
+        result: Result<(), String>,
+    },
+    /// Backup: the log is durable up to `gseq`.
+    Durable { app: String, gseq: u64 },
+    /// Backup: the first durable report of the stream asked for by a resync.
+    Resynced { app: String, gseq: u64 },
+    /// Backup: the resync stream ended before any record was durable.
+    ResyncFailed { app: String },
+    /// Backup: truncated for a resync; fetch from `from_gseq`. `cut`:
+    /// records were removed (a replica fed them must start again).
+    Fetch {
+        app: String,
+        node: String,
+        from_gseq: u64,
+        cut: bool,
+    },
+    /// The log is damaged (or a batch could not be stored) after `intact`.
+    Corrupt { app: String, intact: u64 },
+    /// The start record is in the log: a replica can start.
+    HaveStart { app: String },
+}
+
+/// The last gseq appended to the log, for waiters of both kinds.
+pub struct Progress {
+    last: Mutex<Option<u64>>,
+    cond: Condvar,
+    watch: watch::Sender<Option<u64>>,
+}
+
+impl Progress {
+    fn new(last: Option<u64>) -> Progress {
+        Progress {
+            last: Mutex::new(last),
+            cond: Condvar::new(),
+            watch: watch::Sender::new(last),
+        }
+    }
+
+    /// Publish a new last gseq (or `None` after a reset).
+    pub fn set(&self, last: Option<u64>) {
+        *self.last.lock().unwrap() = last;
+        self.cond.notify_all();
+        self.watch.send_replace(last);
+    }
+
+    /// The last gseq appended.
+    pub fn get(&self) -> Option<u64> {
+        *self.last.lock().unwrap()
+    }
+
+    /// Wait up to `timeout` for it to differ from `seen`.
+    pub fn wait_past(&self, seen: Option<u64>, timeout: Duration) {
+        let g = self.last.lock().unwrap();
+        let _ = self.cond.wait_timeout_while(g, timeout, |v| *v == seen);
+    }
+
+    /// A watcher for async tasks.
+    pub fn subscribe(&self) -> watch::Receiver<Option<u64>> {
+        self.watch.subscribe()
+    }
+}
+
+/// What the threads and tasks of an application share.
+pub struct AppShared {
+    /// The application's name.
+    pub name: String,
+    /// Its directory, DATA/apps/NAME.
+    pub dir: PathBuf,
+    /// Its log; `None` on a witness.
+    pub log: Mutex<SegmentLog>,
+    /// The last gseq appended to the log.
+    pub progress: Progress,
+    /// Whether this node's program is the primary (the writer must not
+    /// append then). Changed under the log lock.
+    pub primary: AtomicBool,
+    /// The record stream the writer accepts.
+    pub stream_gen: AtomicU64,
+    /// Replica: the last gseq replayed; primary: the last drained.
+    pub replayed: AtomicU64,
+    /// Root pid of the local program, 0 if none.
+    pub pid: AtomicI32,
+    /// The application's service address.
+    pub vip: Mutex<Option<String>>,
+    /// Set when the application is forgotten: threads and tasks end.
+    pub gone: AtomicBool,
+}
+
+impl AppShared {
+    /// Open (or create) the application's directory and log. A log that
+    /// cannot be opened is moved aside and a new empty one made; the
+    /// caller reports the damage with `Corrupt`.
+    pub fn open(data: &Path, name: &str) -> Result<(Arc<AppShared>, bool), LogError> {
+        let dir = data.join("apps").join(name);
+        let log_dir = dir.join("log");
+        let options = SegmentOptions {
+            app_id: app_id(name),
+            ..SegmentOptions::default()
+        };
+        let (log, damaged) = match SegmentLog::open(&log_dir, options) {
+            Ok((log, recovery)) => {
+                if let Some(t) = &recovery.torn_tail {
+                    warn!(app = name, path = %t.path.display(), offset = t.offset, reason = %t.reason, "cut a torn tail off the log");
+                }
+                (log, false)
+            }
+            Err(e) => {
+                let aside = dir.join(format!("log.damaged.{}", now_secs()));
+                error!(app = name, error = %e, aside = %aside.display(), "the log is damaged; moved aside, starting an empty one");
+                let _ = std::fs::rename(&log_dir, &aside);
+                (SegmentLog::open(&log_dir, options)?.0, true)
+            }
+        };
+        let vip = std::fs::read_to_string(dir.join("vip"))
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty());
+        let last = log.last_gseq();
+        Ok((
+            Arc::new(AppShared {
+                name: name.to_owned(),
+                dir,
+                log: Mutex::new(log),
+                progress: Progress::new(last),
+                primary: AtomicBool::new(false),
+                stream_gen: AtomicU64::new(0),
+                replayed: AtomicU64::new(0),
+                pid: AtomicI32::new(0),
+                vip: Mutex::new(vip),
+                gone: AtomicBool::new(false),
+            }),
+            damaged,
+        ))
+    }
+
+    /// Remember the service address (DATA/apps/NAME/vip).
+    pub fn set_vip(&self, vip: Option<String>) {
+        if let Some(v) = &vip {
+            if let Err(e) = crate::persist::write_atomic(&self.dir.join("vip"), v.as_bytes()) {
+                warn!(app = %self.name, error = %e, "cannot store the service address");
+            }
+        }
+        *self.vip.lock().unwrap() = vip;
+    }
+
+    /// The start information from record 0 of the log.
+    pub fn start_info(&self) -> Option<StartInfo> {
+        let mut log = self.log.lock().unwrap();
+        if log.first_gseq() != 0 || log.last_gseq().is_none() {
+            return None;
+        }
+        let rec = log.read_from(0).ok()?.next()?.ok()?;
+        if Kind::from_u16(rec.header.kind) != Some(Kind::Start) {
+            return None;
+        }
+        StartInfo::decode(&rec.payload).ok()
+    }
+
+    /// The durable gseq of the log (0 when it holds only record 0 or less).
+    pub fn durable(&self) -> u64 {
+        self.log.lock().unwrap().durable_gseq().unwrap_or(0)
+    }
+
+    /// Records `from ..` up to about `max_bytes`, in the log encoding.
+    pub fn read_records(
+        &self,
+        from: u64,
+        max_bytes: usize,
+    ) -> Result<(Vec<u8>, Option<u64>), LogError> {
+        let mut log = self.log.lock().unwrap();
+        let mut out = Vec::new();
+        let mut last = None;
+        if from >= log.next_gseq() {
+            return Ok((out, None));
+        }
+        for rec in log.read_from(from)? {
+            let rec = rec?;
+            rec.write_to(&mut out);
+            last = Some(rec.gseq());
+            if out.len() >= max_bytes {
+                break;
+            }
+        }
+        Ok((out, last))
+    }
+}
+
+/// A stable id of an application's name, written in its segment headers.
+pub fn app_id(name: &str) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325_u64;
+    for b in name.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h | 1
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Append record 0 for `start` to an empty log and make it durable.
+pub fn write_start(shared: &AppShared, start: &StartInfo) -> Result<(), LogError> {
+    let (h, payload) = start_record(start);
+    let mut bytes = h.as_bytes().to_vec();
+    bytes.extend_from_slice(&payload);
+    bytes.resize(ferry_proto::padded(bytes.len()), 0);
+    let mut log = shared.log.lock().unwrap();
+    log.append(&bytes)?;
+    log.sync()?;
+    drop(log);
+    shared.progress.set(Some(0));
+    Ok(())
+}
+
+// ----- the runner: the program's thread -------------------------------------
+
+/// What the core asks of the runner.
+#[derive(Debug)]
+pub enum RunnerCmd {
+    /// Start the program as the primary.
+    StartPrimary { start: StartInfo, gated: bool },
+    /// Start (or restart from record 1) the live replica.
+    StartReplica,
+    /// Open the output gate.
+    OpenGate { up_to: u64, until: u64 },
+    /// Close the output gate.
+    CloseGate,
+    /// Pause the program and answer with `Paused`.
+    Pause,
+    /// Let it go on.
+    Resume,
+    /// The root process was reaped with this status.
+    RootExited(i32),
+    /// Replay up to `base`, then go live as the primary.
+    GoLive { base: u64, gated: bool },
+    /// Kill the program; the runner stays idle.
+    Kill,
+    /// Kill the program and end the thread.
+    Quit,
+}
+
+enum Side {
+    Idle,
+    Primary(Program),
+    Replica(Program),
+}
+
+/// The handle the core keeps.
+pub struct Runner {
+    /// Commands.
+    pub tx: std_mpsc::Sender<RunnerCmd>,
+}
+
+impl Runner {
+    /// Start the runner thread of `shared`.
+    pub fn spawn(shared: Arc<AppShared>, events: mpsc::UnboundedSender<AppEvent>) -> Runner {
+        let (tx, rx) = std_mpsc::channel();
+        let name = format!("run-{}", shared.name);
+        std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || {
+                RunnerThread {
+                    shared,
+                    events,
+                    rx,
+                    side: Side::Idle,
+                    batch: Vec::new(),
+                    last_sync: Instant::now(),
+                    unsynced: false,
+                    pending_pause: false,
+                }
+                .run()
+            })
+            .expect("spawn a runner thread");
+        Runner { tx }
+    }
+
+    /// Send a command (the thread lives as long as the app).
+    pub fn send(&self, cmd: RunnerCmd) {
+        let _ = self.tx.send(cmd);
+    }
+}
+
+struct RunnerThread {
+    shared: Arc<AppShared>,
+    events: mpsc::UnboundedSender<AppEvent>,
+    rx: std_mpsc::Receiver<RunnerCmd>,
+    side: Side,
+    batch: Vec<u8>,
+    last_sync: Instant,
+    unsynced: bool,
+    pending_pause: bool,
+}
+
+fn output(shared: &AppShared) -> Output {
+    Output {
+        file: Some(shared.dir.join("program.out")),
+    }
+}
+
+impl RunnerThread {
+    fn app(&self) -> String {
+        self.shared.name.clone()
+    }
+
+    fn emit(&self, e: AppEvent) {
+        let _ = self.events.send(e);
+    }
+
+    fn run(mut self) {
+        loop {
+            let wait = match &self.side {
+                Side::Idle => Duration::from_millis(200),
+                _ => Duration::ZERO,
+            };
+            let cmd = if wait.is_zero() {
+                match self.rx.try_recv() {
+                    Ok(c) => Some(c),
+                    Err(std_mpsc::TryRecvError::Empty) => None,
+                    Err(std_mpsc::TryRecvError::Disconnected) => break,
+                }
+            } else {
+                match self.rx.recv_timeout(wait) {
+                    Ok(c) => Some(c),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            };
+            if let Some(cmd) = cmd {
+                if !self.command(cmd) {
+                    break;
+                }
+                continue;
+            }
+            match &self.side {
+                Side::Idle => {}
+                Side::Primary(_) => self.primary_step(),
+                Side::Replica(_) => self.replica_step(),
+            }
+        }
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        match std::mem::replace(&mut self.side, Side::Idle) {
+            Side::Primary(p) | Side::Replica(p) => {
+                p.kill();
+                self.shared.pid.store(0, Ordering::SeqCst);
+            }
+            Side::Idle => {}
+        }
+    }
+
+    fn program(&self) -> Option<&Program> {
+        match &self.side {
+            Side::Primary(p) | Side::Replica(p) => Some(p),
+            Side::Idle => None,
+        }
+    }
+
+    /// Carry out one command; false: end the thread.
+    fn command(&mut self, cmd: RunnerCmd) -> bool {
+        match cmd {
+            RunnerCmd::StartPrimary { start, gated } => {
+                self.kill();
+                match Program::primary(&start, gated, &output(&self.shared)) {
+                    Ok(p) => {
+                        info!(app = %self.shared.name, pid = p.root_pid(), "program started");
+                        self.started(&p);
+                        self.side = Side::Primary(p);
+                    }
+                    Err(e) => {
+                        error!(app = %self.shared.name, error = %e, "cannot start the program");
+                        self.emit(AppEvent::Ended {
+                            app: self.app(),
+                            killed: false,
+                            status: -1,
+                            last: 0,
+                        });
+                    }
+                }
+            }
+            RunnerCmd::StartReplica => {
+                self.kill();
+                self.start_replica();
+            }
+            RunnerCmd::OpenGate { up_to, until } => {
+                if let Side::Primary(p) = &self.side {
+                    p.open_gate(up_to, until);
+                }
+            }
+            RunnerCmd::CloseGate => {
+                if let Side::Primary(p) = &self.side {
+                    p.close_gate();
+                }
+            }
+            RunnerCmd::Pause => {
+                if let Side::Primary(p) = &self.side {
+                    if p.root_status().is_none() {
+                        p.pause();
+                    }
+                    // Every record up to the pause is in the ring: drain them.
+                    self.drain_all();
+                    let gseq = self.drained();
+                    self.emit(AppEvent::Paused {
+                        app: self.app(),
+                        gseq,
+                    });
+                } else {
+                    self.pending_pause = true;
+                }
+            }
+            RunnerCmd::Resume => {
+                if let Side::Primary(p) = &self.side {
+                    p.resume();
+                }
+            }
+            RunnerCmd::RootExited(status) => self.root_exited(status),
+            RunnerCmd::GoLive { base, gated } => self.go_live(base, gated),
+            RunnerCmd::Kill => self.kill(),
+            RunnerCmd::Quit => return false,
+        }
+        true
+    }
+
+    fn started(&self, p: &Program) {
+        self.shared.pid.store(p.root_pid(), Ordering::SeqCst);
+        self.emit(AppEvent::Started {
+            app: self.app(),
+            pid: p.root_pid(),
+        });
+    }
+
+    fn start_replica(&mut self) {
+        let Some(start) = self.shared.start_info() else {
+            warn!(app = %self.shared.name, "no start record in the log yet; no replica");
+            return;
+        };
+        match Program::replica(&start, &output(&self.shared)) {
+            Ok(p) => {
+                info!(app = %self.shared.name, pid = p.root_pid(), "replica started");
+                self.started(&p);
+                self.shared.replayed.store(0, Ordering::SeqCst);
+                self.side = Side::Replica(p);
+            }
+            Err(e) => error!(app = %self.shared.name, error = %e, "cannot start the replica"),
+        }
+    }
+
+    fn drained(&self) -> u64 {
+        match &self.side {
+            Side::Primary(p) => p.drained(),
+            _ => 0,
+        }
+    }
+
+    /// Drain one batch; true if there was one.
+    fn drain_once(&mut self) -> bool {
+        let Side::Primary(p) = &mut self.side else {
+            return false;
+        };
+        self.batch.clear();
+        match p.drain(&mut self.batch, BATCH_BYTES) {
+            Ok(Some(last)) => {
+                let mut log = self.shared.log.lock().unwrap();
+                if let Err(e) = log.append(&self.batch) {
+                    error!(app = %self.shared.name, error = %e, "cannot append the program's records to the log");
+                    return false;
+                }
+                drop(log);
+                self.unsynced = true;
+                self.shared.progress.set(Some(last));
+                self.shared.replayed.store(last, Ordering::Relaxed);
+                self.emit(AppEvent::Logged {
+                    app: self.app(),
+                    gseq: last,
+                });
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                error!(app = %self.shared.name, error = %e, "cannot drain the program's ring");
+                false
+            }
+        }
+    }
+
+    fn drain_all(&mut self) {
+        for _ in 0..100_000 {
+            if !self.drain_once() {
+                break;
+            }
+        }
+    }
+
+    fn sync_log(&mut self) {
+        if self.unsynced {
+            if let Err(e) = self.shared.log.lock().unwrap().sync() {
+                error!(app = %self.shared.name, error = %e, "cannot sync the log");
+            }
+            self.unsynced = false;
+        }
+        self.last_sync = Instant::now();
+    }
+
+    fn primary_step(&mut self) {
+        if !self.drain_once() {
+            if let Side::Primary(p) = &self.side {
+                p.wait_records(Duration::from_millis(2));
+            }
+        }
+        if self.last_sync.elapsed() > Duration::from_millis(20) {
+            self.sync_log();
+        }
+    }
+
+    fn replica_step(&mut self) {
+        let Side::Replica(p) = &mut self.side else {
+            return;
+        };
+        self.shared.replayed.store(p.replayed(), Ordering::Relaxed);
+        let fed = p.fed();
+        let last = self.shared.progress.get();
+        if last.is_none_or(|l| l <= fed) {
+            self.shared
+                .progress
+                .wait_past(last, Duration::from_millis(5));
+            return;
+        }
+        match self.shared.read_records(fed + 1, BATCH_BYTES) {
+            Ok((bytes, Some(_))) => {
+                if let Err(e) = p.feed(&bytes) {
+                    warn!(app = %self.shared.name, error = %e, "the replica stopped; it will be started again at a promotion");
+                    self.kill();
+                }
+            }
+            Ok((_, None)) => std::thread::sleep(Duration::from_millis(2)),
+            Err(e) => {
+                error!(app = %self.shared.name, error = %e, "cannot read the log for the replica");
+                self.kill();
+            }
+        }
+    }
+
+    fn root_exited(&mut self, status: i32) {
+        match &mut self.side {
+            Side::Primary(p) => {
+                p.root_exited(status);
+                self.drain_all();
+                self.sync_log();
+                let last = self.drained();
+                let killed = libc::WIFSIGNALED(status);
+                info!(app = %self.shared.name, status, killed, last, "the program's root process ended");
+                self.kill();
+                self.emit(AppEvent::Ended {
+                    app: self.app(),
+                    killed,
+                    status,
+                    last,
+                });
+            }
+            Side::Replica(p) => {
+                p.root_exited(status);
+                match p.failure() {
+                    Some(msg) => warn!(app = %self.shared.name, why = %msg, "the replica ended"),
+                    None => info!(app = %self.shared.name, status, "the replica ended"),
+                }
+                self.kill();
+            }
+            Side::Idle => {}
+        }
+    }
+
+    fn go_live(&mut self, base: u64, gated: bool) {
+        let result = self.try_go_live(base, gated);
+        if let Err(e) = &result {
+            error!(app = %self.shared.name, base, error = %e, "the replica could not go live");
+        }
+        self.emit(AppEvent::WentLive {
+            app: self.app(),
+            result: result.map_err(|e| e.to_string()),
+        });
+        if self.pending_pause {
+            self.pending_pause = false;
+            let _ = self.command(RunnerCmd::Pause);
+        }
+    }
+
+    fn try_go_live(&mut self, base: u64, gated: bool) -> Result<(), String> {
+        // The log must end at base: drop records of the old primary that
+        // were never made durable here.
+        {
+            let mut log = self.shared.log.lock().unwrap();
+            self.shared.primary.store(true, Ordering::SeqCst);
+            self.shared.stream_gen.fetch_add(1, Ordering::SeqCst);
+            if log.next_gseq() > base + 1 {
+                log.truncate_after(base).map_err(|e| e.to_string())?;
+            }
+            if log.next_gseq() != base + 1 {
+                return Err(format!(
+                    "the log ends before gseq {base} (next {})",
+                    log.next_gseq()
+                ));
+            }
+        }
+        self.shared.progress.set(Some(base));
+        if self.program().is_none() || matches!(self.side, Side::Primary(_)) {
+            self.kill();
+            self.start_replica();
+        }
+        let Side::Replica(p) = &mut self.side else {
+            return Err("no replica".into());
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while p.fed() < base {
+            let (bytes, last) = self
+                .shared
+                .read_records(p.fed() + 1, BATCH_BYTES)
+                .map_err(|e| e.to_string())?;
+            if last.is_none() {
+                return Err(format!("the log has no records after gseq {}", p.fed()));
+            }
+            p.feed(&bytes).map_err(|e: ProgramError| e.to_string())?;
+            if Instant::now() > deadline {
+                return Err("feeding the replica took too long".into());
+            }
+        }
+        p.go_live(base, gated, Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        info!(app = %self.shared.name, base, "the replica is live: primary");
+        let Side::Replica(p) = std::mem::replace(&mut self.side, Side::Idle) else {
+            unreachable!()
+        };
+        self.side = Side::Primary(p);
+        Ok(())
+    }
+}
+
+// ----- the writer: a backup's durable log ----------------------------------
+
+/// What reaches the writer.
+#[derive(Debug)]
+pub enum WriterMsg {
+    /// A record stream starts at `from_gseq`.
+    Stream { gen: u64, from_gseq: u64 },
+    /// Records of stream `gen`.
+    Batch { gen: u64, bytes: Vec<u8> },
+    /// Stream `gen` ended.
+    StreamEnded { gen: u64 },
+    /// Drop the records from `from_gseq` on and fetch from `node`.
+    Resync { from_gseq: u64, node: String },
+    /// End the thread.
+    Quit,
+}
+
+/// The core's handle on a writer thread.
+pub struct Writer {
+    /// Messages; bounded so that a slow disk slows the stream down.
+    pub tx: mpsc::Sender<WriterMsg>,
+}
+
+impl Writer {
+    /// Start the writer thread of `shared`.
+    pub fn spawn(shared: Arc<AppShared>, events: mpsc::UnboundedSender<AppEvent>) -> Writer {
+        let (tx, rx) = mpsc::channel(64);
+        let name = format!("log-{}", shared.name);
+        std::thread::Builder::new()
+            .name(name.chars().take(15).collect())
+            .spawn(move || writer_thread(shared, events, rx))
+            .expect("spawn a writer thread");
+        Writer { tx }
+    }
+}
+
+fn writer_thread(
+    shared: Arc<AppShared>,
+    events: mpsc::UnboundedSender<AppEvent>,
+    mut rx: mpsc::Receiver<WriterMsg>,
+) {
+    let app = shared.name.clone();
+    let mut current: Option<u64> = None;
+    // Set by a resync; the first sync of a stream begun after it reports
+    // `Resynced`.
+    let mut resync_pending = false;
+    let mut resync_stream: Option<u64> = None;
+    let mut reported: Option<u64> = None;
+    'outer: while let Some(first) = rx.blocking_recv() {
+        let mut msg = Some(first);
+        let mut dirty = false;
+        while let Some(m) = msg.take() {
+            match m {
+                WriterMsg::Quit => break 'outer,
+                WriterMsg::Stream { gen, from_gseq } => {
+                    let next = shared.log.lock().unwrap().next_gseq();
+                    if from_gseq != next || shared.primary.load(Ordering::SeqCst) {
+                        warn!(
+                            app,
+                            from_gseq, next, "record stream does not continue the log; ignored"
+                        );
+                    } else {
+                        current = Some(gen);
+                        if resync_pending {
+                            resync_stream = Some(gen);
+                        }
+                    }
+                }
+                WriterMsg::StreamEnded { gen } => {
+                    if current == Some(gen) {
+                        current = None;
+                        if resync_stream == Some(gen) || resync_pending {
+                            resync_pending = false;
+                            resync_stream = None;
+                            let _ = events.send(AppEvent::ResyncFailed { app: app.clone() });
+                        }
+                    }
+                }
+                WriterMsg::Batch { gen, bytes } => {
+                    if current != Some(gen) {
+                        continue;
+                    }
+                    let mut log = shared.log.lock().unwrap();
+                    if shared.primary.load(Ordering::SeqCst) {
+                        current = None;
+                        continue;
+                    }
+                    let had_start = log.last_gseq().is_some();
+                    match log.append(&bytes) {
+                        Ok(()) => {
+                            dirty = true;
+                            let last = log.last_gseq();
+                            drop(log);
+                            if !had_start && last.is_some() {
+                                let _ = events.send(AppEvent::HaveStart { app: app.clone() });
+                            }
+                        }
+                        Err(e) => {
+                            let intact = log.durable_gseq().unwrap_or(0);
+                            drop(log);
+                            error!(app, error = %e, "cannot store a batch from the primary");
+                            current = None;
+                            let _ = events.send(AppEvent::Corrupt {
+                                app: app.clone(),
+                                intact,
+                            });
+                        }
+                    }
+                }
+                WriterMsg::Resync { from_gseq, node } => {
+                    let mut log = shared.log.lock().unwrap();
+                    current = None;
+                    let before = log.next_gseq();
+                    let keep = from_gseq.saturating_sub(1);
+                    let result = if log.next_gseq() > from_gseq && from_gseq > 0 {
+                        log.truncate_after(keep)
+                    } else if log.next_gseq() > from_gseq {
+                        log.reset(0)
+                    } else {
+                        Ok(())
+                    };
+                    let next = log.next_gseq();
+                    let last = log.last_gseq();
+                    drop(log);
+                    if let Err(e) = result {
+                        error!(app, error = %e, "cannot cut the log for a resync");
+                        let _ = events.send(AppEvent::ResyncFailed { app: app.clone() });
+                        continue;
+                    }
+                    shared.progress.set(last);
+                    resync_pending = true;
+                    resync_stream = None;
+                    reported = None;
+                    let _ = events.send(AppEvent::Fetch {
+                        app: app.clone(),
+                        node,
+                        from_gseq: next,
+                        cut: next < before,
+                    });
+                }
+            }
+            msg = rx.try_recv().ok();
+        }
+        if !dirty {
+            continue;
+        }
+        // Group commit: one sync for everything that has arrived.
+        let synced = shared.log.lock().unwrap().sync();
+        match synced {
+            Ok(Some(gseq)) => {
+                shared.progress.set(Some(gseq));
+                if resync_pending && resync_stream.is_some() && resync_stream == current {
+                    resync_pending = false;
+                    resync_stream = None;
+                    reported = Some(gseq);
+                    let _ = events.send(AppEvent::Resynced {
+                        app: app.clone(),
+                        gseq,
+                    });
+                } else if !resync_pending && reported != Some(gseq) {
+                    reported = Some(gseq);
+                    let _ = events.send(AppEvent::Durable {
+                        app: app.clone(),
+                        gseq,
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                error!(app, error = %e, "cannot sync the log");
+                let _ = events.send(AppEvent::Corrupt {
+                    app: app.clone(),
+                    intact: 0,
+                });
+            }
+        }
+    }
+    info!(app, "log writer ended");
+}

@@ -1,0 +1,966 @@
+//! The core: one task that owns the replication [`Node`], feeds it what the
+//! transport, the applications' threads and the control socket report, and
+//! carries out the actions it returns, in order.
+
+use std::collections::{HashMap, VecDeque};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_host::resolve::{env_value, resolve};
+use ferry_host::sys::{self, Reaped};
+use ferry_proto::control::{self as ctl, ErrorKind, Outcome, Reply, RunMode, RunRequest};
+use ferry_proto::log::StartInfo;
+use ferry_replication::{Action, AppStatus, Config, Input, Member, Mode, Node, RestoredApp, Role};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::app::{self, AppEvent, AppShared, Runner, RunnerCmd, Writer, WriterMsg};
+use crate::config::Settings;
+use crate::peer::{self, PeerEvent, PeerMessage, RecordStream, StreamHead, Transport};
+use crate::{persist, vip};
+
+/// A request from the control socket.
+#[derive(Debug)]
+pub enum CoreReq {
+    /// Status of one application or all.
+    Status(Option<String>),
+    /// Whether every peer is connected and has said hello.
+    PeersReady,
+    /// Start an application.
+    Run(RunRequest),
+    /// Planned switchover.
+    Failover { app: String, to: Option<String> },
+    /// Stop an application.
+    Stop { app: String },
+}
+
+/// The control socket's way into the core.
+#[derive(Clone)]
+pub struct CoreHandle {
+    tx: mpsc::UnboundedSender<(CoreReq, oneshot::Sender<Reply>)>,
+}
+
+impl CoreHandle {
+    /// Ask the core; an error reply if it is gone.
+    pub async fn call(&self, req: CoreReq) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send((req, tx)).is_err() {
+            return Reply::error(ErrorKind::Failed, "ferryd is shutting down");
+        }
+        rx.await
+            .unwrap_or_else(|_| Reply::error(ErrorKind::Failed, "ferryd is shutting down"))
+    }
+}
+
+/// This host's monotonic clock in nanoseconds (the shim compares gate
+/// deadlines with the same clock).
+pub fn now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out pointer for the call's duration.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Local state of one application with a log on this node.
+struct Local {
+    shared: Arc<AppShared>,
+    runner: Runner,
+    writer: Writer,
+    /// A replica or program has been started (or is being).
+    program_started: bool,
+    /// The program died (not an exit through the log); `Some(last)`.
+    died: Option<u64>,
+    /// When each logged batch ended, for the lag in time.
+    logged_at: VecDeque<(u64, Instant)>,
+    /// Record streams to backups.
+    streamers: HashMap<String, JoinHandle<()>>,
+    /// A resync asked for at this time is under way.
+    resync_since: Option<Instant>,
+}
+
+/// The core task's state.
+pub struct Core {
+    settings: Settings,
+    node: Node,
+    transport: Arc<Transport>,
+    locals: HashMap<String, Local>,
+    hello: HashMap<String, bool>,
+    pids: HashMap<i32, String>,
+    app_tx: mpsc::UnboundedSender<AppEvent>,
+    failures: Vec<(String, String)>,
+}
+
+/// The channels the core reads.
+pub struct CoreInputs {
+    /// From the transport.
+    pub peer_rx: mpsc::UnboundedReceiver<PeerEvent>,
+    /// From the control socket.
+    pub ctl_rx: mpsc::UnboundedReceiver<(CoreReq, oneshot::Sender<Reply>)>,
+}
+
+/// Make the channel pair for control requests.
+pub fn control_channel() -> (
+    CoreHandle,
+    mpsc::UnboundedReceiver<(CoreReq, oneshot::Sender<Reply>)>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    (CoreHandle { tx }, rx)
+}
+
+fn valid_app_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+}
+
+fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::None => "none",
+        Role::Primary => "primary",
+        Role::Candidate => "candidate",
+        Role::Backup => "backup",
+        Role::Witness => "witness",
+    }
+}
+
+impl Core {
+    /// Restore the node from DATA/apps and make the core.
+    pub fn restore(
+        settings: Settings,
+        transport: Arc<Transport>,
+    ) -> anyhow::Result<(Core, mpsc::UnboundedReceiver<AppEvent>)> {
+        let (app_tx, app_rx) = mpsc::unbounded_channel();
+        let peers: Vec<&str> = settings.peers.iter().map(|p| p.name.as_str()).collect();
+        let mut config = Config::new(&settings.node, &peers, settings.witness);
+        config.timings = settings.timings.clone();
+        config.seed ^= now() ^ u64::from(std::process::id());
+        let apps_dir = settings.data_dir.join("apps");
+        std::fs::create_dir_all(&apps_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", apps_dir.display()))?;
+        let mut restored = Vec::new();
+        let mut locals = HashMap::new();
+        let mut damaged = Vec::new();
+        let mut names: Vec<String> = std::fs::read_dir(&apps_dir)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+            .filter(|n| valid_app_name(n))
+            .collect();
+        names.sort();
+        for name in names {
+            let dir = apps_dir.join(&name);
+            let state = match persist::load(&dir) {
+                Ok(Some(s)) => s,
+                Ok(None) => {
+                    warn!(app = %name, dir = %dir.display(), "no state; the directory is ignored");
+                    continue;
+                }
+                Err(e) => {
+                    error!(app = %name, error = %e, "cannot read the application's state; ignored");
+                    continue;
+                }
+            };
+            let mut durable = 0;
+            if !settings.witness {
+                let (shared, was_damaged) = AppShared::open(&settings.data_dir, &name)?;
+                durable = shared.durable();
+                if was_damaged {
+                    damaged.push(name.clone());
+                }
+                locals.insert(name.clone(), Local::new(shared, &app_tx));
+            }
+            info!(app = %name, epoch = state.epoch, durable, "restored");
+            restored.push(RestoredApp {
+                app: name,
+                state,
+                durable,
+            });
+        }
+        let node = Node::restore(config, restored);
+        let mut core = Core {
+            settings,
+            node,
+            transport,
+            locals,
+            hello: HashMap::new(),
+            pids: HashMap::new(),
+            app_tx,
+            failures: Vec::new(),
+        };
+        for name in damaged {
+            core.input(Input::CorruptLog {
+                app: name,
+                intact_up_to: 0,
+            });
+        }
+        let names: Vec<String> = core.locals.keys().cloned().collect();
+        for name in names {
+            core.start_replica(&name);
+        }
+        Ok((core, app_rx))
+    }
+
+    /// Run until `shutdown` resolves.
+    pub async fn run(
+        mut self,
+        mut inputs: CoreInputs,
+        mut app_rx: mpsc::UnboundedReceiver<AppEvent>,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let mut sigchld =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
+        let mut reap = tokio::time::interval(Duration::from_millis(50));
+        let heartbeat = Duration::from_nanos(self.settings.timings.heartbeat_interval);
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(200));
+        tokio::pin!(shutdown);
+        let mut last_tick = Instant::now();
+        loop {
+            let wait = match self.node.next_timeout() {
+                Some(t) => Duration::from_nanos(t.saturating_sub(now())).min(heartbeat),
+                None => heartbeat,
+            };
+            tokio::select! {
+                _ = &mut shutdown => break,
+                Some(e) = inputs.peer_rx.recv() => self.on_peer(e),
+                Some(e) = app_rx.recv() => self.on_app(e),
+                Some((req, reply)) = inputs.ctl_rx.recv() => {
+                    let r = self.on_control(req);
+                    let _ = reply.send(r);
+                }
+                _ = async { match &mut sigchld { Some(s) => { s.recv().await; } None => std::future::pending().await } } => self.reap(),
+                _ = reap.tick() => self.reap(),
+                _ = housekeeping.tick() => self.housekeeping(),
+                _ = tokio::time::sleep(wait) => {}
+            }
+            let due = self.node.next_timeout().is_some_and(|t| t <= now());
+            if due || last_tick.elapsed() >= heartbeat {
+                last_tick = Instant::now();
+                let actions = self.node.tick(now());
+                self.carry(actions);
+            }
+        }
+        info!("shutting down: stopping local programs");
+        for (_, local) in self.locals.drain() {
+            local.shared.gone.store(true, Ordering::SeqCst);
+            local.runner.send(RunnerCmd::Quit);
+            let _ = local.writer.tx.try_send(WriterMsg::Quit);
+        }
+        // Give the runners a moment to kill their programs.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    fn input(&mut self, input: Input) {
+        let actions = self.node.handle(now(), input);
+        self.carry(actions);
+    }
+
+    fn reap(&mut self) {
+        for _ in 0..1000 {
+            match sys::reap_nohang() {
+                Ok(Reaped::Child { pid, status }) => {
+                    if let Some(app) = self.pids.remove(&pid) {
+                        if let Some(l) = self.locals.get(&app) {
+                            l.runner.send(RunnerCmd::RootExited(status));
+                        }
+                    }
+                }
+                Ok(_) => break,
+                Err(e) => {
+                    warn!(error = %e, "waitpid failed");
+                    break;
+                }
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let mut failed = Vec::new();
+        for (name, l) in &mut self.locals {
+            if l.resync_since
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(5))
+            {
+                l.resync_since = None;
+                failed.push(name.clone());
+            }
+            l.streamers.retain(|_, h| !h.is_finished());
+        }
+        for app in failed {
+            warn!(app, "no records came for the resync; asking again");
+            self.input(Input::ResyncFailed { app });
+        }
+    }
+
+    // ----- actions -----------------------------------------------------------
+
+    fn carry(&mut self, actions: Vec<Action>) {
+        for action in actions {
+            self.carry_one(action);
+        }
+    }
+
+    fn carry_one(&mut self, action: Action) {
+        match action {
+            Action::Send { to, message } => {
+                self.transport.send(&to, PeerMessage::Protocol(message))
+            }
+            Action::OpenGate {
+                app,
+                up_to_gseq,
+                until,
+            } => {
+                if let Some(l) = self.locals.get(&app) {
+                    l.runner.send(RunnerCmd::OpenGate {
+                        up_to: up_to_gseq,
+                        until,
+                    });
+                }
+            }
+            Action::CloseGate { app } => {
+                if let Some(l) = self.locals.get(&app) {
+                    l.runner.send(RunnerCmd::CloseGate);
+                }
+            }
+            Action::Promote { app, epoch, base } => {
+                info!(app, epoch, base, "promoted: the replica goes live");
+                let gated = self.node.status(&app).is_some_and(|s| s.mode == Mode::Sync);
+                if let Some(l) = self.locals.get_mut(&app) {
+                    l.program_started = true;
+                    l.runner.send(RunnerCmd::GoLive { base, gated });
+                }
+            }
+            Action::Demote {
+                app,
+                epoch,
+                primary,
+            } => {
+                info!(app, epoch, primary = ?primary, "demoted: the program stops, this node becomes a backup");
+                if let Some(l) = self.locals.get_mut(&app) {
+                    l.runner.send(RunnerCmd::Kill);
+                    l.shared.primary.store(false, Ordering::SeqCst);
+                    for (_, h) in l.streamers.drain() {
+                        h.abort();
+                    }
+                    l.died = None;
+                    l.program_started = false;
+                    let v = l.shared.vip.lock().unwrap().clone();
+                    if let Some(v) = v {
+                        vip::remove(&app, &v);
+                    }
+                }
+                self.start_replica(&app);
+            }
+            Action::MoveVip { app } => {
+                if let Some(l) = self.locals.get(&app) {
+                    let v = l.shared.vip.lock().unwrap().clone();
+                    if let Some(v) = v {
+                        vip::add(&app, &v);
+                    }
+                }
+            }
+            Action::Persist { app, state } => {
+                self.ensure_local(&app);
+                let dir = self.settings.data_dir.join("apps").join(&app);
+                if let Err(e) = persist::save(&dir, &state) {
+                    // Going on without it could break a promise (a vote, a
+                    // floor) after a restart: stop here.
+                    error!(app, error = %e, "cannot persist the protocol state; stopping");
+                    std::process::exit(1);
+                }
+            }
+            Action::Forget { app } => self.forget(&app),
+            Action::Resync {
+                app,
+                from_gseq,
+                from_node,
+            } => {
+                self.ensure_local(&app);
+                if let Some(l) = self.locals.get_mut(&app) {
+                    l.resync_since = Some(Instant::now());
+                    let _ = l.writer.tx.try_send(WriterMsg::Resync {
+                        from_gseq,
+                        node: from_node,
+                    });
+                }
+            }
+            Action::PauseApp { app } => {
+                let died = self.locals.get(&app).and_then(|l| l.died);
+                match (died, self.locals.get(&app)) {
+                    (Some(gseq), _) => self.input(Input::Paused { app, gseq }),
+                    (None, Some(l)) => l.runner.send(RunnerCmd::Pause),
+                    (None, None) => {}
+                }
+            }
+            Action::ResumeApp { app } => {
+                if let Some(l) = self.locals.get(&app) {
+                    l.runner.send(RunnerCmd::Resume);
+                }
+            }
+            Action::Refused {
+                app,
+                from,
+                kind,
+                reason,
+            } => debug!(app, from, kind, %reason, "refused"),
+            Action::CommandFailed { app, error } => {
+                warn!(app, %error, "command failed");
+                self.failures.push((app, error.to_string()));
+            }
+            Action::StatusChanged(s) => {
+                debug!(app = %s.app, role = role_name(s.role), epoch = s.epoch, primary = ?s.primary, protected = s.protected, "status");
+            }
+        }
+    }
+
+    fn ensure_local(&mut self, app: &str) {
+        if self.settings.witness || self.locals.contains_key(app) {
+            return;
+        }
+        match AppShared::open(&self.settings.data_dir, app) {
+            Ok((shared, damaged)) => {
+                self.locals
+                    .insert(app.to_owned(), Local::new(shared, &self.app_tx));
+                if damaged {
+                    self.input(Input::CorruptLog {
+                        app: app.to_owned(),
+                        intact_up_to: 0,
+                    });
+                }
+            }
+            Err(e) => error!(app, error = %e, "cannot open the application's log"),
+        }
+    }
+
+    fn start_replica(&mut self, app: &str) {
+        let Some(l) = self.locals.get_mut(app) else {
+            return;
+        };
+        if l.shared.primary.load(Ordering::SeqCst) {
+            return;
+        }
+        if l.shared.start_info().is_some() {
+            l.program_started = true;
+            l.runner.send(RunnerCmd::StartReplica);
+        }
+    }
+
+    fn forget(&mut self, app: &str) {
+        info!(app, "application stopped: forgetting it");
+        if let Some(l) = self.locals.remove(app) {
+            l.shared.gone.store(true, Ordering::SeqCst);
+            if l.shared.primary.load(Ordering::SeqCst) {
+                if let Some(v) = l.shared.vip.lock().unwrap().clone() {
+                    vip::remove(app, &v);
+                }
+            }
+            for (_, h) in l.streamers {
+                h.abort();
+            }
+            l.runner.send(RunnerCmd::Quit);
+            let _ = l.writer.tx.try_send(WriterMsg::Quit);
+            self.pids.retain(|_, a| a != app);
+        }
+        let dir = self.settings.data_dir.join("apps").join(app);
+        // The log and the state go; the program's output is kept beside.
+        let kept = self
+            .settings
+            .data_dir
+            .join("apps")
+            .join(format!(".{app}.stopped.{}", now()));
+        if std::fs::rename(&dir, &kept).is_ok() {
+            let _ = std::fs::remove_dir_all(kept.join("log"));
+        }
+    }
+
+    // ----- events ------------------------------------------------------------
+
+    fn on_peer(&mut self, e: PeerEvent) {
+        match e {
+            PeerEvent::Up { peer } => {
+                self.input(Input::PeerConnected { peer: peer.clone() });
+                self.refetch_from(&peer);
+            }
+            PeerEvent::Down { peer } => self.input(Input::PeerDisconnected { peer }),
+            PeerEvent::Hello { peer, witness } => {
+                self.hello.insert(peer, witness);
+            }
+            PeerEvent::Message {
+                from,
+                message: PeerMessage::Protocol(message),
+            } => self.input(Input::Message { from, message }),
+            PeerEvent::Message {
+                from,
+                message: PeerMessage::Fetch { app, from_gseq },
+            } => self.serve(&app, &from, from_gseq),
+            PeerEvent::Records(stream) => self.receive(stream),
+        }
+    }
+
+    /// A backup in sync with `peer` as its primary asks for the rest of the
+    /// stream after a reconnection.
+    fn refetch_from(&mut self, peer: &str) {
+        for (name, l) in &self.locals {
+            let Some(s) = self.node.status(name) else {
+                continue;
+            };
+            if s.role == Role::Backup
+                && s.primary.as_deref() == Some(peer)
+                && s.healthy
+                && l.resync_since.is_none()
+            {
+                let from_gseq = l.shared.log.lock().unwrap().next_gseq();
+                self.transport.send(
+                    peer,
+                    PeerMessage::Fetch {
+                        app: name.clone(),
+                        from_gseq,
+                    },
+                );
+            }
+        }
+    }
+
+    fn serve(&mut self, app: &str, to: &str, from_gseq: u64) {
+        let Some(l) = self.locals.get_mut(app) else {
+            warn!(
+                app,
+                peer = to,
+                "fetch for an application without a log here; ignored"
+            );
+            return;
+        };
+        let Some(connection) = self.transport.connection(to) else {
+            return;
+        };
+        if let Some(h) = l.streamers.remove(to) {
+            h.abort();
+        }
+        info!(app, peer = to, from_gseq, "streaming records to a backup");
+        let shared = l.shared.clone();
+        let peer = to.to_owned();
+        l.streamers.insert(
+            to.to_owned(),
+            tokio::spawn(async move {
+                if let Err(e) = stream_records(shared, connection, &peer, from_gseq).await {
+                    debug!(peer, error = %e, "record stream ended");
+                }
+            }),
+        );
+    }
+
+    fn receive(&mut self, mut stream: RecordStream) {
+        let app = stream.app.clone();
+        if self.node.status(&app).is_none() {
+            warn!(app, peer = %stream.from, "record stream for an unknown application; ignored");
+            return;
+        }
+        self.ensure_local(&app);
+        let Some(l) = self.locals.get(&app) else {
+            return;
+        };
+        if stream.vip.is_some() && *l.shared.vip.lock().unwrap() != stream.vip {
+            l.shared.set_vip(stream.vip.clone());
+        }
+        let gen = l.shared.stream_gen.fetch_add(1, Ordering::SeqCst) + 1;
+        let tx = l.writer.tx.clone();
+        let from_gseq = stream.from_gseq;
+        tokio::spawn(async move {
+            if tx.send(WriterMsg::Stream { gen, from_gseq }).await.is_err() {
+                return;
+            }
+            while let Ok(Some(bytes)) = stream.next_batch().await {
+                if tx.send(WriterMsg::Batch { gen, bytes }).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tx.send(WriterMsg::StreamEnded { gen }).await;
+        });
+    }
+
+    fn on_app(&mut self, e: AppEvent) {
+        match e {
+            AppEvent::Logged { app, gseq } => {
+                if let Some(l) = self.locals.get_mut(&app) {
+                    l.logged_at.push_back((gseq, Instant::now()));
+                    if l.logged_at.len() > 100_000 {
+                        l.logged_at.pop_front();
+                    }
+                }
+                self.input(Input::RecordsLogged { app, gseq });
+            }
+            AppEvent::Paused { app, gseq } => self.input(Input::Paused { app, gseq }),
+            AppEvent::Started { app, pid } => {
+                self.pids.insert(pid, app);
+            }
+            AppEvent::Ended {
+                app,
+                killed,
+                status,
+                last,
+            } => {
+                let primary = self
+                    .node
+                    .status(&app)
+                    .is_some_and(|s| s.role == Role::Primary);
+                if !primary {
+                    return;
+                }
+                if killed {
+                    error!(
+                        app,
+                        status, last, "the program died: handing over to a backup"
+                    );
+                    if let Some(l) = self.locals.get_mut(&app) {
+                        l.died = Some(last);
+                    }
+                    self.input(Input::Failover { app, to: None });
+                } else {
+                    info!(app, status, "the program exited: stopping the application");
+                    self.input(Input::StopApp { app });
+                }
+            }
+            AppEvent::WentLive { app, result } => match result {
+                Ok(()) => info!(app, "serving as primary"),
+                Err(e) => error!(app, error = %e, "promotion failed: no program runs here"),
+            },
+            AppEvent::Durable { app, gseq } => self.input(Input::Durable { app, gseq }),
+            AppEvent::Resynced { app, gseq } => {
+                if let Some(l) = self.locals.get_mut(&app) {
+                    l.resync_since = None;
+                }
+                self.input(Input::Resynced { app, gseq });
+            }
+            AppEvent::ResyncFailed { app } => {
+                if let Some(l) = self.locals.get_mut(&app) {
+                    l.resync_since = None;
+                }
+                self.input(Input::ResyncFailed { app });
+            }
+            AppEvent::Fetch {
+                app,
+                node,
+                from_gseq,
+                cut,
+            } => {
+                if cut {
+                    self.start_replica(&app);
+                }
+                self.transport
+                    .send(&node, PeerMessage::Fetch { app, from_gseq });
+            }
+            AppEvent::Corrupt { app, intact } => self.input(Input::CorruptLog {
+                app,
+                intact_up_to: intact,
+            }),
+            AppEvent::HaveStart { app } => {
+                let started = self.locals.get(&app).is_none_or(|l| l.program_started);
+                if !started {
+                    self.start_replica(&app);
+                }
+            }
+        }
+    }
+
+    // ----- control -----------------------------------------------------------
+
+    fn on_control(&mut self, req: CoreReq) -> Reply {
+        match req {
+            CoreReq::Status(app) => self.status(app.as_deref()),
+            CoreReq::PeersReady => {
+                let connected = self.transport.connected();
+                let missing: Vec<&str> = self
+                    .settings
+                    .peers
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .filter(|p| !connected.iter().any(|c| c == p) || !self.hello.contains_key(*p))
+                    .collect();
+                if missing.is_empty() {
+                    Reply::new(Outcome::Done {
+                        message: "all peers connected".into(),
+                    })
+                } else {
+                    Reply::error(
+                        ErrorKind::Failed,
+                        format!("not connected to peer(s) {}", missing.join(", ")),
+                    )
+                }
+            }
+            CoreReq::Run(r) => self.run_app(r),
+            CoreReq::Failover { app, to } => self.command(
+                &app,
+                Input::Failover {
+                    app: app.clone(),
+                    to,
+                },
+                "switching over",
+            ),
+            CoreReq::Stop { app } => {
+                self.command(&app, Input::StopApp { app: app.clone() }, "stopped")
+            }
+        }
+    }
+
+    fn command(&mut self, app: &str, input: Input, done: &str) -> Reply {
+        if self.node.status(app).is_none() {
+            return Reply::error(
+                ErrorKind::BadRequest,
+                format!("no application {app} on node {}", self.settings.node),
+            );
+        }
+        self.failures.clear();
+        self.input(input);
+        if let Some((_, why)) = self.failures.drain(..).find(|(a, _)| a == app) {
+            return Reply::error(ErrorKind::Failed, why);
+        }
+        Reply::new(Outcome::Done {
+            message: format!("{app}: {done}"),
+        })
+    }
+
+    fn run_app(&mut self, r: RunRequest) -> Reply {
+        let bad = |m: String| Reply::error(ErrorKind::BadRequest, m);
+        let failed = |m: String| Reply::error(ErrorKind::Failed, m);
+        if self.settings.witness {
+            return failed(format!(
+                "node {} is a witness: it runs no program",
+                self.settings.node
+            ));
+        }
+        if !valid_app_name(&r.name) {
+            return bad(format!(
+                "bad application name {:?}: use 1 to 64 of A-Z a-z 0-9 . _ -",
+                r.name
+            ));
+        }
+        if self.node.status(&r.name).is_some() || self.locals.contains_key(&r.name) {
+            return bad(format!("application {} already exists", r.name));
+        }
+        if let Some(v) = &r.vip {
+            if let Err(e) = vip::parse(v) {
+                return bad(format!("bad --vip {v:?}: {e}"));
+            }
+        }
+        let Some(first) = r.argv.first() else {
+            return bad("no command given".into());
+        };
+        let cwd = Path::new(OsStr::from_bytes(&r.cwd));
+        let path_var = env_value(&r.env, b"PATH").map(OsStr::from_bytes);
+        if let Err(e) = resolve(OsStr::from_bytes(first), path_var, cwd) {
+            return bad(e.to_string());
+        }
+        let shim = match ferry_host::shim::locate() {
+            Ok(s) => s,
+            Err(e) => return failed(e.to_string()),
+        };
+        let mut members = vec![Member::replica(&self.settings.node)];
+        for p in &self.settings.peers {
+            match self.hello.get(&p.name) {
+                Some(true) => members.push(Member::witness(&p.name)),
+                Some(false) => members.push(Member::replica(&p.name)),
+                None => return failed(format!("peer {} has not connected yet", p.name)),
+            }
+        }
+        if !members.iter().skip(1).any(|m| !m.witness) {
+            warn!(app = %r.name, "no backup among the peers: the application will not be protected");
+        }
+        let env = ferry_host::shim::program_env(
+            &shim,
+            r.env.iter().filter_map(|e| {
+                let i = e.iter().position(|&b| b == b'=')?;
+                Some((
+                    OsStr::from_bytes(&e[..i]).to_owned(),
+                    OsStr::from_bytes(&e[i + 1..]).to_owned(),
+                ))
+            }),
+        );
+        let start = StartInfo {
+            argv: r.argv.clone(),
+            env,
+            cwd: r.cwd.clone(),
+        };
+        let dir = self.settings.data_dir.join("apps").join(&r.name);
+        let _ = std::fs::remove_dir_all(&dir);
+        let shared = match AppShared::open(&self.settings.data_dir, &r.name) {
+            Ok((s, _)) => s,
+            Err(e) => return failed(format!("cannot create the log: {e}")),
+        };
+        if let Err(e) = app::write_start(&shared, &start) {
+            return failed(format!("cannot write the log: {e}"));
+        }
+        shared.set_vip(r.vip.clone());
+        shared.primary.store(true, Ordering::SeqCst);
+        let mode = match r.mode {
+            RunMode::Sync => Mode::Sync,
+            RunMode::Async => Mode::Async,
+        };
+        let mut local = Local::new(shared, &self.app_tx);
+        local.program_started = true;
+        local.runner.send(RunnerCmd::StartPrimary {
+            start,
+            gated: mode == Mode::Sync,
+        });
+        self.locals.insert(r.name.clone(), local);
+        self.failures.clear();
+        self.input(Input::StartApp {
+            app: r.name.clone(),
+            mode,
+            members,
+        });
+        if let Some((_, why)) = self.failures.drain(..).find(|(a, _)| *a == r.name) {
+            if let Some(l) = self.locals.remove(&r.name) {
+                l.runner.send(RunnerCmd::Quit);
+                let _ = l.writer.tx.try_send(WriterMsg::Quit);
+            }
+            let _ = std::fs::remove_dir_all(&dir);
+            return failed(why);
+        }
+        if let Some(v) = &r.vip {
+            vip::add(&r.name, v);
+        }
+        info!(app = %r.name, ?mode, "application started as primary");
+        Reply::new(Outcome::Done {
+            message: format!("{} started on {}", r.name, self.settings.node),
+        })
+    }
+
+    fn status(&self, only: Option<&str>) -> Reply {
+        let mut names: Vec<String> = self.node.apps().map(str::to_owned).collect();
+        names.sort();
+        if let Some(app) = only {
+            if !names.iter().any(|n| n == app) {
+                return Reply::error(
+                    ErrorKind::BadRequest,
+                    format!("no application {app} on node {}", self.settings.node),
+                );
+            }
+            names.retain(|n| n == app);
+        }
+        let apps = names
+            .iter()
+            .filter_map(|n| self.node.status(n).map(|s| self.app_view(&s)))
+            .collect();
+        Reply::new(Outcome::Status(ctl::NodeStatus {
+            node: self.settings.node.clone(),
+            witness: self.settings.witness,
+            connected: self.transport.connected(),
+            apps,
+        }))
+    }
+
+    fn app_view(&self, s: &AppStatus) -> ctl::AppStatus {
+        let local = self.locals.get(&s.app);
+        let best_acked = s.backups.iter().map(|b| b.acked).max().unwrap_or(0);
+        let lag_ms = match (s.role, local) {
+            (Role::Primary, Some(l)) if s.lag > 0 => l
+                .logged_at
+                .iter()
+                .find(|(g, _)| *g > best_acked)
+                .map(|(_, t)| t.elapsed().as_millis() as u64)
+                .unwrap_or(0),
+            _ => 0,
+        };
+        let pid = local
+            .map(|l| l.shared.pid.load(Ordering::SeqCst))
+            .filter(|&p| p > 0);
+        ctl::AppStatus {
+            app: s.app.clone(),
+            role: role_name(s.role).into(),
+            epoch: s.epoch,
+            primary: s.primary.clone(),
+            mode: match s.mode {
+                Mode::Sync => "sync".into(),
+                Mode::Async => "async".into(),
+            },
+            logged: s.logged,
+            acked: s.acked,
+            durable: s.durable,
+            replayed: local
+                .map(|l| l.shared.replayed.load(Ordering::Relaxed))
+                .unwrap_or(0),
+            lag_records: s.lag,
+            lag_ms,
+            healthy: s.healthy,
+            protected: s.protected,
+            gate_open: s.gate_open,
+            backups: s
+                .backups
+                .iter()
+                .map(|b| ctl::BackupStatus {
+                    node: b.node.clone(),
+                    acked: b.acked,
+                    healthy: b.healthy,
+                    in_contact: b.in_contact,
+                })
+                .collect(),
+            vip: local.and_then(|l| l.shared.vip.lock().unwrap().clone()),
+            pid,
+        }
+    }
+}
+
+impl Local {
+    fn new(shared: Arc<AppShared>, events: &mpsc::UnboundedSender<AppEvent>) -> Local {
+        Local {
+            runner: Runner::spawn(shared.clone(), events.clone()),
+            writer: Writer::spawn(shared.clone(), events.clone()),
+            shared,
+            program_started: false,
+            died: None,
+            logged_at: VecDeque::new(),
+            streamers: HashMap::new(),
+            resync_since: None,
+        }
+    }
+}
+
+/// Stream `shared`'s records from `from_gseq` on to `peer`, from the log,
+/// as they are appended, until the connection or the application goes.
+async fn stream_records(
+    shared: Arc<AppShared>,
+    connection: quinn::Connection,
+    peer: &str,
+    from_gseq: u64,
+) -> anyhow::Result<()> {
+    let mut progress = shared.progress.subscribe();
+    let vip = shared.vip.lock().unwrap().clone();
+    let head = StreamHead::Records {
+        app: shared.name.clone(),
+        from_gseq,
+        vip,
+    };
+    let mut send = peer::open_record_stream(&connection, &head).await?;
+    let mut next = from_gseq;
+    let mut first = true;
+    loop {
+        if shared.gone.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let s = shared.clone();
+        let (bytes, last) =
+            tokio::task::spawn_blocking(move || s.read_records(next, app::BATCH_BYTES)).await??;
+        if last.is_some() || first {
+            first = false;
+            let frame =
+                ferry_proto::wire::encode_raw(ferry_proto::wire::KIND_RECORD_BATCH, 0, &bytes)?;
+            send.write_all(&frame).await?;
+            if let Some(last) = last {
+                next = last + 1;
+                continue;
+            }
+        }
+        progress.borrow_and_update();
+        let _ = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await;
+        debug!(peer, next, "record stream waits for records");
+    }
+}

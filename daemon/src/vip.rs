@@ -1,0 +1,128 @@
+//! The service address: added to an interface on the primary and announced
+//! with a gratuitous ARP, removed on a demotion.
+//!
+//! `IP/PREFIX@IFACE`, e.g. `10.0.0.100/24@eth0`. The address is added with
+//! `ip addr add` and announced with `arping -U` when arping is installed;
+//! failures are logged, never fatal (the application keeps running).
+
+use std::net::IpAddr;
+use std::process::Command;
+
+use tracing::{info, warn};
+
+/// A parsed service address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vip {
+    /// The address.
+    pub ip: IpAddr,
+    /// The prefix length.
+    pub prefix: u8,
+    /// The interface.
+    pub iface: String,
+}
+
+/// Parse `IP/PREFIX@IFACE`.
+pub fn parse(s: &str) -> Result<Vip, String> {
+    let (addr, iface) = s
+        .split_once('@')
+        .ok_or("expected IP/PREFIX@IFACE, e.g. 10.0.0.100/24@eth0")?;
+    let (ip, prefix) = addr.split_once('/').ok_or("missing /PREFIX")?;
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| format!("{ip:?} is not an IP address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let prefix: u8 = prefix
+        .parse()
+        .ok()
+        .filter(|p| *p <= max)
+        .ok_or_else(|| format!("prefix {prefix:?} is not 0..={max}"))?;
+    if iface.is_empty()
+        || iface.len() > 15
+        || !iface
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(format!("{iface:?} is not an interface name"));
+    }
+    Ok(Vip {
+        ip,
+        prefix,
+        iface: iface.to_owned(),
+    })
+}
+
+fn run(app: &str, what: &str, cmd: &mut Command) -> bool {
+    match cmd.output() {
+        Ok(out) if out.status.success() => true,
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr);
+            warn!(app, what, error = %err.trim(), "service address command failed");
+            false
+        }
+        Err(e) => {
+            warn!(app, what, error = %e, "cannot run the service address command");
+            false
+        }
+    }
+}
+
+fn in_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
+}
+
+/// Add the address to its interface and announce it.
+pub fn add(app: &str, vip: &str) {
+    let Ok(v) = parse(vip) else { return };
+    let cidr = format!("{}/{}", v.ip, v.prefix);
+    let added = run(
+        app,
+        "ip addr add",
+        Command::new("ip").args(["addr", "replace", &cidr, "dev", &v.iface]),
+    );
+    if !added {
+        return;
+    }
+    info!(app, vip, "service address added");
+    if v.ip.is_ipv4() {
+        if in_path("arping") {
+            let ip = v.ip.to_string();
+            run(
+                app,
+                "arping -U",
+                Command::new("arping").args(["-U", "-c", "2", "-I", &v.iface, &ip]),
+            );
+        } else {
+            warn!(app, vip, "arping is not installed: no gratuitous ARP sent");
+        }
+    }
+}
+
+/// Remove the address from its interface.
+pub fn remove(app: &str, vip: &str) {
+    let Ok(v) = parse(vip) else { return };
+    let cidr = format!("{}/{}", v.ip, v.prefix);
+    if run(
+        app,
+        "ip addr del",
+        Command::new("ip").args(["addr", "del", &cidr, "dev", &v.iface]),
+    ) {
+        info!(app, vip, "service address removed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_refuses() {
+        let v = parse("10.0.0.100/24@eth0").unwrap();
+        assert_eq!(v.prefix, 24);
+        assert_eq!(v.iface, "eth0");
+        assert!(parse("10.0.0.100/24").is_err());
+        assert!(parse("10.0.0.100/33@eth0").is_err());
+        assert!(parse("10.0.0/24@eth0").is_err());
+        assert!(parse("10.0.0.1/24@eth0; rm").is_err());
+    }
+}
