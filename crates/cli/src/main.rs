@@ -7,6 +7,7 @@
 //! Exit codes are in [`exit`].
 
 mod cert;
+mod client;
 mod demo;
 mod exec;
 mod exit;
@@ -31,6 +32,9 @@ use crate::exit::EXIT_CODES_HELP;
     after_help = EXIT_CODES_HELP
 )]
 struct Cli {
+    /// ferryd's control socket (for run, status, failover, stop).
+    #[arg(long, global = true, value_name = "SOCK", default_value = client::DEFAULT_CONTROL)]
+    control: std::path::PathBuf,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -113,6 +117,37 @@ enum Cmd {
         )
     )]
     Cert(cert::CertArgs),
+    /// Start CMD under the local ferryd as a protected application.
+    #[command(
+        long_about = "Start CMD on this node, under the local ferryd, as the primary of a new \
+            application, replicated to the other nodes of the cluster. The caller's arguments, \
+            environment and working directory are sent to ferryd; the program keeps running \
+            under ferryd after this command returns, which it does once a backup has \
+            acknowledged the program's records (or with the reason it could not).",
+        after_help = concat!(
+            "Example:\n  ferry run --name kv -- ferry-kv --listen 0.0.0.0:7070\n\n",
+            "Exit codes:\n",
+            "  0  started and protected\n",
+            "  1  not started or not protected (the reason is printed), or ferryd unreachable\n",
+            "  2  bad usage or a bad request (name taken, command not found, bad --vip)"
+        )
+    )]
+    Run(client::RunArgs),
+    /// Show each application's role, epoch, progress and protection on this node.
+    #[command(
+        after_help = "Exit codes:\n  0  shown\n  1  ferryd unreachable\n  2  no such application"
+    )]
+    Status(client::StatusArgs),
+    /// Hand an application's primary role to a backup, losing nothing.
+    #[command(
+        after_help = "Exit codes:\n  0  handed over\n  1  not possible now (the reason is printed)\n  2  no such application"
+    )]
+    Failover(client::FailoverArgs),
+    /// Stop an application on every node.
+    #[command(
+        after_help = "Exit codes:\n  0  stopped\n  1  not possible here (not the primary)\n  2  no such application"
+    )]
+    Stop(client::StopArgs),
 }
 
 fn main() -> ExitCode {
@@ -122,6 +157,10 @@ fn main() -> ExitCode {
         Cmd::Replay(args) => replay::run(args),
         Cmd::Exec(args) => exec::run(args),
         Cmd::Cert(args) => cert::run(args),
+        Cmd::Run(args) => client::run(&cli.control, args),
+        Cmd::Status(args) => client::status(&cli.control, args),
+        Cmd::Failover(args) => client::failover(&cli.control, args),
+        Cmd::Stop(args) => client::stop(&cli.control, args),
         Cmd::Demo => {
             demo::run().unwrap_or_else(|e| exit::report(exit::BAD_INPUT, format!("demo: {e:#}")))
         }
