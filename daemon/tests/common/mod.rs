@@ -1,0 +1,292 @@
+//! Helpers for ferryd's tests: real `ferryd` processes on 127.0.0.1, each
+//! with its own data directory, control socket and log file, in one
+//! temporary directory that is removed at the end. Every wait is bounded.
+
+#![allow(dead_code)]
+
+use std::net::UdpSocket;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The directory of the built binaries (`ferryd`'s, which `scripts/test`
+/// fills with the whole workspace's binaries first).
+pub fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_ferryd"))
+        .parent()
+        .expect("ferryd has a directory")
+        .to_path_buf()
+}
+
+/// A binary of the workspace; panics with the command that builds it.
+pub fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (cargo build --workspace --bins --lib)",
+        p.display()
+    );
+    p
+}
+
+/// A UDP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .expect("bind a UDP port")
+        .port()
+}
+
+/// Run `ferry` with arguments; its output.
+pub fn ferry(args: &[&str]) -> Output {
+    Command::new(bin("ferry"))
+        .args(args)
+        .env("FERRY_PRELOAD", bin("libferry_preload.so"))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run ferry")
+}
+
+/// Make a cluster CA and certificates for `nodes` in `dir`.
+pub fn certs(dir: &Path, nodes: &[&str]) {
+    let d = dir.to_str().unwrap();
+    let out = ferry(&["cert", "init", "--dir", d]);
+    assert!(out.status.success(), "{out:?}");
+    for n in nodes {
+        let out = ferry(&["cert", "issue", "--dir", d, "--node", n]);
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// Poll `f` every 20 ms until it returns `Some` or `limit` passes.
+pub fn wait_for<T>(limit: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if start.elapsed() > limit {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One running ferryd.
+pub struct Daemon {
+    pub name: String,
+    pub port: u16,
+    pub control: PathBuf,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Daemon {
+    /// The text of its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until its log contains `needle`.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> bool {
+        wait_for(limit, || self.log_text().contains(needle).then_some(())).is_some()
+    }
+
+    /// `ferry --control SOCK args…`.
+    pub fn ferry(&self, args: &[&str]) -> Output {
+        let mut v = vec!["--control", self.control.to_str().unwrap()];
+        v.extend_from_slice(args);
+        ferry(&v)
+    }
+
+    /// `ferry status --json`, parsed; `None` if it failed.
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let out = self.ferry(&["status", "--json"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// The status of `app` on this node.
+    pub fn app(&self, app: &str) -> Option<serde_json::Value> {
+        let s = self.status()?;
+        s["apps"]
+            .as_array()?
+            .iter()
+            .find(|a| a["app"] == app)
+            .cloned()
+    }
+
+    /// SIGKILL the daemon and reap it.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, wait up to 5 s, then SIGKILL.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // SAFETY: kill with a pid this test started.
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let ended = wait_for(Duration::from_secs(5), || c.try_wait().ok().flatten());
+            if ended.is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A cluster of ferryd on 127.0.0.1 in one temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub daemons: Vec<Daemon>,
+    /// Programs to kill at the end (pids the test learned).
+    pub pids: Vec<i32>,
+}
+
+/// How one node of a cluster runs.
+pub struct NodeSpec<'a> {
+    pub name: &'a str,
+    pub witness: bool,
+}
+
+impl Cluster {
+    /// Start `nodes`, all peers of each other, with certificates from one
+    /// CA; wait until each is ready and connected to all the others.
+    pub fn start(nodes: &[NodeSpec]) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let names: Vec<&str> = nodes.iter().map(|n| n.name).collect();
+        certs(&dir.path().join("certs"), &names);
+        let ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
+        let mut daemons = Vec::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let mut args: Vec<String> = vec![
+                "--node".into(),
+                n.name.into(),
+                "--listen".into(),
+                format!("127.0.0.1:{}", ports[i]),
+                "--data-dir".into(),
+                dir.path()
+                    .join(format!("data-{}", n.name))
+                    .display()
+                    .to_string(),
+                "--control".into(),
+                dir.path()
+                    .join(format!("{}.sock", n.name))
+                    .display()
+                    .to_string(),
+                "--certs".into(),
+                dir.path().join("certs").display().to_string(),
+            ];
+            for (j, m) in nodes.iter().enumerate() {
+                if j != i {
+                    args.push("--peer".into());
+                    args.push(format!("{}=127.0.0.1:{}", m.name, ports[j]));
+                }
+            }
+            if n.witness {
+                args.push("--witness".into());
+            }
+            daemons.push(spawn_daemon(dir.path(), n.name, ports[i], &args));
+        }
+        let cluster = Cluster {
+            dir,
+            daemons,
+            pids: Vec::new(),
+        };
+        for d in &cluster.daemons {
+            let all = wait_for(Duration::from_secs(20), || {
+                let s = d.status()?;
+                (s["connected"].as_array()?.len() == nodes.len() - 1).then_some(())
+            });
+            assert!(
+                all.is_some(),
+                "{} did not connect to every peer; its log:\n{}",
+                d.name,
+                d.log_text()
+            );
+        }
+        cluster
+    }
+
+    /// The daemon named `name`.
+    pub fn node(&self, name: &str) -> &Daemon {
+        self.daemons.iter().find(|d| d.name == name).unwrap()
+    }
+
+    /// The daemon named `name`, mutably.
+    pub fn node_mut(&mut self, name: &str) -> &mut Daemon {
+        self.daemons.iter_mut().find(|d| d.name == name).unwrap()
+    }
+
+    /// Every daemon's log, for failure messages.
+    pub fn logs(&self) -> String {
+        self.daemons
+            .iter()
+            .map(|d| format!("---- {} ----\n{}", d.name, d.log_text()))
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for d in &mut self.daemons {
+            d.stop();
+        }
+        for &p in &self.pids {
+            // SAFETY: kill with a pid of a program this test started.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Start one ferryd with `args`, its stderr in DIR/NAME.log; wait until its
+/// control socket answers.
+pub fn spawn_daemon(dir: &Path, name: &str, port: u16, args: &[String]) -> Daemon {
+    let log = dir.join(format!("{name}.log"));
+    let file = std::fs::File::create(&log).expect("create the log file");
+    let control = args
+        .iter()
+        .position(|a| a == "--control")
+        .map(|i| PathBuf::from(&args[i + 1]))
+        .unwrap_or_else(|| dir.join(format!("{name}.sock")));
+    let data = args
+        .iter()
+        .position(|a| a == "--data-dir")
+        .map(|i| PathBuf::from(&args[i + 1]))
+        .unwrap_or_else(|| dir.join(format!("data-{name}")));
+    let child = Command::new(bin("ferryd"))
+        .args(args)
+        .env("FERRY_PRELOAD", bin("libferry_preload.so"))
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start ferryd");
+    let d = Daemon {
+        name: name.to_owned(),
+        port,
+        control,
+        data,
+        log,
+        child: Some(child),
+    };
+    assert!(
+        d.wait_log("ferryd ready", Duration::from_secs(20)),
+        "{name} did not start; its log:\n{}",
+        d.log_text()
+    );
+    d
+}
