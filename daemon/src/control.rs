@@ -226,11 +226,21 @@ async fn handle(req: Request, core: &CoreHandle) -> Reply {
             loop {
                 match app_status(core, &app).await {
                     None => return Reply::error(ErrorKind::Failed, format!("{app} was stopped")),
-                    Some(s) if s.role != "primary" => {
+                    // After the handover the old primary knows the new
+                    // one once it hears from it.
+                    Some(s) if s.role != "primary" && s.primary.is_some() => {
                         return Reply::new(Outcome::Done {
                             message: format!(
                                 "{app} handed over to {} (epoch {})",
-                                s.primary.unwrap_or_else(|| "?".into()),
+                                s.primary.unwrap_or_default(),
+                                s.epoch
+                            ),
+                        })
+                    }
+                    Some(s) if s.role != "primary" && started.elapsed() > Duration::from_secs(5) => {
+                        return Reply::new(Outcome::Done {
+                            message: format!(
+                                "{app} handed over (epoch {}); the new primary has not been heard from yet",
                                 s.epoch
                             ),
                         })

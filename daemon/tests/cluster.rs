@@ -1,0 +1,289 @@
+//! Three ferryd on 127.0.0.1 (a, b and the witness w) protecting a ferry-kv
+//! server started with `ferry run`: the backup acknowledges, takes over
+//! when the primary's host or program dies, and a planned failover and a
+//! stop reach every node.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn three() -> Cluster {
+    Cluster::start(&[
+        NodeSpec {
+            name: "a",
+            witness: false,
+        },
+        NodeSpec {
+            name: "b",
+            witness: false,
+        },
+        NodeSpec {
+            name: "w",
+            witness: true,
+        },
+    ])
+}
+
+/// `ferry run` the key-value server on a; its port.
+fn run_kv(cluster: &mut Cluster) -> u16 {
+    let port = free_port_tcp();
+    let kv = bin("ferry-kv");
+    let listen = format!("127.0.0.1:{port}");
+    let out = cluster.node("a").ferry(&[
+        "run",
+        "--name",
+        "kv",
+        "--",
+        kv.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ferry run failed: {}{}\n{}",
+        said,
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    assert!(said.contains("protected by b"), "{said}");
+    let a = cluster.node("a").app("kv").unwrap();
+    if let Some(pid) = a["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+    port
+}
+
+fn free_port_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Set `n` keys through the server; the versions it acknowledged.
+fn write_keys(port: u16, n: usize) -> Vec<String> {
+    let stream = wait_for(LIMIT, || TcpStream::connect(("127.0.0.1", port)).ok())
+        .expect("the key-value server does not accept connections");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut acks = Vec::new();
+    for i in 0..n {
+        writeln!(w, "SET k{i} v{i}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(line.starts_with("OK "), "{line:?}");
+        acks.push(line.trim().to_owned());
+    }
+    acks
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn the_backup_acknowledges_and_takes_over_when_the_primary_host_dies() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    write_keys(port, 50);
+
+    // The primary: protected, the backup healthy and acknowledging all
+    // that was logged.
+    let a = cluster.node("a");
+    let caught_up = wait_for(LIMIT, || {
+        let s = a.app("kv")?;
+        let b = s["backups"]
+            .as_array()?
+            .iter()
+            .find(|b| b["node"] == "b")?
+            .clone();
+        (s["role"] == "primary"
+            && s["protected"] == true
+            && b["healthy"] == true
+            && u(&b, "acked") == u(&s, "logged")
+            && u(&s, "logged") > 50)
+            .then_some(s)
+    });
+    let s = caught_up
+        .unwrap_or_else(|| panic!("b never caught up: {:?}\n{}", a.app("kv"), cluster.logs()));
+    let logged = u(&s, "logged");
+    let b = cluster.node("b").app("kv").unwrap();
+    assert_eq!(b["role"], "backup");
+    assert_eq!(b["primary"], "a");
+    assert!(u(&b, "durable") >= logged, "{b}");
+    let w = cluster.node("w").app("kv").unwrap();
+    assert_eq!(w["role"], "witness");
+
+    // kill -9 the primary's ferryd and its program.
+    let pid = s["pid"].as_i64().unwrap() as i32;
+    cluster.node_mut("a").kill9();
+    // SAFETY: kill with the pid of the program this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    let b = cluster.node("b");
+    let took = wait_for(LIMIT, || {
+        let s = b.app("kv")?;
+        (s["role"] == "primary" && u(&s, "epoch") > 1).then_some(s)
+    });
+    let took = took
+        .unwrap_or_else(|| panic!("b did not take over: {:?}\n{}", b.app("kv"), cluster.logs()));
+    assert_eq!(took["primary"], "b");
+    assert!(
+        u(&took, "logged") >= logged,
+        "records lost: {took} < {logged}"
+    );
+    let w = wait_for(LIMIT, || {
+        let s = cluster.node("w").app("kv")?;
+        (s["primary"] == "b").then_some(s)
+    });
+    assert!(
+        w.is_some(),
+        "the witness does not know the new primary:\n{}",
+        cluster.logs()
+    );
+    if let Some(pid) = took["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+}
+
+#[test]
+fn a_program_that_dies_is_handed_over_to_the_backup_without_an_election() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    write_keys(port, 20);
+    let a = cluster.node("a").app("kv").unwrap();
+    let pid = a["pid"].as_i64().unwrap() as i32;
+    // SAFETY: kill with the pid of the program this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    let b = cluster.node("b");
+    let took = wait_for(LIMIT, || {
+        let s = b.app("kv")?;
+        (s["role"] == "primary").then_some(s)
+    });
+    let took = took.unwrap_or_else(|| panic!("b did not take over:\n{}", cluster.logs()));
+    let b_log = b.log_text();
+    if let Some(pid) = took["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+    // a handed the role over (planned switchover), and follows b.
+    let a = cluster.node("a");
+    assert!(
+        a.log_text().contains("the program died: handing over"),
+        "{}",
+        a.log_text()
+    );
+    assert!(a.log_text().contains("handing over"));
+    assert!(
+        !b_log.contains("standing for election"),
+        "b was elected instead:\n{b_log}"
+    );
+    let follows = wait_for(LIMIT, || {
+        let s = a.app("kv")?;
+        (s["role"] == "backup" && s["primary"] == "b").then_some(s)
+    });
+    assert!(
+        follows.is_some(),
+        "a does not follow b: {:?}\n{}",
+        a.app("kv"),
+        cluster.logs()
+    );
+}
+
+#[test]
+fn a_planned_failover_and_a_stop_reach_every_node() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    write_keys(port, 10);
+
+    // Not a member: refused, exit 1, the reason in one line.
+    let out = cluster.node("a").ferry(&["failover", "kv", "--to", "w"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("w") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+
+    let out = cluster.node("a").ferry(&["failover", "kv"]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    assert!(said.contains("handed over to b"), "{said}");
+    let b = cluster.node("b");
+    let s = wait_for(LIMIT, || b.app("kv").filter(|s| s["role"] == "primary"));
+    let s = s.unwrap_or_else(|| panic!("b is not primary:\n{}", cluster.logs()));
+    assert_eq!(u(&s, "epoch"), 2);
+    if let Some(pid) = s["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+
+    // Stop on a backup: refused; on the primary: everyone forgets it.
+    let out = cluster.node("a").ferry(&["stop", "kv"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let out = cluster.node("b").ferry(&["stop", "kv"]);
+    assert!(out.status.success(), "{out:?}");
+    for d in &cluster.daemons {
+        let gone = wait_for(LIMIT, || {
+            let s = d.status()?;
+            s["apps"].as_array()?.is_empty().then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{} still knows kv:\n{}",
+            d.name,
+            cluster.logs()
+        );
+    }
+}
+
+/// What users care about most: after the primary host dies, the same
+/// server answers on the backup with every acknowledged write. Needs the
+/// shim's go-live (placeholder listening sockets bound again).
+#[test]
+#[ignore = "needs the shim to honour go-live (replica → live primary)"]
+fn the_service_answers_after_a_takeover_with_every_acknowledged_write() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    let acks = write_keys(port, 30);
+    let a = cluster.node("a").app("kv").unwrap();
+    let pid = a["pid"].as_i64().unwrap() as i32;
+    cluster.node_mut("a").kill9();
+    // SAFETY: kill with the pid of the program this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let b = cluster.node("b");
+    assert!(wait_for(LIMIT, || b.app("kv").filter(|s| s["role"] == "primary")).is_some());
+    let stream = wait_for(LIMIT, || TcpStream::connect(("127.0.0.1", port)).ok())
+        .expect("nobody listens on the service port after the takeover");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    for (i, ack) in acks.iter().enumerate() {
+        writeln!(w, "GET k{i}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let version = ack.trim_start_matches("OK ");
+        assert_eq!(
+            line.trim(),
+            format!("VALUE {version} v{i}"),
+            "write {i} lost"
+        );
+    }
+}
