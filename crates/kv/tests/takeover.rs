@@ -1,0 +1,224 @@
+//! Takeover without a network in between: ferry-kv runs as a primary under
+//! the shim while a workload writes to it; the primary is killed with
+//! SIGKILL; a live replica replays every record the primary logged and goes
+//! live on the same address. Every write the primary acknowledged must be
+//! there, and the new primary must serve new writes.
+//!
+//! This drives `ferry_host::program` as `ferryd` does (drain on the primary,
+//! feed and go live on the replica), with the records handed over in memory.
+//! It runs the shim built by the workspace: `$FERRY_BIN_DIR`, else
+//! `$CARGO_TARGET_DIR/debug`, else the workspace's `target/debug`.
+
+mod common;
+
+use common::{kv_binary, parse_listening};
+use ferry_host::program::{Output, Program};
+use ferry_host::shim::program_env;
+use ferry_kv::client::Client;
+use ferry_kv::workload::{Stop, Workload, WorkloadConfig};
+use ferry_proto::log::StartInfo;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const STEP: Duration = Duration::from_secs(30);
+
+fn shim() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = if let Some(d) = std::env::var_os("FERRY_BIN_DIR").filter(|d| !d.is_empty()) {
+        PathBuf::from(d)
+    } else if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        workspace.join(d).join("debug")
+    } else {
+        workspace.join("target/debug")
+    };
+    let shim = dir.join("libferry_preload.so");
+    assert!(
+        shim.is_file(),
+        "{} is missing: build the workspace first (scripts/test does)",
+        shim.display()
+    );
+    shim
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the server).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_for_line(path: &Path, prefix: &str) -> String {
+    let start = Instant::now();
+    while start.elapsed() < STEP {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                return line.to_string();
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "no `{prefix}` line in {} within {STEP:?}: {:?}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
+/// Reap `root` (a child of this test) and hand its status to `p`.
+fn reap(p: &mut Program) {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(p.root_pid(), &mut status, libc::WNOHANG) };
+        if r == p.root_pid() {
+            p.root_exited(status);
+            return;
+        }
+        assert!(
+            r == 0,
+            "waitpid failed: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(start.elapsed() < STEP, "the program did not end");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Drain a primary into `log` until `stop`.
+fn drainer(
+    p: Arc<Mutex<Program>>,
+    log: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        loop {
+            let done = stop.load(Ordering::Acquire);
+            buf.clear();
+            let got = p
+                .lock()
+                .unwrap()
+                .drain(&mut buf, 1 << 20)
+                .expect("drain the ring");
+            log.lock().unwrap().extend_from_slice(&buf);
+            if got.is_none() {
+                if done {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+}
+
+#[test]
+fn a_live_replica_takes_over_with_every_acknowledged_write() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let argv: Vec<Vec<u8>> = vec![
+        kv_binary().as_os_str().as_bytes().to_vec(),
+        b"--listen".to_vec(),
+        addr.as_bytes().to_vec(),
+    ];
+    let start = StartInfo {
+        argv,
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+
+    // The primary, with a workload of several connections writing to it.
+    let primary_out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        false,
+        &Output {
+            file: Some(primary_out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    let line = wait_for_line(&primary_out, "listening ");
+    assert_eq!(parse_listening(&line).port(), port);
+
+    let workload = Workload::run(WorkloadConfig {
+        addr: addr.clone(),
+        clients: 4,
+        stop: Stop::Writes(100),
+        ..WorkloadConfig::default()
+    });
+    let acked = workload.report().acknowledged;
+    assert!(acked >= 400, "the workload got {acked} acknowledgements");
+
+    // kill -9 the primary: what it logged is all the replica gets.
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+    let records = std::mem::take(&mut *log.lock().unwrap());
+    assert!(!records.is_empty(), "the primary logged nothing");
+
+    // The replica replays it all and goes live on the same address.
+    let replica_out = work.path().join("replica.out");
+    let mut replica = Program::replica(
+        &start,
+        &Output {
+            file: Some(replica_out.clone()),
+        },
+    )
+    .expect("start the replica");
+    replica.feed(&records).expect("feed the replica");
+    let base = replica.fed();
+    replica
+        .go_live(base, false, STEP)
+        .unwrap_or_else(|e| panic!("go live: {e}"));
+    let replica = Arc::new(Mutex::new(replica));
+    let live_log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(replica.clone(), live_log.clone(), stop.clone());
+
+    // Clients find every acknowledged write, and the new primary serves.
+    let verified = {
+        let started = Instant::now();
+        loop {
+            match workload.verify(&addr) {
+                Ok(v) => break v,
+                Err(e) if started.elapsed() < STEP => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("the new primary does not answer on {addr}: {e}"),
+            }
+        }
+    };
+    assert!(verified.is_clean(), "writes lost at takeover: {verified:?}");
+    let mut c = Client::connect(&addr, STEP).expect("connect to the new primary");
+    let v = c
+        .set("after-takeover", "yes")
+        .expect("a write after takeover");
+    assert!(v > 0);
+    assert_eq!(
+        c.get("after-takeover").expect("read it back"),
+        Some((v, "yes".to_string()))
+    );
+    assert!(
+        !live_log.lock().unwrap().is_empty() || {
+            thread::sleep(Duration::from_millis(100));
+            !live_log.lock().unwrap().is_empty()
+        },
+        "the new primary logged nothing"
+    );
+    assert!(replica.lock().unwrap().failure().is_none());
+
+    replica.lock().unwrap().kill();
+    reap(&mut replica.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
