@@ -222,3 +222,180 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
     stop.store(true, Ordering::Release);
     drain.join().expect("the drainer");
 }
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Send one request line and wait up to `wait` for the answer line.
+fn ask(stream: &mut std::net::TcpStream, line: &str, wait: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    stream.write_all(line.as_bytes()).expect("send");
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"\n") {
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    Some(String::from_utf8_lossy(&got).trim_end().to_string())
+}
+
+#[test]
+fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_log() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let start = StartInfo {
+        argv: vec![
+            kv_binary().as_os_str().as_bytes().to_vec(),
+            b"--listen".to_vec(),
+            addr.as_bytes().to_vec(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        true,
+        &Output {
+            file: Some(out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    // Its stdout is not an output to a client: not gated.
+    wait_for_line(&out, "listening ");
+
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    // The gate is closed: no answer leaves the program.
+    assert_eq!(ask(&mut s, "SET k v1\n", Duration::from_millis(400)), None);
+    // Acknowledged up to what was logged, lease running: the answer goes.
+    let started = Instant::now();
+    let answer = loop {
+        let p = primary.lock().unwrap();
+        p.open_gate(p.drained(), monotonic_ns() + 10_000_000_000);
+        drop(p);
+        if let Some(a) = ask(&mut s, "", Duration::from_millis(50)) {
+            break a;
+        }
+        assert!(
+            started.elapsed() < STEP,
+            "the answer never left the open gate"
+        );
+    };
+    assert_eq!(answer, "OK 1");
+
+    // Everything acknowledged, but the lease has run out: nothing leaves.
+    primary.lock().unwrap().open_gate(u64::MAX, monotonic_ns());
+    assert_eq!(ask(&mut s, "GET k\n", Duration::from_millis(400)), None);
+    primary
+        .lock()
+        .unwrap()
+        .open_gate(u64::MAX, monotonic_ns() + 10_000_000_000);
+    assert_eq!(
+        ask(&mut s, "", STEP).as_deref(),
+        Some("VALUE 1 v1"),
+        "the answer once the lease is renewed"
+    );
+
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
+
+#[test]
+fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let start = StartInfo {
+        argv: vec![
+            kv_binary().as_os_str().as_bytes().to_vec(),
+            b"--listen".to_vec(),
+            addr.as_bytes().to_vec(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        false,
+        &Output {
+            file: Some(out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    wait_for_line(&out, "listening ");
+
+    // Clients keep writing while the program is paused and resumed.
+    let load = {
+        let addr = addr.clone();
+        thread::spawn(move || {
+            Workload::run(WorkloadConfig {
+                addr,
+                clients: 2,
+                stop: Stop::Duration(Duration::from_millis(1500)),
+                timeout: STEP,
+                ..WorkloadConfig::default()
+            })
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let last = primary.lock().unwrap().pause();
+    // Everything up to `last` reaches the ring, and nothing after it.
+    let started = Instant::now();
+    while primary.lock().unwrap().drained() < last {
+        assert!(
+            started.elapsed() < STEP,
+            "records before the pause never came"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        primary.lock().unwrap().drained(),
+        last,
+        "the program logged a record while paused"
+    );
+    primary.lock().unwrap().resume();
+    let workload = load.join().expect("the workload");
+    assert!(
+        primary.lock().unwrap().drained() > last,
+        "the program did not go on after resume"
+    );
+    assert!(workload.report().acknowledged > 0);
+    assert!(workload.verify(&addr).expect("verify").is_clean());
+
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
