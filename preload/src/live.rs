@@ -25,8 +25,10 @@
 //! from the gseq `ferryd` stored.
 //!
 //! The table is per process and is not carried across `exec`; a socket
-//! bound before an `exec` is not bound again (a known limit, as are epoll
-//! sets, eventfds and timerfds, whose kernel state replay does not build).
+//! bound before an `exec` is not bound again. Known limits: eventfds and
+//! timerfds keep the state replay gave them (none), and a connection of the
+//! old primary that sat in an epoll set is never reported by it (it stays
+//! open, unused).
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -108,6 +110,8 @@ pub fn tracks(nr: i64) -> bool {
             | SYS_pipe2
             | SYS_socketpair
             | SYS_setsockopt
+            | SYS_epoll_ctl
+            | SYS_ioctl
     )
 }
 
@@ -172,6 +176,17 @@ pub fn note(nr: i64, a: &[usize; 6], ret: isize, rec: bool) {
         SYS_setsockopt if !rec => {
             raw(nr, *a);
         }
+        // Likewise the blocking mode set through ioctl (Python does).
+        SYS_ioctl if !rec && a[1] as u64 == FIONBIO => {
+            raw(nr, *a);
+        }
+        // A live replica keeps its epoll sets as the program built them, so
+        // that after takeover they report the sockets bound again and the
+        // program's own pipes (connections of the old primary are
+        // placeholders the kernel does not let into a set).
+        SYS_epoll_ctl if !rec && reg().has(ferry_ring::CTL_LIVE_REPLICA) => {
+            raw(nr, *a);
+        }
         _ => {}
     }
 }
@@ -199,7 +214,35 @@ pub fn internal(fd: i32) -> bool {
 /// Replay: whether `fd`'s data is mirrored into the real descriptor (a pipe
 /// or socket pair of a live replica).
 pub fn mirrored(fd: i32) -> bool {
-    state_of(fd) == S_PAIR && reg().has(ferry_ring::CTL_LIVE_REPLICA)
+    if !reg().has(ferry_ring::CTL_LIVE_REPLICA) || fds::kind(fd) != FD_PLACEHOLDER {
+        return false;
+    }
+    state_of(fd) == S_PAIR || real_pair(fd)
+}
+
+/// Whether the real object behind placeholder `fd` is a pipe or a connected
+/// socket: in replay the only ones are the program's own pipes and socket
+/// pairs (a descriptor inherited across `exec`, which the table forgets).
+fn real_pair(fd: i32) -> bool {
+    // SAFETY: all-zero is a valid `stat`.
+    let mut st: stat = unsafe { core::mem::zeroed() };
+    if sys2(SYS_fstat, fd as usize, &mut st as *mut stat as usize) < 0 {
+        return false;
+    }
+    match st.st_mode & S_IFMT {
+        S_IFIFO => true,
+        S_IFSOCK => {
+            let mut addr = [0u8; 128];
+            let mut len: u32 = 128;
+            sys3(
+                SYS_getpeername,
+                fd as usize,
+                addr.as_mut_ptr() as usize,
+                &mut len as *mut u32 as usize,
+            ) == 0
+        }
+        _ => false,
+    }
 }
 
 /// Block SIGPIPE for the calling thread around `f`; a SIGPIPE `f` raised is

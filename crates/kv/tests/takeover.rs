@@ -88,6 +88,20 @@ fn reap(p: &mut Program) {
     }
 }
 
+/// Kills the program when the test ends, passed or not, so that a failed
+/// test leaves no server behind.
+struct KillOnDrop(Arc<Mutex<Program>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let p = match self.0.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        p.kill();
+    }
+}
+
 /// Drain a primary into `log` until `stop`.
 fn drainer(
     p: Arc<Mutex<Program>>,
@@ -142,6 +156,7 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
     )
     .expect("start the primary");
     let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
     let log = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let drain = drainer(primary.clone(), log.clone(), stop.clone());
@@ -180,6 +195,7 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         .go_live(base, false, STEP)
         .unwrap_or_else(|e| panic!("go live: {e}"));
     let replica = Arc::new(Mutex::new(replica));
+    let _guard_replica = KillOnDrop(replica.clone());
     let live_log = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let drain = drainer(replica.clone(), live_log.clone(), stop.clone());
@@ -282,6 +298,7 @@ fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_lo
     )
     .expect("start the primary");
     let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
     let log = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let drain = drainer(primary.clone(), log.clone(), stop.clone());
@@ -350,6 +367,7 @@ fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
     )
     .expect("start the primary");
     let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
     let log = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let drain = drainer(primary.clone(), log.clone(), stop.clone());
@@ -396,6 +414,136 @@ fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
 
     primary.lock().unwrap().kill();
     reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
+
+/// A small asyncio key-value server: one thread, an epoll loop, a socket
+/// pair for its own wake-ups.
+const ASYNCIO_SERVER: &str = r#"
+import asyncio, sys
+store = {}
+async def handle(r, w):
+    while True:
+        line = await r.readline()
+        if not line:
+            break
+        p = line.decode().split()
+        if p[0] == 'SET':
+            store[p[1]] = p[2]
+            w.write(b'OK\n')
+        else:
+            w.write((store.get(p[1], '-') + '\n').encode())
+        await w.drain()
+    w.close()
+async def main():
+    srv = await asyncio.start_server(handle, '127.0.0.1', int(sys.argv[1]))
+    print('listening', flush=True)
+    async with srv:
+        await srv.serve_forever()
+asyncio.run(main())
+"#;
+
+fn line_client(addr: &str) -> std::net::TcpStream {
+    let started = Instant::now();
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(started.elapsed() < STEP, "cannot connect to {addr}: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[test]
+fn an_asyncio_server_takes_over_with_its_epoll_set() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let script = work.path().join("server.py");
+    std::fs::write(&script, ASYNCIO_SERVER).expect("write the script");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let python = std::process::Command::new("sh")
+        .args(["-c", "command -v python3"])
+        .output()
+        .expect("sh");
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    assert!(!python.is_empty(), "python3 is needed for this test");
+    let start = StartInfo {
+        argv: vec![
+            python.into_bytes(),
+            script.as_os_str().as_bytes().to_vec(),
+            port.to_string().into_bytes(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        false,
+        &Output {
+            file: Some(out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    wait_for_line(&out, "listening");
+
+    let mut clients: Vec<_> = (0..3).map(|_| line_client(&addr)).collect();
+    for round in 0..20 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let line = format!("SET k{i}-{round} v{round}\n");
+            assert_eq!(ask(c, &line, STEP).as_deref(), Some("OK"));
+        }
+    }
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+    let records = std::mem::take(&mut *log.lock().unwrap());
+    let mut replica = Program::replica(
+        &start,
+        &Output {
+            file: Some(work.path().join("replica.out")),
+        },
+    )
+    .expect("start the replica");
+    replica.feed(&records).expect("feed the replica");
+    let base = replica.fed();
+    replica
+        .go_live(base, false, STEP)
+        .unwrap_or_else(|e| panic!("go live: {e}"));
+    let replica = Arc::new(Mutex::new(replica));
+    let _guard_replica = KillOnDrop(replica.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(
+        replica.clone(),
+        Arc::new(Mutex::new(Vec::new())),
+        stop.clone(),
+    );
+
+    let mut c = line_client(&addr);
+    for i in 0..3 {
+        for round in 0..20 {
+            let got = ask(&mut c, &format!("GET k{i}-{round}\n"), STEP);
+            assert_eq!(
+                got,
+                Some(format!("v{round}")),
+                "key k{i}-{round} after takeover"
+            );
+        }
+    }
+    assert_eq!(ask(&mut c, "SET new yes\n", STEP).as_deref(), Some("OK"));
+    assert_eq!(ask(&mut c, "GET new\n", STEP).as_deref(), Some("yes"));
+
+    replica.lock().unwrap().kill();
+    reap(&mut replica.lock().unwrap());
     stop.store(true, Ordering::Release);
     drain.join().expect("the drainer");
 }
