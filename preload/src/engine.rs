@@ -898,10 +898,11 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
             ordered(run)
         }
     } else {
-        let h = expect(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(d));
+        // If the log ends inside this write, what the pipe got is real.
+        let cut = mirrored.unwrap_or(-(ECONNRESET as isize)) as i64;
+        let h = state::expect_or_cut(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(d), cut);
         if h.flags & state::SYNTHETIC != 0 {
-            // The log ended inside this write: what the pipe got is real.
-            return mirrored.unwrap_or(h.ret as isize);
+            return h.ret as isize;
         }
         if let Some(real) = mirrored {
             if real != h.ret as isize {

@@ -811,12 +811,38 @@ pub fn diverge_msg(h: &RecordHeader, what: core::fmt::Arguments) -> ! {
 /// Replay: wait for this thread's turn and check that the record is the call
 /// `(kind, nr)` with first check value `arg0` (`None`: not compared).
 pub fn expect(kind: Kind, nr: u32, arg0: Option<u64>, arg1: Option<u64>) -> RecordHeader {
+    expect_or_cut(kind, nr, arg0, arg1, -(libc::ECONNRESET as i64))
+}
+
+/// As [`expect`]; if the log ends inside this call (the replica went live
+/// between two records of it), the call ends with `cut_ret` and no data,
+/// and that ending is logged as its record, so that a replica replaying
+/// this log later sees the same.
+pub fn expect_or_cut(
+    kind: Kind,
+    nr: u32,
+    arg0: Option<u64>,
+    arg1: Option<u64>,
+    cut_ret: i64,
+) -> RecordHeader {
     let mut h = turn();
     if h.flags & SYNTHETIC != 0 {
         h.kind = kind as u16;
         h.nr = nr;
         h.arg0 = arg0.unwrap_or(0);
         h.arg1 = arg1.unwrap_or(0);
+        h.ret = cut_ret;
+        emit(
+            Rec {
+                kind,
+                flags: 0,
+                nr,
+                ret: cut_ret,
+                arg0: h.arg0,
+                arg1: h.arg1,
+            },
+            &[],
+        );
         return h;
     }
     if h.kind != kind as u16 || h.nr != nr {

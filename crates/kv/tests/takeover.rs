@@ -233,8 +233,52 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
     );
     assert!(replica.lock().unwrap().failure().is_none());
 
+    // The new primary dies too. A replica that replays the whole log (the
+    // old primary's records, then the new one's) takes over again: this is
+    // the old host rejoining as a backup and later taking the role back.
     replica.lock().unwrap().kill();
     reap(&mut replica.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+    let mut whole = records;
+    whole.extend_from_slice(&live_log.lock().unwrap());
+    let mut third = Program::replica(
+        &start,
+        &Output {
+            file: Some(work.path().join("third.out")),
+        },
+    )
+    .expect("start the third replica");
+    third.feed(&whole).expect("feed the whole log");
+    let base = third.fed();
+    third
+        .go_live(base, false, STEP)
+        .unwrap_or_else(|e| panic!("go live again: {e}"));
+    let third = Arc::new(Mutex::new(third));
+    let _guard_third = KillOnDrop(third.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(
+        third.clone(),
+        Arc::new(Mutex::new(Vec::new())),
+        stop.clone(),
+    );
+    let mut c = Client::connect_reconnecting(&addr, STEP, Default::default())
+        .expect("connect to the third primary");
+    assert_eq!(
+        c.get("after-takeover")
+            .expect("read after the second takeover"),
+        Some((v, "yes".to_string()))
+    );
+    let verified = workload
+        .verify(&addr)
+        .expect("verify after the second takeover");
+    assert!(
+        verified.is_clean(),
+        "writes lost at the second takeover: {verified:?}"
+    );
+
+    third.lock().unwrap().kill();
+    reap(&mut third.lock().unwrap());
     stop.store(true, Ordering::Release);
     drain.join().expect("the drainer");
 }
