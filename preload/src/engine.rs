@@ -15,7 +15,7 @@
 
 use crate::state::{self, consume, emit, expect, lock, mode, reg, unlock, Rec, MY_SLOT, MY_VPID};
 use crate::sys::raw;
-use crate::{fds, procs, signals};
+use crate::{fds, live, procs, signals};
 use core::sync::atomic::Ordering;
 use ferry_proto::{checksum, Kind, MAX_PAYLOAD};
 use ferry_ring::{Mode, FD_PLACEHOLDER, FD_REAL, REGION_FD};
@@ -290,7 +290,8 @@ pub fn emit_outs(rec: Rec, o: &Outs) {
             // the program passed to the call.
             parts[2 * i + 1] = unsafe { core::slice::from_raw_parts(p as *const u8, len) };
         }
-        return emit(rec, &parts[..2 * o.n]);
+        emit(rec, &parts[..2 * o.n]);
+        return;
     }
     const MAXP: usize = 80;
     let mut parts: [&[u8]; MAXP] = [&[]; MAXP];
@@ -388,7 +389,12 @@ pub fn dispatch(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
     if m == Mode::Passthrough {
         return passthrough(nr, a, ctx);
     }
-    let rec = m == Mode::Record;
+    let mut rec = m == Mode::Record;
+    if !rec && waits_for_record(nr) && state::live_replica() && state::live_at_entry() {
+        // A live replica went live while this thread waited for its turn:
+        // this call is the first the new primary runs for real.
+        rec = true;
+    }
     if unlogged(nr) {
         // No record, so no delivery point either: replay could not deliver
         // a signal here (it delivers at the thread's logged calls only).
@@ -428,6 +434,25 @@ fn unlogged(nr: i64) -> bool {
             | SYS_rt_sigaction
             | SYS_rt_sigprocmask
     )
+}
+
+/// Calls that leave a record in every case, so a replay thread may wait for
+/// it at the start of the call (those without one would wait for the
+/// thread's next call instead).
+fn waits_for_record(nr: i64) -> bool {
+    !unlogged(nr)
+        && !matches!(
+            nr,
+            SYS_getppid
+                | SYS_recvmmsg
+                | SYS_sendmmsg
+                | SYS_io_uring_setup
+                | SYS_tee
+                | SYS_vmsplice
+                | SYS_sendfile
+                | SYS_copy_file_range
+                | SYS_splice
+        )
 }
 
 fn touches_region_fd(nr: i64, a: &[usize; 6]) -> bool {
@@ -475,8 +500,17 @@ fn passthrough(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
     }
 }
 
-/// Record (`rec`) or replay one call.
+/// Record (`rec`) or replay one call, keeping what a takeover needs to
+/// know about sockets and pipes (see `live`).
 fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
+    let ret = call_class(nr, a, ctx, rec);
+    if live::tracks(nr) {
+        live::note(nr, &a, ret, rec);
+    }
+    ret
+}
+
+fn call_class(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
     match nr {
         // Identity: virtual, from the process table.
         SYS_getpid => MY_VPID.load(Ordering::Relaxed) as isize,
@@ -540,10 +574,17 @@ fn call(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: bool) -> isize {
         SYS_brk => brk(a, rec),
         SYS_munmap | SYS_mprotect | SYS_madvise | SYS_mlock | SYS_munlock | SYS_mlock2
         | SYS_msync | SYS_pkey_mprotect => local(nr, a, rec),
+        // A connection is an output: it waits for the gate.
+        SYS_connect => {
+            let g = state::before(nr, rec);
+            if rec {
+                state::gate(g);
+            }
+            logged(nr, a, rec)
+        }
         // Inputs without data, and network calls that must not run in replay.
         SYS_bind
         | SYS_listen
-        | SYS_connect
         | SYS_shutdown
         | SYS_setsockopt
         | SYS_epoll_ctl
@@ -733,6 +774,9 @@ fn read_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
         return recvmsg(a, rec);
     }
     let ret = logged(nr, a, rec);
+    if !rec && ret > 0 && live::mirrored(a[0] as i32) {
+        live::mirror_drain(a[0] as i32, ret as usize);
+    }
     if !rec && ret > 0 && matches!(nr, SYS_read | SYS_readv) && fds::kind(a[0] as i32) == FD_REAL {
         // Keep the real descriptor's offset where the recorded one was.
         raw(SYS_lseek, [a[0], ret as usize, SEEK_CUR as usize, 0, 0, 0]);
@@ -821,9 +865,17 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
     let fd = a[0] as i32;
     let kind = fds::kind(fd);
     let placeholder = kind == FD_PLACEHOLDER;
+    let mut mirrored = None;
     if placeholder {
         // Its reader may be another thread of the program: see `before`.
-        state::before(nr, rec);
+        let g = state::before(nr, rec);
+        if rec && !live::internal(fd) {
+            // A socket, a FIFO: the world may see it. Output commit.
+            state::gate(g);
+        }
+        if !rec && live::mirrored(fd) {
+            mirrored = Some(live::mirror_write(nr, a));
+        }
     }
     if rec {
         let run = || {
@@ -846,7 +898,23 @@ fn write_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
             ordered(run)
         }
     } else {
-        let h = expect(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(d));
+        // If the log ends inside this write, what the pipe got is real.
+        let cut = mirrored.unwrap_or(-(ECONNRESET as isize)) as i64;
+        let h = state::expect_or_cut(Kind::Syscall, nr as u32, Some(a[0] as u64), Some(d), cut);
+        if h.flags & state::SYNTHETIC != 0 {
+            return h.ret as isize;
+        }
+        if let Some(real) = mirrored {
+            if real != h.ret as isize {
+                state::diverge_msg(
+                    &h,
+                    format_args!(
+                        "a write to the program's own pipe gave {} in replay, {} in the recording",
+                        real, h.ret
+                    ),
+                );
+            }
+        }
         if kind == FD_REAL && h.ret > 0 {
             // The program's stdout, stderr or a file: do it again.
             let mut b = a;

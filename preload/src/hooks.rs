@@ -269,8 +269,9 @@ fn sync_op(
         return allowed(exec);
     }
     state::me().in_shim.set(1);
+    let rec = state::effective_mode() == Some(Mode::Record);
     signals::on_entry();
-    let r = if mode() == Some(Mode::Record) {
+    let r = if rec {
         let r = allowed(exec);
         emit(
             Rec {

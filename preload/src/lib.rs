@@ -16,6 +16,7 @@
 mod engine;
 mod fds;
 mod hooks;
+mod live;
 mod procs;
 mod signals;
 mod state;

@@ -122,6 +122,9 @@ pub fn fork_like(nr: i64, a: [usize; 6], ctx: *mut ucontext_t, rec: Option<bool>
             }
             let vpid = h.ret as u32;
             let r = reg();
+            // Keep the counter where the recording's was, for a replica
+            // that goes live.
+            r.control().next_vid.fetch_max(vpid + 1, Ordering::AcqRel);
             let Some(slot) = alloc_slot(vpid, parent_vpid) else {
                 state::fail(b"the process table is full");
             };

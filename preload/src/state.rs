@@ -96,6 +96,11 @@ pub fn mode() -> Option<Mode> {
     Mode::from_u32(MODE.load(Ordering::Relaxed))
 }
 
+/// This process goes live: from now on its calls run and are logged.
+pub fn set_mode_record() {
+    MODE.store(Mode::Record as u32, Ordering::Release);
+}
+
 /// Map the region from `REGION_FD` at its fixed address.
 pub fn map_region() -> Result<Region, &'static str> {
     let fd = ferry_ring::REGION_FD as usize;
@@ -168,9 +173,14 @@ pub fn lock() {
     loop {
         match c
             .order_lock
-            .compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(0, me, Ordering::SeqCst, Ordering::Relaxed)
         {
-            Ok(_) => break,
+            Ok(_) => {
+                if paused() {
+                    continue;
+                }
+                break;
+            }
             Err(owner) => {
                 spins += 1;
                 if spins < 64 {
@@ -431,12 +441,13 @@ impl Rec {
 
 /// Record: append one record with the next `gseq`. Takes the ordering lock
 /// for the append if the caller does not hold it.
-pub fn emit(rec: Rec, parts: &[&[u8]]) {
+pub fn emit(rec: Rec, parts: &[&[u8]]) -> u64 {
     emit_as(rec, MY_VPID.load(Ordering::Relaxed), me().vtid.get(), parts)
 }
 
-/// As [`emit`], for thread `vtid` of process `vpid`.
-pub fn emit_as(rec: Rec, vpid: u32, vtid: u32, parts: &[&[u8]]) {
+/// As [`emit`], for thread `vtid` of process `vpid`. Returns the record's
+/// gseq.
+pub fn emit_as(rec: Rec, vpid: u32, vtid: u32, parts: &[&[u8]]) -> u64 {
     lock();
     let r = reg();
     let c = r.control();
@@ -471,13 +482,14 @@ pub fn emit_as(rec: Rec, vpid: u32, vtid: u32, parts: &[&[u8]]) {
         fail(b"the log consumer went away; stopping the program");
     }
     unlock();
+    gseq
 }
 
 /// Record: log that this thread is about to make syscall `nr`, whose effect
 /// others may observe before its result is logged. Replay: wait for that
 /// point in the order. Together they keep cause before effect: a reader's
 /// record can never come before the writer reached its write.
-pub fn before(nr: i64, rec: bool) {
+pub fn before(nr: i64, rec: bool) -> u64 {
     let r = Rec {
         kind: Kind::Call,
         flags: 0,
@@ -487,7 +499,7 @@ pub fn before(nr: i64, rec: bool) {
         arg1: 0,
     };
     if rec {
-        emit(r, &[]);
+        emit(r, &[])
     } else {
         let h = expect(
             Kind::Call,
@@ -496,7 +508,59 @@ pub fn before(nr: i64, rec: bool) {
             None,
         );
         consume(&h);
+        0
     }
+}
+
+/// Record: the output gate. With `CTL_GATED` (a primary in sync mode), an
+/// output whose place in the log is `gseq` waits until the backups hold
+/// every record up to it (`acked_gseq`) and the lease still runs
+/// (`gate_until` on this host's monotonic clock, checked here, so the gate
+/// closes on time even when `ferryd` is stopped).
+pub fn gate(gseq: u64) {
+    let r = reg();
+    let c = r.control();
+    loop {
+        if !r.has(ferry_ring::CTL_GATED) {
+            return;
+        }
+        let seq = c.gate_seq.load(Ordering::SeqCst);
+        let until = c.gate_until.load(Ordering::SeqCst);
+        let now = now_ns();
+        if c.acked_gseq.load(Ordering::SeqCst) >= gseq && now < until {
+            return;
+        }
+        if r.has(ferry_ring::CTL_CONSUMER_GONE) {
+            fail(b"the daemon went away while an output waited for the gate; stopping the program");
+        }
+        // Sleep until the gate word changes; wake at least every 50 ms to
+        // look at the clock and the daemon again.
+        c.gate_waiters.fetch_add(1, Ordering::SeqCst);
+        if c.gate_seq.load(Ordering::SeqCst) == seq {
+            sys::futex_wait(&c.gate_seq, seq, Some(50));
+        }
+        c.gate_waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Record: a planned switchover asked the program to stop before its next
+/// record. Called with the ordering lock just taken: lets it go and waits
+/// until the pause is over (or the daemon is gone). Returns whether it
+/// waited (the caller takes the lock again).
+fn paused() -> bool {
+    let r = reg();
+    if !r.has(ferry_ring::CTL_PAUSE) {
+        return false;
+    }
+    force_unlock();
+    let c = r.control();
+    while r.has(ferry_ring::CTL_PAUSE) && !r.has(ferry_ring::CTL_CONSUMER_GONE) {
+        let seq = c.gate_seq.load(Ordering::SeqCst);
+        if r.has(ferry_ring::CTL_PAUSE) {
+            sys::futex_wait(&c.gate_seq, seq, Some(50));
+        }
+    }
+    true
 }
 
 /// Stop the program because the shim cannot go on.
@@ -516,9 +580,62 @@ pub fn fail(msg: &[u8]) -> ! {
 /// ended or diverged elsewhere. Returns the header; its payload stays in the
 /// ring until [`consume`].
 pub fn turn() -> RecordHeader {
+    match turn_or_live() {
+        Some(h) => h,
+        // The log ended inside this call: the primary stopped between its
+        // records. The call ends with an error (its other records never
+        // came), and the program goes on live.
+        None => RecordHeader {
+            flags: SYNTHETIC,
+            ret: -(libc::ECONNRESET as i64),
+            ..RecordHeader::default()
+        },
+    }
+}
+
+/// A header [`turn`] made up because the log ended inside a call (never in
+/// a log: the shim's own mark).
+pub const SYNTHETIC: u16 = 1 << 15;
+
+/// Replay: at the start of a call, wait until the head record is this
+/// thread's (then answer false: replay it) or the replica went live with
+/// every record replayed (then answer true: run it for real, logged).
+pub fn live_at_entry() -> bool {
+    turn_or_live().is_none()
+}
+
+/// The mode a call starting now runs in: a live replica that has gone live
+/// (perhaps while this thread waited for its turn) runs it as a primary.
+pub fn effective_mode() -> Option<Mode> {
+    let m = mode();
+    if m == Some(Mode::Replay) && live_replica() && live_at_entry() {
+        return Some(Mode::Record);
+    }
+    m
+}
+
+/// Whether this replay is a live replica, which may go live.
+#[inline]
+pub fn live_replica() -> bool {
+    reg().has(ferry_ring::CTL_LIVE_REPLICA)
+}
+
+/// Replay: [`turn`], or `None` once the replica went live and every
+/// record fed has been replayed. Going live switches this process to record
+/// first (see [`crate::live`]).
+fn turn_or_live() -> Option<RecordHeader> {
     let r = reg();
     let me = vtid();
     loop {
+        if MODE.load(Ordering::Relaxed) == Mode::Record as u32 {
+            return None;
+        }
+        // The daemon raises the flag only once every record it fed was
+        // replayed, so whatever the ring holds from then on is live.
+        if r.has(ferry_ring::CTL_WENT_LIVE) {
+            crate::live::go_live();
+            return None;
+        }
         let tail = r.tail();
         if r.has(CTL_DIVERGED | CTL_FAILED) {
             sys::exit_group(3);
@@ -529,9 +646,12 @@ pub fn turn() -> RecordHeader {
                     crate::signals::deliver_logged(&h);
                     continue;
                 }
-                return h;
+                return Some(h);
             }
             Some(h) => {
+                if r.has(ferry_ring::CTL_WENT_LIVE) {
+                    continue;
+                }
                 if !spin_until(200, || r.head_vtid() != Some(h.vtid)) {
                     r.wait_turn(me, &GateFutex, Some(200));
                     if r.tail() == tail {
@@ -646,6 +766,9 @@ pub fn payload_to(h: &RecordHeader, off: usize, dst: *mut u8, len: usize) {
 
 /// Replay: the record at the head has been carried out; pass the turn on.
 pub fn consume(h: &RecordHeader) {
+    if h.flags & SYNTHETIC != 0 {
+        return;
+    }
     reg().consume_and_pass(h, &GateFutex);
     if h.flags & ferry_proto::FLAG_SIGNALS_FOLLOW != 0 {
         me().follow.set(true);
@@ -688,7 +811,40 @@ pub fn diverge_msg(h: &RecordHeader, what: core::fmt::Arguments) -> ! {
 /// Replay: wait for this thread's turn and check that the record is the call
 /// `(kind, nr)` with first check value `arg0` (`None`: not compared).
 pub fn expect(kind: Kind, nr: u32, arg0: Option<u64>, arg1: Option<u64>) -> RecordHeader {
-    let h = turn();
+    expect_or_cut(kind, nr, arg0, arg1, -(libc::ECONNRESET as i64))
+}
+
+/// As [`expect`]; if the log ends inside this call (the replica went live
+/// between two records of it), the call ends with `cut_ret` and no data,
+/// and that ending is logged as its record, so that a replica replaying
+/// this log later sees the same.
+pub fn expect_or_cut(
+    kind: Kind,
+    nr: u32,
+    arg0: Option<u64>,
+    arg1: Option<u64>,
+    cut_ret: i64,
+) -> RecordHeader {
+    let mut h = turn();
+    if h.flags & SYNTHETIC != 0 {
+        h.kind = kind as u16;
+        h.nr = nr;
+        h.arg0 = arg0.unwrap_or(0);
+        h.arg1 = arg1.unwrap_or(0);
+        h.ret = cut_ret;
+        emit(
+            Rec {
+                kind,
+                flags: 0,
+                nr,
+                ret: cut_ret,
+                arg0: h.arg0,
+                arg1: h.arg1,
+            },
+            &[],
+        );
+        return h;
+    }
     if h.kind != kind as u16 || h.nr != nr {
         diverge(&h, kind, nr, arg0.unwrap_or(0));
     }

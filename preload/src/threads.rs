@@ -100,8 +100,9 @@ pub extern "C" fn pthread_create(
         return allowed(|| create(t, attr, func, arg));
     }
     state::me().in_shim.set(1);
+    let m = state::effective_mode();
     signals::on_entry();
-    let r = match mode() {
+    let r = match m {
         Some(Mode::Record) => {
             // Under the ordering lock: the new thread's stack is mapped by
             // libc at the same point of the order in both modes.
@@ -135,6 +136,10 @@ pub extern "C" fn pthread_create(
             let h = expect(Kind::Call, Call::ThreadCreate as u32, None, None);
             let r = h.ret as c_int;
             if r == 0 {
+                reg()
+                    .control()
+                    .next_vid
+                    .fetch_max(h.arg0 as u32 + 1, Ordering::AcqRel);
                 let Some(slot) = claim(func as usize, arg as usize, h.arg0 as u32) else {
                     state::diverge_msg(&h, format_args!("no room to start a thread"));
                 };
@@ -164,8 +169,9 @@ pub extern "C" fn pthread_join(t: pthread_t, ret: *mut *mut c_void) -> c_int {
         return allowed(|| join(t, ret));
     }
     state::me().in_shim.set(1);
+    let rec = state::effective_mode() == Some(Mode::Record);
     signals::on_entry();
-    let r = if mode() == Some(Mode::Record) {
+    let r = if rec {
         let r = allowed(|| join(t, ret));
         emit(
             Rec {

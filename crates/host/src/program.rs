@@ -169,6 +169,9 @@ impl Program {
     /// at the end of them.
     pub fn replica(start: &StartInfo, output: &Output) -> Result<Program, ProgramError> {
         let shared = SharedRegion::create(Mode::Replay)?;
+        shared
+            .region()
+            .raise(ferry_ring::CTL_LIVE_REPLICA, &SysFutex);
         Self::start(shared, start, Side::Replica, output)
     }
 

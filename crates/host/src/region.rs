@@ -34,9 +34,11 @@ impl SharedRegion {
     /// Create a fresh region for `mode`, with the program's root process
     /// registered in slot 0 as virtual pid 1.
     pub fn create(mode: Mode) -> Result<SharedRegion, RegionError> {
-        // SAFETY: the name is a NUL-terminated literal; flags 0 (the
-        // descriptor must survive exec, so no MFD_CLOEXEC).
-        let fd = unsafe { libc::memfd_create(c"ferry-region".as_ptr(), 0) };
+        // SAFETY: the name is a NUL-terminated literal. Close-on-exec: only
+        // the copy at REGION_FD that `spawn` makes in the program's process
+        // survives its exec, so one program never inherits another's region
+        // (a daemon runs several).
+        let fd = unsafe { libc::memfd_create(c"ferry-region".as_ptr(), libc::MFD_CLOEXEC) };
         if fd < 0 {
             return Err(RegionError::Create(io::Error::last_os_error()));
         }

@@ -238,10 +238,14 @@ unsafe fn child(
         // literal; async-signal-safe.
         let ok = unsafe {
             let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
-            null >= 0
+            let ok = null >= 0
                 && libc::dup2(null, 0) == 0
                 && libc::dup2(out, 1) == 1
-                && libc::dup2(out, 2) == 2
+                && libc::dup2(out, 2) == 2;
+            if null > 2 {
+                libc::close(null);
+            }
+            ok
         };
         if !ok {
             // SAFETY: child side, as below.

@@ -95,6 +95,10 @@ pub const CTL_PAUSE: u32 = 1 << 5;
 /// `Control::flags`: a replica went live (the mode word moved from replay
 /// to record); set once, with `next_gseq` continuing the old log.
 pub const CTL_WENT_LIVE: u32 = 1 << 6;
+/// `Control::flags`: a live replica (fed by `ferryd` as records arrive, and
+/// may go live): writes to the program's own pipes run in replay too, so
+/// they hold what the primary's held when the replica goes live.
+pub const CTL_LIVE_REPLICA: u32 = 1 << 7;
 
 /// Length of `Control::message`.
 pub const MESSAGE_LEN: usize = 1024;

@@ -1,0 +1,593 @@
+//! Takeover without a network in between: ferry-kv runs as a primary under
+//! the shim while a workload writes to it; the primary is killed with
+//! SIGKILL; a live replica replays every record the primary logged and goes
+//! live on the same address. Every write the primary acknowledged must be
+//! there, and the new primary must serve new writes.
+//!
+//! This drives `ferry_host::program` as `ferryd` does (drain on the primary,
+//! feed and go live on the replica), with the records handed over in memory.
+//! It runs the shim built by the workspace: `$FERRY_BIN_DIR`, else
+//! `$CARGO_TARGET_DIR/debug`, else the workspace's `target/debug`.
+
+mod common;
+
+use common::{kv_binary, parse_listening};
+use ferry_host::program::{Output, Program};
+use ferry_host::shim::program_env;
+use ferry_kv::client::Client;
+use ferry_kv::workload::{Stop, Workload, WorkloadConfig};
+use ferry_proto::log::StartInfo;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const STEP: Duration = Duration::from_secs(30);
+
+fn shim() -> PathBuf {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = if let Some(d) = std::env::var_os("FERRY_BIN_DIR").filter(|d| !d.is_empty()) {
+        PathBuf::from(d)
+    } else if let Some(d) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        workspace.join(d).join("debug")
+    } else {
+        workspace.join("target/debug")
+    };
+    let shim = dir.join("libferry_preload.so");
+    assert!(
+        shim.is_file(),
+        "{} is missing: build the workspace first (scripts/test does)",
+        shim.display()
+    );
+    shim
+}
+
+/// A free port on 127.0.0.1 (bound, then released for the server).
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+fn wait_for_line(path: &Path, prefix: &str) -> String {
+    let start = Instant::now();
+    while start.elapsed() < STEP {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            if let Some(line) = text.lines().find(|l| l.starts_with(prefix)) {
+                return line.to_string();
+            }
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    panic!(
+        "no `{prefix}` line in {} within {STEP:?}: {:?}",
+        path.display(),
+        std::fs::read_to_string(path).unwrap_or_default()
+    );
+}
+
+/// Reap `root` (a child of this test) and hand its status to `p`.
+fn reap(p: &mut Program) {
+    let start = Instant::now();
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on our own child with a valid status pointer.
+        let r = unsafe { libc::waitpid(p.root_pid(), &mut status, libc::WNOHANG) };
+        if r == p.root_pid() {
+            p.root_exited(status);
+            return;
+        }
+        assert!(
+            r == 0,
+            "waitpid failed: {}",
+            std::io::Error::last_os_error()
+        );
+        assert!(start.elapsed() < STEP, "the program did not end");
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Kills the program when the test ends, passed or not, so that a failed
+/// test leaves no server behind.
+struct KillOnDrop(Arc<Mutex<Program>>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let p = match self.0.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        p.kill();
+    }
+}
+
+/// Drain a primary into `log` until `stop`.
+fn drainer(
+    p: Arc<Mutex<Program>>,
+    log: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = Vec::new();
+        loop {
+            let done = stop.load(Ordering::Acquire);
+            buf.clear();
+            let got = p
+                .lock()
+                .unwrap()
+                .drain(&mut buf, 1 << 20)
+                .expect("drain the ring");
+            log.lock().unwrap().extend_from_slice(&buf);
+            if got.is_none() {
+                if done {
+                    return;
+                }
+                thread::sleep(Duration::from_millis(1));
+            }
+        }
+    })
+}
+
+#[test]
+fn a_live_replica_takes_over_with_every_acknowledged_write() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let argv: Vec<Vec<u8>> = vec![
+        kv_binary().as_os_str().as_bytes().to_vec(),
+        b"--listen".to_vec(),
+        addr.as_bytes().to_vec(),
+    ];
+    let start = StartInfo {
+        argv,
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+
+    // The primary, with a workload of several connections writing to it.
+    let primary_out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        false,
+        &Output {
+            file: Some(primary_out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    let line = wait_for_line(&primary_out, "listening ");
+    assert_eq!(parse_listening(&line).port(), port);
+
+    let workload = Workload::run(WorkloadConfig {
+        addr: addr.clone(),
+        clients: 4,
+        stop: Stop::Writes(100),
+        ..WorkloadConfig::default()
+    });
+    let acked = workload.report().acknowledged;
+    assert!(acked >= 400, "the workload got {acked} acknowledgements");
+
+    // kill -9 the primary: what it logged is all the replica gets.
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+    let records = std::mem::take(&mut *log.lock().unwrap());
+    assert!(!records.is_empty(), "the primary logged nothing");
+
+    // The replica replays it all and goes live on the same address.
+    let replica_out = work.path().join("replica.out");
+    let mut replica = Program::replica(
+        &start,
+        &Output {
+            file: Some(replica_out.clone()),
+        },
+    )
+    .expect("start the replica");
+    replica.feed(&records).expect("feed the replica");
+    let base = replica.fed();
+    replica
+        .go_live(base, false, STEP)
+        .unwrap_or_else(|e| panic!("go live: {e}"));
+    let replica = Arc::new(Mutex::new(replica));
+    let _guard_replica = KillOnDrop(replica.clone());
+    let live_log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(replica.clone(), live_log.clone(), stop.clone());
+
+    // Clients find every acknowledged write, and the new primary serves.
+    let verified = {
+        let started = Instant::now();
+        loop {
+            match workload.verify(&addr) {
+                Ok(v) => break v,
+                Err(e) if started.elapsed() < STEP => {
+                    let _ = e;
+                    thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("the new primary does not answer on {addr}: {e}"),
+            }
+        }
+    };
+    assert!(verified.is_clean(), "writes lost at takeover: {verified:?}");
+    let mut c = Client::connect(&addr, STEP).expect("connect to the new primary");
+    let v = c
+        .set("after-takeover", "yes")
+        .expect("a write after takeover");
+    assert!(v > 0);
+    assert_eq!(
+        c.get("after-takeover").expect("read it back"),
+        Some((v, "yes".to_string()))
+    );
+    assert!(
+        !live_log.lock().unwrap().is_empty() || {
+            thread::sleep(Duration::from_millis(100));
+            !live_log.lock().unwrap().is_empty()
+        },
+        "the new primary logged nothing"
+    );
+    assert!(replica.lock().unwrap().failure().is_none());
+
+    // The new primary dies too. A replica that replays the whole log (the
+    // old primary's records, then the new one's) takes over again: this is
+    // the old host rejoining as a backup and later taking the role back.
+    replica.lock().unwrap().kill();
+    reap(&mut replica.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+    let mut whole = records;
+    whole.extend_from_slice(&live_log.lock().unwrap());
+    let mut third = Program::replica(
+        &start,
+        &Output {
+            file: Some(work.path().join("third.out")),
+        },
+    )
+    .expect("start the third replica");
+    third.feed(&whole).expect("feed the whole log");
+    let base = third.fed();
+    third
+        .go_live(base, false, STEP)
+        .unwrap_or_else(|e| panic!("go live again: {e}"));
+    let third = Arc::new(Mutex::new(third));
+    let _guard_third = KillOnDrop(third.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(
+        third.clone(),
+        Arc::new(Mutex::new(Vec::new())),
+        stop.clone(),
+    );
+    let mut c = Client::connect_reconnecting(&addr, STEP, Default::default())
+        .expect("connect to the third primary");
+    assert_eq!(
+        c.get("after-takeover")
+            .expect("read after the second takeover"),
+        Some((v, "yes".to_string()))
+    );
+    let verified = workload
+        .verify(&addr)
+        .expect("verify after the second takeover");
+    assert!(
+        verified.is_clean(),
+        "writes lost at the second takeover: {verified:?}"
+    );
+
+    third.lock().unwrap().kill();
+    reap(&mut third.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills the timespec we pass.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Send one request line and wait up to `wait` for the answer line.
+fn ask(stream: &mut std::net::TcpStream, line: &str, wait: Duration) -> Option<String> {
+    use std::io::{Read, Write};
+    stream.write_all(line.as_bytes()).expect("send");
+    stream.set_read_timeout(Some(wait)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    while !got.ends_with(b"\n") {
+        match stream.read(&mut buf) {
+            Ok(0) => panic!("the server closed the connection"),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return None
+            }
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    Some(String::from_utf8_lossy(&got).trim_end().to_string())
+}
+
+#[test]
+fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_log() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let start = StartInfo {
+        argv: vec![
+            kv_binary().as_os_str().as_bytes().to_vec(),
+            b"--listen".to_vec(),
+            addr.as_bytes().to_vec(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        true,
+        &Output {
+            file: Some(out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    // Its stdout is not an output to a client: not gated.
+    wait_for_line(&out, "listening ");
+
+    let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+    // The gate is closed: no answer leaves the program.
+    assert_eq!(ask(&mut s, "SET k v1\n", Duration::from_millis(400)), None);
+    // Acknowledged up to what was logged, lease running: the answer goes.
+    let started = Instant::now();
+    let answer = loop {
+        let p = primary.lock().unwrap();
+        p.open_gate(p.drained(), monotonic_ns() + 10_000_000_000);
+        drop(p);
+        if let Some(a) = ask(&mut s, "", Duration::from_millis(50)) {
+            break a;
+        }
+        assert!(
+            started.elapsed() < STEP,
+            "the answer never left the open gate"
+        );
+    };
+    assert_eq!(answer, "OK 1");
+
+    // Everything acknowledged, but the lease has run out: nothing leaves.
+    primary.lock().unwrap().open_gate(u64::MAX, monotonic_ns());
+    assert_eq!(ask(&mut s, "GET k\n", Duration::from_millis(400)), None);
+    primary
+        .lock()
+        .unwrap()
+        .open_gate(u64::MAX, monotonic_ns() + 10_000_000_000);
+    assert_eq!(
+        ask(&mut s, "", STEP).as_deref(),
+        Some("VALUE 1 v1"),
+        "the answer once the lease is renewed"
+    );
+
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
+
+#[test]
+fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let start = StartInfo {
+        argv: vec![
+            kv_binary().as_os_str().as_bytes().to_vec(),
+            b"--listen".to_vec(),
+            addr.as_bytes().to_vec(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        false,
+        &Output {
+            file: Some(out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    wait_for_line(&out, "listening ");
+
+    // Clients keep writing while the program is paused and resumed.
+    let load = {
+        let addr = addr.clone();
+        thread::spawn(move || {
+            Workload::run(WorkloadConfig {
+                addr,
+                clients: 2,
+                stop: Stop::Duration(Duration::from_millis(1500)),
+                timeout: STEP,
+                ..WorkloadConfig::default()
+            })
+        })
+    };
+    thread::sleep(Duration::from_millis(300));
+    let last = primary.lock().unwrap().pause();
+    // Everything up to `last` reaches the ring, and nothing after it.
+    let started = Instant::now();
+    while primary.lock().unwrap().drained() < last {
+        assert!(
+            started.elapsed() < STEP,
+            "records before the pause never came"
+        );
+        thread::sleep(Duration::from_millis(5));
+    }
+    thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        primary.lock().unwrap().drained(),
+        last,
+        "the program logged a record while paused"
+    );
+    primary.lock().unwrap().resume();
+    let workload = load.join().expect("the workload");
+    assert!(
+        primary.lock().unwrap().drained() > last,
+        "the program did not go on after resume"
+    );
+    assert!(workload.report().acknowledged > 0);
+    assert!(workload.verify(&addr).expect("verify").is_clean());
+
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
+
+/// A small asyncio key-value server: one thread, an epoll loop, a socket
+/// pair for its own wake-ups.
+const ASYNCIO_SERVER: &str = r#"
+import asyncio, sys
+store = {}
+async def handle(r, w):
+    while True:
+        line = await r.readline()
+        if not line:
+            break
+        p = line.decode().split()
+        if p[0] == 'SET':
+            store[p[1]] = p[2]
+            w.write(b'OK\n')
+        else:
+            w.write((store.get(p[1], '-') + '\n').encode())
+        await w.drain()
+    w.close()
+async def main():
+    srv = await asyncio.start_server(handle, '127.0.0.1', int(sys.argv[1]))
+    print('listening', flush=True)
+    async with srv:
+        await srv.serve_forever()
+asyncio.run(main())
+"#;
+
+fn line_client(addr: &str) -> std::net::TcpStream {
+    let started = Instant::now();
+    loop {
+        match std::net::TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(e) => {
+                assert!(started.elapsed() < STEP, "cannot connect to {addr}: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+#[test]
+fn an_asyncio_server_takes_over_with_its_epoll_set() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let script = work.path().join("server.py");
+    std::fs::write(&script, ASYNCIO_SERVER).expect("write the script");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let python = std::process::Command::new("sh")
+        .args(["-c", "command -v python3"])
+        .output()
+        .expect("sh");
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    assert!(!python.is_empty(), "python3 is needed for this test");
+    let start = StartInfo {
+        argv: vec![
+            python.into_bytes(),
+            script.as_os_str().as_bytes().to_vec(),
+            port.to_string().into_bytes(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Program::primary(
+        &start,
+        false,
+        &Output {
+            file: Some(out.clone()),
+        },
+    )
+    .expect("start the primary");
+    let primary = Arc::new(Mutex::new(primary));
+    let _guard_primary = KillOnDrop(primary.clone());
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    wait_for_line(&out, "listening");
+
+    let mut clients: Vec<_> = (0..3).map(|_| line_client(&addr)).collect();
+    for round in 0..20 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            let line = format!("SET k{i}-{round} v{round}\n");
+            assert_eq!(ask(c, &line, STEP).as_deref(), Some("OK"));
+        }
+    }
+    primary.lock().unwrap().kill();
+    reap(&mut primary.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+    let records = std::mem::take(&mut *log.lock().unwrap());
+    let mut replica = Program::replica(
+        &start,
+        &Output {
+            file: Some(work.path().join("replica.out")),
+        },
+    )
+    .expect("start the replica");
+    replica.feed(&records).expect("feed the replica");
+    let base = replica.fed();
+    replica
+        .go_live(base, false, STEP)
+        .unwrap_or_else(|e| panic!("go live: {e}"));
+    let replica = Arc::new(Mutex::new(replica));
+    let _guard_replica = KillOnDrop(replica.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let drain = drainer(
+        replica.clone(),
+        Arc::new(Mutex::new(Vec::new())),
+        stop.clone(),
+    );
+
+    let mut c = line_client(&addr);
+    for i in 0..3 {
+        for round in 0..20 {
+            let got = ask(&mut c, &format!("GET k{i}-{round}\n"), STEP);
+            assert_eq!(
+                got,
+                Some(format!("v{round}")),
+                "key k{i}-{round} after takeover"
+            );
+        }
+    }
+    assert_eq!(ask(&mut c, "SET new yes\n", STEP).as_deref(), Some("OK"));
+    assert_eq!(ask(&mut c, "GET new\n", STEP).as_deref(), Some("yes"));
+
+    replica.lock().unwrap().kill();
+    reap(&mut replica.lock().unwrap());
+    stop.store(true, Ordering::Release);
+    drain.join().expect("the drainer");
+}
