@@ -253,10 +253,8 @@ fn a_planned_failover_and_a_stop_reach_every_node() {
 }
 
 /// What users care about most: after the primary host dies, the same
-/// server answers on the backup with every acknowledged write. Needs the
-/// shim's go-live (placeholder listening sockets bound again).
+/// server answers on the backup with every acknowledged write.
 #[test]
-#[ignore = "needs the shim to honour go-live (replica → live primary)"]
 fn the_service_answers_after_a_takeover_with_every_acknowledged_write() {
     let mut cluster = three();
     let port = run_kv(&mut cluster);
