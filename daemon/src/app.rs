@@ -67,6 +67,8 @@ pub enum AppEvent {
     Corrupt { app: String, intact: u64 },
     /// The start record is in the log: a replica can start.
     HaveStart { app: String },
+    /// Backup: the record stream `gen` from `from` ended.
+    StreamEnded { app: String, from: String, gen: u64 },
 }
 
 /// The last gseq appended to the log, for waiters of both kinds.
@@ -280,8 +282,8 @@ pub enum RunnerCmd {
     Pause,
     /// Let it go on.
     Resume,
-    /// The root process was reaped with this status.
-    RootExited(i32),
+    /// The root process `pid` was reaped with this status.
+    RootExited { pid: i32, status: i32 },
     /// Replay up to `base`, then go live as the primary.
     GoLive { base: u64, gated: bool },
     /// Kill the program; the runner stays idle.
@@ -446,6 +448,9 @@ impl RunnerThread {
                 }
             }
             RunnerCmd::Pause => {
+                // Drain first: a thread that holds the ordering lock while
+                // the ring is full could not let go during the pause.
+                self.drain_all();
                 if let Side::Primary(p) = &self.side {
                     if p.root_status().is_none() {
                         p.pause();
@@ -466,7 +471,12 @@ impl RunnerThread {
                     p.resume();
                 }
             }
-            RunnerCmd::RootExited(status) => self.root_exited(status),
+            RunnerCmd::RootExited { pid, status } => {
+                // A program this runner already replaced is not the current one.
+                if self.program().is_some_and(|p| p.root_pid() == pid) {
+                    self.root_exited(status);
+                }
+            }
             RunnerCmd::GoLive { base, gated } => self.go_live(base, gated),
             RunnerCmd::Kill => self.kill(),
             RunnerCmd::Quit => return false,

@@ -96,6 +96,9 @@ pub struct Core {
     pids: HashMap<i32, String>,
     app_tx: mpsc::UnboundedSender<AppEvent>,
     failures: Vec<(String, String)>,
+    /// systemd's watchdog: ping this often (from the core loop, so that a
+    /// stuck core stops the pings).
+    watchdog: Option<(Duration, Instant)>,
 }
 
 /// The channels the core reads.
@@ -197,6 +200,7 @@ impl Core {
             pids: HashMap::new(),
             app_tx,
             failures: Vec::new(),
+            watchdog: None,
         };
         for name in damaged {
             core.input(Input::CorruptLog {
@@ -222,7 +226,7 @@ impl Core {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()).ok();
         let mut reap = tokio::time::interval(Duration::from_millis(50));
         let heartbeat = Duration::from_nanos(self.settings.timings.heartbeat_interval);
-        let mut housekeeping = tokio::time::interval(Duration::from_millis(200));
+        let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         tokio::pin!(shutdown);
         let mut last_tick = Instant::now();
         loop {
@@ -271,7 +275,7 @@ impl Core {
                 Ok(Reaped::Child { pid, status }) => {
                     if let Some(app) = self.pids.remove(&pid) {
                         if let Some(l) = self.locals.get(&app) {
-                            l.runner.send(RunnerCmd::RootExited(status));
+                            l.runner.send(RunnerCmd::RootExited { pid, status });
                         }
                     }
                 }
@@ -284,9 +288,26 @@ impl Core {
         }
     }
 
+    /// Send systemd `WATCHDOG=1` every `every` from the core loop.
+    pub fn set_watchdog(&mut self, every: Duration) {
+        self.watchdog = Some((every, Instant::now()));
+    }
+
     fn housekeeping(&mut self) {
+        if let Some((every, last)) = &mut self.watchdog {
+            if last.elapsed() >= *every {
+                *last = Instant::now();
+                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
+            }
+        }
         let mut failed = Vec::new();
         for (name, l) in &mut self.locals {
+            if let Some(s) = self.node.status(name) {
+                let acked = s.backups.iter().map(|b| b.acked).max().unwrap_or(0);
+                while l.logged_at.front().is_some_and(|(g, _)| *g <= acked) {
+                    l.logged_at.pop_front();
+                }
+            }
             if l.resync_since
                 .is_some_and(|t| t.elapsed() > Duration::from_secs(5))
             {
@@ -509,24 +530,32 @@ impl Core {
     /// A backup in sync with `peer` as its primary asks for the rest of the
     /// stream after a reconnection.
     fn refetch_from(&mut self, peer: &str) {
-        for (name, l) in &self.locals {
-            let Some(s) = self.node.status(name) else {
-                continue;
-            };
-            if s.role == Role::Backup
-                && s.primary.as_deref() == Some(peer)
-                && s.healthy
-                && l.resync_since.is_none()
-            {
-                let from_gseq = l.shared.log.lock().unwrap().next_gseq();
-                self.transport.send(
-                    peer,
-                    PeerMessage::Fetch {
-                        app: name.clone(),
-                        from_gseq,
-                    },
-                );
-            }
+        let names: Vec<String> = self.locals.keys().cloned().collect();
+        for name in names {
+            self.refetch_app(&name, peer);
+        }
+    }
+
+    /// Ask `peer` for the rest of `app`'s records if this node is a
+    /// healthy backup following it and no resync is under way.
+    fn refetch_app(&mut self, app: &str, peer: &str) {
+        let (Some(l), Some(s)) = (self.locals.get(app), self.node.status(app)) else {
+            return;
+        };
+        if s.role == Role::Backup
+            && s.primary.as_deref() == Some(peer)
+            && s.healthy
+            && l.resync_since.is_none()
+        {
+            let from_gseq = l.shared.log.lock().unwrap().next_gseq();
+            debug!(app, peer, from_gseq, "asking for the record stream again");
+            self.transport.send(
+                peer,
+                PeerMessage::Fetch {
+                    app: app.to_owned(),
+                    from_gseq,
+                },
+            );
         }
     }
 
@@ -573,6 +602,7 @@ impl Core {
         }
         let gen = l.shared.stream_gen.fetch_add(1, Ordering::SeqCst) + 1;
         let tx = l.writer.tx.clone();
+        let events = self.app_tx.clone();
         let from_gseq = stream.from_gseq;
         tokio::spawn(async move {
             if tx.send(WriterMsg::Stream { gen, from_gseq }).await.is_err() {
@@ -584,6 +614,13 @@ impl Core {
                 }
             }
             let _ = tx.send(WriterMsg::StreamEnded { gen }).await;
+            // Ask again after a pause, if this node still follows it.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = events.send(AppEvent::StreamEnded {
+                app: stream.app,
+                from: stream.from,
+                gen,
+            });
         });
     }
 
@@ -662,6 +699,16 @@ impl Core {
                 app,
                 intact_up_to: intact,
             }),
+            AppEvent::StreamEnded { app, from, gen } => {
+                // Only when no newer stream has begun since.
+                let latest = self
+                    .locals
+                    .get(&app)
+                    .is_some_and(|l| l.shared.stream_gen.load(Ordering::SeqCst) == gen);
+                if latest && self.transport.connection(&from).is_some() {
+                    self.refetch_app(&app, &from);
+                }
+            }
             AppEvent::HaveStart { app } => {
                 let started = self.locals.get(&app).is_none_or(|l| l.program_started);
                 if !started {

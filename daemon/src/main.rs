@@ -113,7 +113,7 @@ async fn run(settings: Settings, identity: ferry_tls::NodeIdentity) -> anyhow::R
     );
     let listener = control::bind(&settings.control)?;
     let (handle, ctl_rx) = core::control_channel();
-    let (core, app_rx) = core::Core::restore(settings.clone(), transport.clone())?;
+    let (mut core, app_rx) = core::Core::restore(settings.clone(), transport.clone())?;
     transport.start();
     tokio::spawn(control::serve(listener, handle));
     info!(
@@ -127,14 +127,7 @@ async fn run(settings: Settings, identity: ferry_tls::NodeIdentity) -> anyhow::R
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
     let mut usec = 0;
     if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let every = Duration::from_micros(usec / 2);
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(every);
-            loop {
-                t.tick().await;
-                let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
-            }
-        });
+        core.set_watchdog(Duration::from_micros(usec / 2));
     }
     let shutdown = async {
         use tokio::signal::unix::{signal, SignalKind};

@@ -80,6 +80,9 @@ pub struct Daemon {
     pub data: PathBuf,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Its arguments and directory, to start it again.
+    pub args: Vec<String>,
+    pub dir: PathBuf,
 }
 
 impl Daemon {
@@ -117,6 +120,15 @@ impl Daemon {
             .iter()
             .find(|a| a["app"] == app)
             .cloned()
+    }
+
+    /// Start it again after a stop or a kill, with the same arguments (its
+    /// log file starts anew).
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "{} is running", self.name);
+        let d = spawn_daemon(&self.dir, &self.name, self.port, &self.args);
+        let mut d = std::mem::ManuallyDrop::new(d);
+        self.child = d.child.take();
     }
 
     /// SIGKILL the daemon and reap it.
@@ -282,6 +294,8 @@ pub fn spawn_daemon(dir: &Path, name: &str, port: u16, args: &[String]) -> Daemo
         data,
         log,
         child: Some(child),
+        args: args.to_vec(),
+        dir: dir.to_path_buf(),
     };
     assert!(
         d.wait_log("ferryd ready", Duration::from_secs(20)),
