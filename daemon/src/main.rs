@@ -8,12 +8,14 @@
 //! - [`core`]: the replication state machine and what it asks for.
 //! - [`app`]: each application's log, program or replica, and log writer.
 //! - [`control`]: the unix socket `ferry` talks to.
-//! - [`persist`], [`vip`]: protocol state on disk; the service address.
+//! - [`persist`], [`vip`], [`garp`]: protocol state on disk; the service
+//!   address and its gratuitous ARP.
 
 mod app;
 mod config;
 mod control;
 mod core;
+mod garp;
 mod peer;
 mod persist;
 mod vip;

@@ -2,8 +2,9 @@
 //! with a gratuitous ARP, removed on a demotion.
 //!
 //! `IP/PREFIX@IFACE`, e.g. `10.0.0.100/24@eth0`. The address is added with
-//! `ip addr add` and announced with `arping -U` when arping is installed;
-//! failures are logged, never fatal (the application keeps running).
+//! `ip addr replace` and an IPv4 address is announced with a gratuitous ARP
+//! ([`crate::garp`]); failures are logged, never fatal (the application
+//! keeps running).
 
 use std::net::IpAddr;
 use std::process::Command;
@@ -66,11 +67,6 @@ fn run(app: &str, what: &str, cmd: &mut Command) -> bool {
     }
 }
 
-fn in_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(cmd).is_file()))
-}
-
 /// Add the address to its interface and announce it.
 pub fn add(app: &str, vip: &str) {
     let Ok(v) = parse(vip) else { return };
@@ -84,16 +80,16 @@ pub fn add(app: &str, vip: &str) {
         return;
     }
     info!(app, vip, "service address added");
-    if v.ip.is_ipv4() {
-        if in_path("arping") {
-            let ip = v.ip.to_string();
-            run(
+    match v.ip {
+        IpAddr::V4(ip) => match crate::garp::announce(&v.iface, ip) {
+            Ok(()) => info!(app, vip, "gratuitous ARP sent"),
+            Err(e) => warn!(app, vip, error = %e, "cannot send a gratuitous ARP"),
+        },
+        IpAddr::V6(_) => {
+            warn!(
                 app,
-                "arping -U",
-                Command::new("arping").args(["-U", "-c", "2", "-I", &v.iface, &ip]),
-            );
-        } else {
-            warn!(app, vip, "arping is not installed: no gratuitous ARP sent");
+                vip, "IPv6 service address: no unsolicited neighbour advertisement is sent"
+            )
         }
     }
 }
