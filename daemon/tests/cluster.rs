@@ -285,3 +285,67 @@ fn the_service_answers_after_a_takeover_with_every_acknowledged_write() {
         );
     }
 }
+
+#[test]
+fn a_backup_whose_log_is_damaged_fetches_it_again_before_it_counts() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    write_keys(port, 40);
+    let a = cluster.node("a");
+    let caught_up = wait_for(LIMIT, || {
+        let s = a.app("kv")?;
+        let b = s["backups"].as_array()?.first()?.clone();
+        (u(&b, "acked") == u(&s, "logged") && u(&s, "logged") > 40).then_some(())
+    });
+    assert!(caught_up.is_some(), "{}", cluster.logs());
+
+    // Damage the first record of b's log while b is down.
+    cluster.node_mut("b").stop();
+    let log_dir = cluster.node("b").data.join("apps/kv/log");
+    let segment = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "fseg"))
+        .min()
+        .expect("a segment file");
+    let mut bytes = std::fs::read(&segment).unwrap();
+    bytes[64 + 64 + 8] ^= 0x5a;
+    std::fs::write(&segment, &bytes).unwrap();
+
+    // While b is away a logs more; b comes back, finds the damage, moves
+    // the log aside and fetches everything again.
+    write_keys(port, 10);
+    cluster.node_mut("b").restart();
+    let b = cluster.node("b");
+    assert!(b.wait_log("the log is damaged", LIMIT), "{}", b.log_text());
+    let a = cluster.node("a");
+    let healed = wait_for(LIMIT, || {
+        let s = a.app("kv")?;
+        let bs = s["backups"].as_array()?.first()?.clone();
+        let bb = b.app("kv")?;
+        (bs["healthy"] == true
+            && u(&bs, "acked") == u(&s, "logged")
+            && bb["healthy"] == true
+            && u(&bb, "durable") == u(&s, "logged"))
+        .then_some(())
+    });
+    assert!(
+        healed.is_some(),
+        "b did not heal: {:?} {:?}\n{}",
+        a.app("kv"),
+        b.app("kv"),
+        cluster.logs()
+    );
+    let aside = std::fs::read_dir(cluster.node("b").data.join("apps/kv"))
+        .unwrap()
+        .any(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("log.damaged.")
+        });
+    assert!(aside, "the damaged log was not kept aside");
+    if let Some(pid) = b.app("kv").and_then(|s| s["pid"].as_i64()) {
+        cluster.pids.push(pid as i32);
+    }
+}
