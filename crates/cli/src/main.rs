@@ -204,6 +204,44 @@ mod tests {
     }
 
     #[test]
+    fn client_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "ferry",
+            "--control",
+            "/tmp/s",
+            "run",
+            "--name",
+            "kv",
+            "--mode",
+            "async",
+            "--vip",
+            "10.0.0.1/24@eth0",
+            "--",
+            "ferry-kv",
+            "--listen",
+            "x",
+        ])
+        .unwrap();
+        assert_eq!(cli.control, std::path::Path::new("/tmp/s"));
+        let Cmd::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.command, ["ferry-kv", "--listen", "x"]);
+        assert_eq!(a.mode, client::ModeArg::Async);
+        assert!(Cli::try_parse_from(["ferry", "run", "--name", "kv", "ferry-kv"]).is_err());
+        assert!(Cli::try_parse_from(["ferry", "run", "--", "ferry-kv"]).is_err());
+        let cli = Cli::try_parse_from(["ferry", "status", "--json"]).unwrap();
+        assert_eq!(cli.control, std::path::Path::new(client::DEFAULT_CONTROL));
+        let cli = Cli::try_parse_from(["ferry", "failover", "kv", "--to", "b", "--control", "/s"])
+            .unwrap();
+        let Cmd::Failover(a) = cli.command else {
+            panic!("not failover")
+        };
+        assert_eq!((a.app.as_str(), a.to.as_deref()), ("kv", Some("b")));
+        assert!(Cli::try_parse_from(["ferry", "stop"]).is_err());
+    }
+
+    #[test]
     fn usage_errors_exit_2() {
         let e = Cli::try_parse_from(["ferry", "record"]).unwrap_err();
         assert_eq!(e.exit_code(), 2);
