@@ -33,12 +33,17 @@ fn init_logging() {
     let tty = unsafe { libc::isatty(2) } == 1;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,rustls=warn"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(tty)
         .with_target(false)
-        .with_env_filter(filter)
-        .init();
+        .with_env_filter(filter);
+    // The journal stamps every line itself.
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
 }
 
 /// One line on stderr and exit code 2.

@@ -33,6 +33,11 @@ fn three() -> Cluster {
 
 /// `ferry run` the key-value server on a; its port.
 fn run_kv(cluster: &mut Cluster) -> u16 {
+    run_kv_mode(cluster, "sync")
+}
+
+/// `ferry run --mode MODE` the key-value server on a; its port.
+fn run_kv_mode(cluster: &mut Cluster, mode: &str) -> u16 {
     let port = free_port_tcp();
     let kv = bin("ferry-kv");
     let listen = format!("127.0.0.1:{port}");
@@ -40,6 +45,8 @@ fn run_kv(cluster: &mut Cluster) -> u16 {
         "run",
         "--name",
         "kv",
+        "--mode",
+        mode,
         "--",
         kv.to_str().unwrap(),
         "--listen",
@@ -53,7 +60,10 @@ fn run_kv(cluster: &mut Cluster) -> u16 {
         String::from_utf8_lossy(&out.stderr),
         cluster.logs()
     );
-    assert!(said.contains("protected by b"), "{said}");
+    assert!(
+        said.contains("protected by b") && said.contains(mode),
+        "{said}"
+    );
     let a = cluster.node("a").app("kv").unwrap();
     if let Some(pid) = a["pid"].as_i64() {
         cluster.pids.push(pid as i32);
@@ -69,7 +79,7 @@ fn free_port_tcp() -> u16 {
 }
 
 /// Set `n` keys through the server; the versions it acknowledged.
-fn write_keys(port: u16, n: usize) -> Vec<String> {
+fn write_keys(cluster: &Cluster, port: u16, n: usize) -> Vec<String> {
     let stream = wait_for(LIMIT, || TcpStream::connect(("127.0.0.1", port)).ok())
         .expect("the key-value server does not accept connections");
     stream
@@ -82,7 +92,13 @@ fn write_keys(port: u16, n: usize) -> Vec<String> {
         writeln!(w, "SET k{i} v{i}").unwrap();
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
-        assert!(line.starts_with("OK "), "{line:?}");
+        assert!(
+            line.starts_with("OK "),
+            "SET k{i} answered {line:?}; program output:\n{}\n{}",
+            std::fs::read_to_string(cluster.node("a").data.join("apps/kv/program.out"))
+                .unwrap_or_default(),
+            cluster.logs()
+        );
         acks.push(line.trim().to_owned());
     }
     acks
@@ -96,7 +112,7 @@ fn u(v: &Value, k: &str) -> u64 {
 fn the_backup_acknowledges_and_takes_over_when_the_primary_host_dies() {
     let mut cluster = three();
     let port = run_kv(&mut cluster);
-    write_keys(port, 50);
+    write_keys(&cluster, port, 50);
 
     // The primary: protected, the backup healthy and acknowledging all
     // that was logged.
@@ -160,9 +176,17 @@ fn the_backup_acknowledges_and_takes_over_when_the_primary_host_dies() {
 #[test]
 fn a_program_that_dies_is_handed_over_to_the_backup_without_an_election() {
     let mut cluster = three();
-    let port = run_kv(&mut cluster);
-    write_keys(port, 20);
+    let port = run_kv_mode(&mut cluster, "async");
+    write_keys(&cluster, port, 20);
     let a = cluster.node("a").app("kv").unwrap();
+    assert_eq!(a["mode"], "async");
+    // Async: outputs went without waiting, so let the backup catch up
+    // before the kill (what it lacks would be lost, by design).
+    let caught_up = wait_for(LIMIT, || {
+        let s = cluster.node("a").app("kv")?;
+        (u(&s, "lag_records") == 0 && u(&s, "acked") == u(&s, "logged")).then_some(())
+    });
+    assert!(caught_up.is_some(), "{}", cluster.logs());
     let pid = a["pid"].as_i64().unwrap() as i32;
     // SAFETY: kill with the pid of the program this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -205,7 +229,7 @@ fn a_program_that_dies_is_handed_over_to_the_backup_without_an_election() {
 fn a_planned_failover_and_a_stop_reach_every_node() {
     let mut cluster = three();
     let port = run_kv(&mut cluster);
-    write_keys(port, 10);
+    write_keys(&cluster, port, 10);
 
     // Not a member: refused, exit 1, the reason in one line.
     let out = cluster.node("a").ferry(&["failover", "kv", "--to", "w"]);
@@ -258,7 +282,7 @@ fn a_planned_failover_and_a_stop_reach_every_node() {
 fn the_service_answers_after_a_takeover_with_every_acknowledged_write() {
     let mut cluster = three();
     let port = run_kv(&mut cluster);
-    let acks = write_keys(port, 30);
+    let acks = write_keys(&cluster, port, 30);
     let a = cluster.node("a").app("kv").unwrap();
     let pid = a["pid"].as_i64().unwrap() as i32;
     cluster.node_mut("a").kill9();
@@ -290,7 +314,7 @@ fn the_service_answers_after_a_takeover_with_every_acknowledged_write() {
 fn a_backup_whose_log_is_damaged_fetches_it_again_before_it_counts() {
     let mut cluster = three();
     let port = run_kv(&mut cluster);
-    write_keys(port, 40);
+    write_keys(&cluster, port, 40);
     let a = cluster.node("a");
     let caught_up = wait_for(LIMIT, || {
         let s = a.app("kv")?;
@@ -314,7 +338,7 @@ fn a_backup_whose_log_is_damaged_fetches_it_again_before_it_counts() {
 
     // While b is away a logs more; b comes back, finds the damage, moves
     // the log aside and fetches everything again.
-    write_keys(port, 10);
+    write_keys(&cluster, port, 10);
     cluster.node_mut("b").restart();
     let b = cluster.node("b");
     assert!(b.wait_log("the log is damaged", LIMIT), "{}", b.log_text());

@@ -181,9 +181,20 @@ impl Cluster {
         let names: Vec<&str> = nodes.iter().map(|n| n.name).collect();
         certs(&dir.path().join("certs"), &names);
         let ports: Vec<u16> = nodes.iter().map(|_| free_port()).collect();
+        // A longer lease than the default: the tests share a small machine
+        // with other builds, and a heartbeat late by half a second there
+        // must not look like a dead primary.
+        let config = dir.path().join("ferryd.toml");
+        std::fs::write(
+            &config,
+            "[timings]\nlease-ms = 1500\nelection-timeout-min-ms = 200\nelection-timeout-max-ms = 400\n",
+        )
+        .expect("write the config file");
         let mut daemons = Vec::new();
         for (i, n) in nodes.iter().enumerate() {
             let mut args: Vec<String> = vec![
+                "--config".into(),
+                config.display().to_string(),
                 "--node".into(),
                 n.name.into(),
                 "--listen".into(),
