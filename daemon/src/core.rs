@@ -94,6 +94,10 @@ pub struct Core {
     locals: HashMap<String, Local>,
     hello: HashMap<String, bool>,
     pids: HashMap<i32, String>,
+    /// Children reaped before their runner reported them (a program that
+    /// ended at once): pid → wait status and when. Kept a few seconds
+    /// only, so that a reused pid is never taken for an old one.
+    unclaimed: HashMap<i32, (i32, Instant)>,
     app_tx: mpsc::UnboundedSender<AppEvent>,
     failures: Vec<(String, String)>,
     /// systemd's watchdog: ping this often (from the core loop, so that a
@@ -198,6 +202,7 @@ impl Core {
             locals,
             hello: HashMap::new(),
             pids: HashMap::new(),
+            unclaimed: HashMap::new(),
             app_tx,
             failures: Vec::new(),
             watchdog: None,
@@ -272,13 +277,18 @@ impl Core {
     fn reap(&mut self) {
         for _ in 0..1000 {
             match sys::reap_nohang() {
-                Ok(Reaped::Child { pid, status }) => {
-                    if let Some(app) = self.pids.remove(&pid) {
+                Ok(Reaped::Child { pid, status }) => match self.pids.remove(&pid) {
+                    Some(app) => {
                         if let Some(l) = self.locals.get(&app) {
                             l.runner.send(RunnerCmd::RootExited { pid, status });
                         }
                     }
-                }
+                    None => {
+                        // Most are the programs' own children; keep a few
+                        // in case a runner reports this pid later.
+                        self.unclaimed.insert(pid, (status, Instant::now()));
+                    }
+                },
                 Ok(_) => break,
                 Err(e) => {
                     warn!(error = %e, "waitpid failed");
@@ -300,6 +310,8 @@ impl Core {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
         }
+        self.unclaimed
+            .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(5));
         let mut failed = Vec::new();
         for (name, l) in &mut self.locals {
             if let Some(s) = self.node.status(name) {
@@ -636,9 +648,16 @@ impl Core {
                 self.input(Input::RecordsLogged { app, gseq });
             }
             AppEvent::Paused { app, gseq } => self.input(Input::Paused { app, gseq }),
-            AppEvent::Started { app, pid } => {
-                self.pids.insert(pid, app);
-            }
+            AppEvent::Started { app, pid } => match self.unclaimed.remove(&pid) {
+                Some((status, _)) => {
+                    if let Some(l) = self.locals.get(&app) {
+                        l.runner.send(RunnerCmd::RootExited { pid, status });
+                    }
+                }
+                None => {
+                    self.pids.insert(pid, app);
+                }
+            },
             AppEvent::Ended {
                 app,
                 killed,

@@ -373,3 +373,47 @@ fn a_backup_whose_log_is_damaged_fetches_it_again_before_it_counts() {
         cluster.pids.push(pid as i32);
     }
 }
+
+#[test]
+fn ferry_run_refuses_bad_requests_and_a_program_that_exits_is_stopped_everywhere() {
+    let cluster = three();
+    let a = cluster.node("a");
+    let out = a.ferry(&["run", "--name", "x", "--", "no-such-command-here"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-command-here") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    let out = a.ferry(&["run", "--name", "../x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = a.ferry(&["run", "--name", "x", "--vip", "10.0.0.1@eth0", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A witness runs nothing.
+    let out = cluster
+        .node("w")
+        .ferry(&["run", "--name", "x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("witness"));
+
+    // A program that exits on its own: the application ends on every node.
+    let out = a.ferry(&["run", "--name", "brief", "--", "sh", "-c", "exit 3"]);
+    assert_ne!(out.status.code(), Some(2), "{out:?}");
+    for d in &cluster.daemons {
+        let gone = wait_for(LIMIT, || {
+            let s = d.status()?;
+            s["apps"].as_array()?.is_empty().then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{} still knows brief:\n{}",
+            d.name,
+            cluster.logs()
+        );
+    }
+    assert!(
+        a.log_text().contains("the program exited"),
+        "{}",
+        a.log_text()
+    );
+}
