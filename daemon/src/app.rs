@@ -321,6 +321,8 @@ impl Runner {
                     last_sync: Instant::now(),
                     unsynced: false,
                     pending_pause: false,
+                    gated: false,
+                    gate_up_to: 0,
                 }
                 .run()
             })
@@ -343,6 +345,10 @@ struct RunnerThread {
     last_sync: Instant,
     unsynced: bool,
     pending_pause: bool,
+    /// The primary's outputs wait for the gate.
+    gated: bool,
+    /// The gate's last `up_to`.
+    gate_up_to: u64,
 }
 
 fn output(shared: &AppShared) -> Output {
@@ -415,6 +421,7 @@ impl RunnerThread {
     fn command(&mut self, cmd: RunnerCmd) -> bool {
         match cmd {
             RunnerCmd::StartPrimary { start, gated } => {
+                self.gated = gated;
                 self.kill();
                 match Program::primary(&start, gated, &output(&self.shared)) {
                     Ok(p) => {
@@ -438,6 +445,7 @@ impl RunnerThread {
                 self.start_replica();
             }
             RunnerCmd::OpenGate { up_to, until } => {
+                self.gate_up_to = up_to;
                 if let Side::Primary(p) = &self.side {
                     p.open_gate(up_to, until);
                 }
@@ -566,8 +574,15 @@ impl RunnerThread {
 
     fn primary_step(&mut self) {
         if !self.drain_once() {
+            // With records past the gate, the program may be waiting for
+            // it to open: look for the command that opens it more often.
+            let wait = if self.gated && self.drained() > self.gate_up_to {
+                Duration::from_micros(100)
+            } else {
+                Duration::from_millis(2)
+            };
             if let Side::Primary(p) = &self.side {
-                p.wait_records(Duration::from_millis(2));
+                p.wait_records(wait);
             }
         }
         if self.last_sync.elapsed() > Duration::from_millis(20) {
@@ -648,6 +663,8 @@ impl RunnerThread {
     }
 
     fn try_go_live(&mut self, base: u64, gated: bool) -> Result<(), String> {
+        self.gated = gated;
+        self.gate_up_to = base;
         // The log must end at base: drop records of the old primary that
         // were never made durable here.
         {
