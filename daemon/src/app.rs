@@ -612,8 +612,14 @@ impl RunnerThread {
             }
             Ok((_, None)) => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => {
+                // A record that reads back damaged: the log cannot be
+                // trusted; fetch it again (and never take over from it).
                 error!(app = %self.shared.name, error = %e, "cannot read the log for the replica");
                 self.kill();
+                self.emit(AppEvent::Corrupt {
+                    app: self.app(),
+                    intact: 0,
+                });
             }
         }
     }

@@ -687,7 +687,15 @@ impl Core {
             }
             AppEvent::WentLive { app, result } => match result {
                 Ok(()) => info!(app, "serving as primary"),
-                Err(e) => error!(app, error = %e, "promotion failed: no program runs here"),
+                Err(e) => {
+                    // No program runs here: hand the role on, as when a
+                    // program dies.
+                    error!(app, error = %e, "promotion failed: handing over to a backup");
+                    if let Some(l) = self.locals.get_mut(&app) {
+                        l.died = Some(l.shared.progress.get().unwrap_or(0));
+                    }
+                    self.input(Input::Failover { app, to: None });
+                }
             },
             AppEvent::Durable { app, gseq } => self.input(Input::Durable { app, gseq }),
             AppEvent::Resynced { app, gseq } => {
