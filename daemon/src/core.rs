@@ -234,13 +234,19 @@ impl Core {
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         tokio::pin!(shutdown);
         let mut last_tick = Instant::now();
+        // Set once asked to stop: primaries are handed over first.
+        let mut draining: Option<Instant> = None;
+        let mut handing: Vec<String> = Vec::new();
         loop {
             let wait = match self.node.next_timeout() {
                 Some(t) => Duration::from_nanos(t.saturating_sub(now())).min(heartbeat),
                 None => heartbeat,
             };
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if draining.is_none() => {
+                    draining = Some(Instant::now());
+                    handing = self.hand_over_all();
+                }
                 Some(e) = inputs.peer_rx.recv() => self.on_peer(e),
                 Some(e) = app_rx.recv() => self.on_app(e),
                 Some((req, reply)) = inputs.ctl_rx.recv() => {
@@ -258,6 +264,14 @@ impl Core {
                 let actions = self.node.tick(now());
                 self.carry(actions);
             }
+            if let Some(since) = draining {
+                let limit = Duration::from_nanos(self.settings.timings.transfer_timeout)
+                    + Duration::from_secs(1);
+                let primaries = self.primaries();
+                if !handing.iter().any(|a| primaries.contains(a)) || since.elapsed() > limit {
+                    break;
+                }
+            }
         }
         info!("shutting down: stopping local programs");
         for (_, local) in self.locals.drain() {
@@ -267,6 +281,37 @@ impl Core {
         }
         // Give the runners a moment to kill their programs.
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    /// The applications this node is the primary of.
+    fn primaries(&self) -> Vec<String> {
+        self.node
+            .apps()
+            .filter(|a| self.node.status(a).is_some_and(|s| s.role == Role::Primary))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Stopping: hand every application this node leads to a backup
+    /// (a planned switchover, nothing lost), so that a restart of ferryd
+    /// (an upgrade) does not wait for a lease to run out.
+    fn hand_over_all(&mut self) -> Vec<String> {
+        let apps = self.primaries();
+        if !apps.is_empty() {
+            info!(apps = ?apps, "stopping: handing the applications over to backups first");
+        }
+        let mut started = Vec::new();
+        for app in apps {
+            self.failures.clear();
+            self.input(Input::Failover {
+                app: app.clone(),
+                to: None,
+            });
+            if self.failures.iter().all(|(a, _)| *a != app) {
+                started.push(app);
+            }
+        }
+        started
     }
 
     fn input(&mut self, input: Input) {

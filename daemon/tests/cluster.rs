@@ -417,3 +417,46 @@ fn ferry_run_refuses_bad_requests_and_a_program_that_exits_is_stopped_everywhere
         a.log_text()
     );
 }
+
+/// Seed 001's rolling upgrade: stopping ferryd (SIGTERM, as systemd does)
+/// on the primary's host first hands the application over, losing nothing,
+/// and the service answers from the backup.
+#[test]
+fn stopping_ferryd_hands_its_applications_over_first() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    let acks = write_keys(&cluster, port, 20);
+    cluster.node_mut("a").stop();
+    let a_log = cluster.node("a").log_text();
+    assert!(a_log.contains("handing the applications over"), "{a_log}");
+    let b = cluster.node("b");
+    let s = wait_for(LIMIT, || b.app("kv").filter(|s| s["role"] == "primary"));
+    let s = s.unwrap_or_else(|| panic!("b is not primary:\n{}", cluster.logs()));
+    assert_eq!(u(&s, "epoch"), 2, "not a planned switchover: {s}");
+    assert!(
+        !b.log_text().contains("standing for election"),
+        "{}",
+        cluster.logs()
+    );
+    if let Some(pid) = s["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+    let stream = wait_for(LIMIT, || TcpStream::connect(("127.0.0.1", port)).ok())
+        .expect("nobody listens on the service port after the switchover");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    for (i, ack) in acks.iter().enumerate() {
+        writeln!(w, "GET k{i}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let version = ack.trim_start_matches("OK ");
+        assert_eq!(
+            line.trim(),
+            format!("VALUE {version} v{i}"),
+            "write {i} lost"
+        );
+    }
+}
