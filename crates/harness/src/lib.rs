@@ -12,6 +12,7 @@
 //! - [`status`]: reading `ferry status --json`;
 //! - [`cluster`]: three `ferryd`, the protected server, the client: the API
 //!   that `ferry-chaos` and the demo use;
+//! - [`scenario`]: the scenarios and their checks;
 //! - [`report`]: the table and the JSON.
 
 pub mod cluster;
@@ -21,9 +22,11 @@ pub mod guard;
 pub mod monitor;
 pub mod netns;
 pub mod report;
+pub mod scenario;
 pub mod status;
 pub mod topology;
 
 pub use cluster::{Binaries, Cluster, ClusterConfig};
 pub use report::{Report, RunResult};
+pub use scenario::{Scenario, Settings};
 pub use topology::Topology;
