@@ -300,7 +300,10 @@ impl Observations {
                     .iter()
                     .map(|(n, t)| format!("{n} (from {t:.0} ms)"))
                     .collect();
-                format!("epoch {e}: {} all claimed primary", who.join(" and "))
+                format!(
+                    "epoch {e}: {} claimed to serve as primary",
+                    who.join(" and ")
+                )
             })
             .collect()
     }
@@ -399,6 +402,27 @@ impl Observations {
         self.probes
             .iter()
             .find(|p| p.ok && p.sent_ms >= t_ms)
+            .map(|p| p.done_ms - t_ms)
+    }
+
+    /// Milliseconds from `t_ms` to the first probe answered once `host`
+    /// had started answering: the probe sent after `t_ms` and ended after
+    /// the start of the sample interval in which `host`'s answer counter
+    /// first grew after `t_ms`. `None` when `host` never answered.
+    pub fn first_served_by(&self, host: &str, t_ms: f64) -> Option<f64> {
+        let mut prev = t_ms;
+        let mut start = None;
+        for (at, grew) in self.answering() {
+            if at > t_ms && grew.contains(host) {
+                start = Some(prev.max(t_ms));
+                break;
+            }
+            prev = at;
+        }
+        let start = start?;
+        self.probes
+            .iter()
+            .find(|p| p.ok && p.sent_ms >= t_ms && p.done_ms >= start)
             .map(|p| p.done_ms - t_ms)
     }
 
@@ -541,5 +565,19 @@ mod tests {
         assert_eq!(o.longest_gap_after(1000.0), Some(530.0));
         assert_eq!(o.served_after(1000.0), 2);
         assert_eq!(o.first_served_after(2000.0), None);
+        // The old host still answered right after the fault; n2 starts in
+        // the interval (1400, 1500].
+        o.answers = answers(&[
+            (900.0, 10, 0),
+            (1100.0, 11, 0),
+            (1400.0, 11, 0),
+            (1500.0, 11, 3),
+        ]);
+        assert_eq!(o.first_served_by("n2", 1000.0), Some(530.0));
+        o.probes.insert(2, p(1010.0, 1020.0, true));
+        assert_eq!(o.first_served_after(1000.0), Some(20.0));
+        assert_eq!(o.first_served_by("n2", 1000.0), Some(530.0));
+        assert_eq!(o.first_served_by("n1", 1000.0), Some(20.0));
+        assert_eq!(o.first_served_by("n3", 1000.0), None);
     }
 }

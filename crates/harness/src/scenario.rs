@@ -397,7 +397,8 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
     } else {
         None
     };
-    check_observations(run, &obs, t_fault, t_resume, &p0);
+    let p1 = new_primary.as_ref().map(|(p, _)| p.as_str());
+    check_observations(run, &obs, t_fault, t_resume, &p0, p1);
     if cluster.config().keep {
         let path = cluster.topology().dir().join("observations.json");
         let _ = std::fs::write(&path, serde_json::to_string(&obs).unwrap_or_default());
@@ -428,7 +429,13 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
         Ok(v) => {
             run.result.lost = v.lost.len() as u64;
             if !v.is_clean() {
-                run.violation(format!("lost writes: {v}"));
+                let first: Vec<String> = v.lost.iter().take(3).map(|l| l.to_string()).collect();
+                run.violation(format!(
+                    "{} of {} acknowledged writes lost, e.g. {}",
+                    v.lost.len(),
+                    v.checked,
+                    first.join("; ")
+                ));
             }
         }
         Err(e) => run.unchecked(format!("verifying the acknowledged writes: {e}")),
@@ -519,6 +526,7 @@ fn check_observations(
     t_fault: f64,
     t_resume: Option<f64>,
     p0: &str,
+    new_primary: Option<&str>,
 ) {
     let scenario = run.scenario;
     run.result.split_brain.extend(obs.split_brain());
@@ -540,7 +548,19 @@ fn check_observations(
     if obs.answers.len() < 2 {
         run.unchecked("the answer counters were not read during the run");
     }
-    match obs.first_served_after(t_fault) {
+    // After a takeover, the first request the new primary served (the
+    // old one may have answered a little longer); else the first request
+    // served at all.
+    let served = match new_primary {
+        Some(p1) => obs.first_served_by(p1, t_fault).or_else(|| {
+            run.note(format!(
+                "the answer counter of {p1} never grew: failover time taken from any answer"
+            ));
+            obs.first_served_after(t_fault)
+        }),
+        None => obs.first_served_after(t_fault),
+    };
+    match served {
         Some(ms) => run.result.failover_ms = Some(ms),
         None => run.violation("no request was served after the fault"),
     }
