@@ -20,6 +20,7 @@ use crate::netns;
 use crate::status::{self, AppStatus, NodeStatus, Role, StatusError};
 use crate::topology::{self, Host, TopoError, Topology, IFACE};
 use ferry_kv::client::Client;
+use ferry_kv::workload::{VerifyReport, Workload, WorkloadConfig};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -686,6 +687,26 @@ impl Cluster {
                 what: format!("starting a thread for {ns}"),
                 source,
             })
+    }
+
+    /// Run a workload from the client host against the service address
+    /// (`config.addr` is replaced by it) and wait for its end.
+    pub fn write(&self, mut config: WorkloadConfig) -> Result<Workload, ClusterError> {
+        config.addr = self.service_addr();
+        self.in_client(move || Workload::run(config))
+    }
+
+    /// Check from the client host that every write `workload` saw
+    /// acknowledged is at the service address.
+    pub fn verify(&self, workload: Workload) -> Result<(Workload, VerifyReport), ClusterError> {
+        let addr = self.service_addr();
+        let (workload, result) = self.in_client(move || {
+            let r = workload.verify(&addr);
+            (workload, r)
+        })?;
+        result
+            .map(|r| (workload, r))
+            .map_err(|e| ClusterError::Kv(format!("verifying: {e}")))
     }
 
     /// The `DIGEST` the service address answers, asked from the client.

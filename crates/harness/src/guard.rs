@@ -6,9 +6,31 @@
 
 use crate::topology;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 static LIVE: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// A termination signal came: the signal thread is cleaning up and will
+/// end the process.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a termination signal came.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// The exit code of `main`: `code`, unless a termination signal came, in
+/// which case the signal thread ends the process with 130 once it has
+/// cleaned up (and `main` must not end it first); after 60 s, 130 anyway.
+pub fn exit_code(code: ExitCode) -> ExitCode {
+    if !interrupted() {
+        return code;
+    }
+    std::thread::sleep(Duration::from_secs(60));
+    ExitCode::from(130)
+}
 
 /// Remember that run `id` has things to remove.
 pub fn register(id: &str) {
@@ -50,6 +72,7 @@ pub fn install() -> nix::Result<()> {
         .name("signals".into())
         .spawn(move || {
             if let Ok(sig) = set.wait() {
+                INTERRUPTED.store(true, Ordering::SeqCst);
                 eprintln!(
                     "ferry-chaos: {sig:?}: removing the namespaces and processes of this run"
                 );

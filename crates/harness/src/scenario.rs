@@ -171,19 +171,40 @@ impl Settings {
     }
 }
 
-/// Run every scenario of `scenarios` `runs` times; `progress` sees each
-/// result as it comes.
+/// Where [`run_all`] is.
+#[derive(Debug)]
+pub enum Progress<'a> {
+    /// Run `run` of `scenario` starts; its names carry `id`.
+    Started {
+        scenario: Scenario,
+        run: u32,
+        id: &'a str,
+    },
+    Finished(&'a RunResult),
+}
+
+/// Run every scenario of `scenarios` `runs` times; `progress` hears of each
+/// run as it starts and ends.
 pub fn run_all(
     scenarios: &[Scenario],
     runs: u32,
     settings: &Settings,
-    mut progress: impl FnMut(&RunResult),
+    mut progress: impl FnMut(Progress<'_>),
 ) -> Report {
     let mut results = Vec::new();
-    for &s in scenarios {
-        for n in 1..=runs {
-            let r = run_once(s, n, settings);
-            progress(&r);
+    for &scenario in scenarios {
+        for run in 1..=runs {
+            if crate::guard::interrupted() {
+                return Report::new(results);
+            }
+            let id = topology::new_run_id();
+            progress(Progress::Started {
+                scenario,
+                run,
+                id: &id,
+            });
+            let r = run_once(scenario, run, &id, settings);
+            progress(Progress::Finished(&r));
             results.push(r);
         }
     }
@@ -209,8 +230,9 @@ impl Run<'_> {
     }
 }
 
-/// One run of `scenario` on a fresh cluster, removed at the end.
-pub fn run_once(scenario: Scenario, n: u32, settings: &Settings) -> RunResult {
+/// One run of `scenario` on a fresh cluster whose names carry `id`
+/// ([`topology::new_run_id`]), removed at the end.
+pub fn run_once(scenario: Scenario, n: u32, id: &str, settings: &Settings) -> RunResult {
     let mut run = Run {
         scenario,
         settings,
@@ -220,9 +242,8 @@ pub fn run_once(scenario: Scenario, n: u32, settings: &Settings) -> RunResult {
             ..RunResult::default()
         },
     };
-    let id = topology::new_run_id();
     run.note(format!("run id {id}"));
-    let mut cluster = match Cluster::build(&id, settings.cluster.clone()) {
+    let mut cluster = match Cluster::build(id, settings.cluster.clone()) {
         Ok(c) => c,
         Err(e) => {
             run.unchecked(format!("building the hosts: {e}; nothing checked"));
@@ -277,9 +298,8 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
         "starting the monitor",
         Monitor::start(cluster, MonitorConfig::default()),
     )?;
-    let addr = cluster.service_addr();
     let wl_config = WorkloadConfig {
-        addr: addr.clone(),
+        addr: cluster.service_addr(),
         clients: settings.clients,
         stop: Stop::Duration(settings.write_for(scenario)),
         value_bytes: 16,
@@ -417,14 +437,10 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
     }
 
     // 1. Every acknowledged write is there.
-    let verify_addr = addr.clone();
-    let (workload, verified) = step(
-        "verifying",
-        cluster.in_client(move || {
-            let v = workload.verify(&verify_addr);
-            (workload, v)
-        }),
-    )?;
+    let (workload, verified) = match cluster.verify(workload) {
+        Ok((w, v)) => (Some(w), Ok(v)),
+        Err(e) => (None, Err(e)),
+    };
     match verified {
         Ok(v) => {
             run.result.lost = v.lost.len() as u64;
@@ -438,13 +454,13 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
                 ));
             }
         }
-        Err(e) => run.unchecked(format!("verifying the acknowledged writes: {e}")),
+        Err(e) => run.unchecked(format!("the acknowledged writes: {e}")),
     }
 
     // 3. The state is exactly the acknowledged writes.
     let digest = cluster.digest(settings.takeover_timeout);
-    match &digest {
-        Ok(d) if wr.unknown == 0 && wr.failed == 0 => {
+    match (&digest, &workload) {
+        (Ok(d), Some(workload)) if wr.unknown == 0 && wr.failed == 0 => {
             let want = workload.expected_digest();
             if *d != want {
                 run.violation(format!(
@@ -452,8 +468,8 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
                 ));
             }
         }
-        Ok(_) => run.note("DIGEST not compared with the writes: some outcomes are unknown"),
-        Err(e) => run.unchecked(format!("DIGEST of the primary: {e}")),
+        (Ok(_), _) => run.note("DIGEST not compared with the writes: some outcomes are unknown"),
+        (Err(e), _) => run.unchecked(format!("DIGEST of the primary: {e}")),
     }
 
     // 4. Heal, and compare the replicas.

@@ -363,7 +363,12 @@ fn remove_prefix(ns_prefix: &str, id: Option<&str>) -> Vec<String> {
         None => std::fs::read_dir("/tmp")
             .map(|rd| {
                 rd.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with(ns_prefix))
+                    .filter(|e| {
+                        // `/tmp/ferry-chaos-<id>` belongs to namespaces
+                        // `ferry-chaos-<id>-*`.
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        name.starts_with(ns_prefix) || format!("{name}-").starts_with(ns_prefix)
+                    })
                     .map(|e| e.path())
                     .collect()
             })

@@ -2,7 +2,7 @@
 
 use clap::{Args, Parser, Subcommand};
 use ferry_harness::cluster::{Binaries, ClusterConfig};
-use ferry_harness::scenario::{self, Scenario, Settings};
+use ferry_harness::scenario::{self, Progress, Scenario, Settings};
 use ferry_harness::{guard, topology};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,7 +80,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let cli = Cli::parse();
-    match cli.command {
+    let code = match cli.command {
         Some(Cmd::Cleanup { prefix }) => cleanup(&prefix),
         Some(Cmd::List) => {
             for s in Scenario::ALL {
@@ -89,7 +89,8 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         None => run(cli.run),
-    }
+    };
+    guard::exit_code(code)
 }
 
 fn run(args: RunArgs) -> ExitCode {
@@ -134,7 +135,22 @@ fn run(args: RunArgs) -> ExitCode {
         settings.takeover_timeout = Duration::from_secs(s);
     }
     let runs = args.runs.unwrap_or(if args.short { 1 } else { 3 });
-    let report = scenario::run_all(&scenarios, runs, &settings, |r| {
+    let report = scenario::run_all(&scenarios, runs, &settings, |p| {
+        if guard::interrupted() {
+            return;
+        }
+        let r = match p {
+            Progress::Started { scenario, run, id } => {
+                eprintln!(
+                    "ferry-chaos: {} run {run}/{runs} (namespaces {}{id}-*): {}",
+                    scenario.name(),
+                    topology::PREFIX,
+                    scenario.description()
+                );
+                return;
+            }
+            Progress::Finished(r) => r,
+        };
         let verdict = if r.passed() { "passed" } else { "FAILED" };
         let failover = r.failover_ms.map_or(String::new(), |ms| {
             format!(", first answer {ms:.0} ms after the fault")
@@ -147,6 +163,9 @@ fn run(args: RunArgs) -> ExitCode {
             eprintln!("    {n}");
         }
     });
+    if guard::interrupted() {
+        return ExitCode::from(130);
+    }
     print!("{}", report.table());
     if let Some(path) = &args.json {
         if let Err(e) = std::fs::write(path, report.to_json() + "\n") {
