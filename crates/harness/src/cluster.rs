@@ -15,7 +15,7 @@
 //! [`Cluster::down`] (or drop) removes everything.
 
 use crate::cmd::{self, CmdError};
-use crate::fault::{self, FaultError, Firewall};
+use crate::fault::{self, AnswerCounters, FaultError, Firewall};
 use crate::netns;
 use crate::status::{self, AppStatus, NodeStatus, Role, StatusError};
 use crate::topology::{self, Host, TopoError, Topology, IFACE};
@@ -209,6 +209,7 @@ pub struct Cluster {
     // the namespaces.
     nodes: Vec<Node>,
     firewalls: BTreeMap<String, Firewall>,
+    answers: AnswerCounters,
     certs: PathBuf,
     config: ClusterConfig,
     topo: Topology,
@@ -223,8 +224,9 @@ impl Cluster {
         let dir = topo.dir().clone();
         let mut firewalls = BTreeMap::new();
         for h in topo.hosts() {
-            firewalls.insert(h.name.clone(), Firewall::install(h, config.service_port)?);
+            firewalls.insert(h.name.clone(), Firewall::install(h)?);
         }
+        let answers = AnswerCounters::install(&topo, config.service_port)?;
         let mut nodes = Vec::new();
         for name in REPLICAS.iter().chain([&WITNESS]) {
             let host = topo.host(name)?.clone();
@@ -248,6 +250,7 @@ impl Cluster {
         Ok(Cluster {
             nodes,
             firewalls,
+            answers,
             certs: dir.join("certs"),
             config,
             topo,
@@ -310,12 +313,14 @@ impl Cluster {
             .ok_or_else(|| ClusterError::NoNode(host.to_owned()))
     }
 
-    /// Answers that left each host so far (see [`Firewall::answers`]).
-    pub fn answers(&self) -> BTreeMap<String, Option<u64>> {
-        self.firewalls
-            .iter()
-            .map(|(h, fw)| (h.clone(), fw.answers().ok()))
-            .collect()
+    /// The counters of answers from each host.
+    pub fn answer_counters(&self) -> &AnswerCounters {
+        &self.answers
+    }
+
+    /// Answers from each host so far (see [`AnswerCounters`]).
+    pub fn answers(&self) -> Result<BTreeMap<String, u64>, ClusterError> {
+        Ok(self.answers.read()?)
     }
 
     /// `ferry cert init` and one `ferry cert issue` per node.
@@ -781,31 +786,19 @@ impl Cluster {
         Ok(killed)
     }
 
-    /// Bring host `name` back as after a reboot: every process killed, the
-    /// service address (not kept across a reboot) removed from its
-    /// interface, the link up, `ferryd` started again with its data
-    /// directory as it was.
+    /// Bring host `name` back as after a reboot: every process killed, its
+    /// network state gone ([`Topology::reboot_host`]), the link up, and
+    /// `ferryd` started again with its data directory as it was.
     pub fn reboot_host(&mut self, name: &str) -> Result<(), ClusterError> {
-        let host = self.topo.host(name)?.clone();
-        fault::kill_host(&host)?;
+        self.topo.reboot_host(name)?;
         if let Ok(node) = self.node_mut(name) {
             if let Some(mut c) = node.daemon.take() {
                 let _ = c.wait();
             }
         }
-        let _ = cmd::run(
-            Command::new("ip").args([
-                "-n",
-                &host.ns,
-                "addr",
-                "del",
-                &format!("{VIP}/{}", topology::NET_PREFIX),
-                "dev",
-                IFACE,
-            ]),
-            cmd::QUICK,
-        );
-        self.topo.set_link(name, true)?;
+        let host = self.topo.host(name)?.clone();
+        self.firewalls
+            .insert(name.to_owned(), Firewall::install(&host)?);
         if self.node(name).is_ok() {
             self.start_daemon(name)?;
         }

@@ -5,15 +5,17 @@
 //! - links: [`Topology::set_link`](crate::topology::Topology::set_link);
 //! - packets: an nftables table inside a host's namespace (never in the
 //!   machine's own) that can drop a UDP port in both directions
-//!   ([`Firewall::block_udp`]) and counts the service's answers leaving the
-//!   host ([`Firewall::answers`]): TCP segments from the service port that
-//!   carry data (PSH set).
+//!   ([`Firewall::block_udp`]);
+//! - and a table on the bridge that counts the service's answers coming
+//!   from each host ([`AnswerCounters`]): TCP segments from the service port
+//!   that carry data (PSH set).
 
 use crate::cmd::{self, CmdError, QUICK};
 use crate::netns;
-use crate::topology::{self, Host};
+use crate::topology::{self, Host, Topology};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 use thiserror::Error;
@@ -99,7 +101,7 @@ pub fn kill_named(host: &Host, comm: &str) -> Result<Vec<i32>, FaultError> {
     Ok(pids)
 }
 
-/// The nftables table of the harness inside one host.
+/// The nftables table of the harness inside one host, where drop rules go.
 #[derive(Debug, Clone)]
 pub struct Firewall {
     host: String,
@@ -108,26 +110,26 @@ pub struct Firewall {
 
 const TABLE: &str = "ferry_chaos";
 
+fn nft_in(ns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns, "nft"]).args(args);
+    c
+}
+
 impl Firewall {
-    /// Install the table in `host`, counting answers from TCP port
-    /// `service_port`. Nothing is dropped yet.
-    pub fn install(host: &Host, service_port: u16) -> Result<Firewall, FaultError> {
+    /// Install the table in `host`. Nothing is dropped yet.
+    pub fn install(host: &Host) -> Result<Firewall, FaultError> {
         let fw = Firewall {
             host: host.name.clone(),
             ns: host.ns.clone(),
         };
         let rules = format!(
             "table inet {TABLE} {{\n\
-             \tcounter answers {{ }}\n\
-             \tchain out {{\n\
-             \t\ttype filter hook output priority 0; policy accept;\n\
-             \t\ttcp sport {service_port} tcp flags & psh == psh counter name \"answers\"\n\
-             \t}}\n\
              \tchain block_in {{ type filter hook input priority -10; policy accept; }}\n\
              \tchain block_out {{ type filter hook output priority -10; policy accept; }}\n\
              }}\n"
         );
-        cmd::run_input(&mut fw.nft(&["-f", "-"]), &rules, QUICK).map_err(|source| {
+        cmd::run_input(&mut nft_in(&fw.ns, &["-f", "-"]), &rules, QUICK).map_err(|source| {
             FaultError::Cmd {
                 what: "installing the nftables table".into(),
                 host: fw.host.clone(),
@@ -137,14 +139,8 @@ impl Firewall {
         Ok(fw)
     }
 
-    fn nft(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.ns, "nft"]).args(args);
-        c
-    }
-
     fn run(&self, what: &str, args: &[&str]) -> Result<cmd::Output, FaultError> {
-        cmd::run(&mut self.nft(args), QUICK).map_err(|source| FaultError::Cmd {
+        cmd::run(&mut nft_in(&self.ns, args), QUICK).map_err(|source| FaultError::Cmd {
             what: what.into(),
             host: self.host.clone(),
             source,
@@ -175,28 +171,139 @@ impl Firewall {
         }
         Ok(())
     }
+}
 
-    /// Answers (data segments from the service port) that left the host.
-    pub fn answers(&self) -> Result<u64, FaultError> {
-        let out = self.run(
-            "reading the answer counter",
-            &["list", "counter", "inet", TABLE, "answers"],
-        )?;
-        parse_packets(&out.stdout).ok_or_else(|| FaultError::Parse {
-            what: "nft list counter".into(),
-            host: self.host.clone(),
-            output: out.stdout.clone(),
-        })
+/// Counters, on the bridge, of the service's answers coming from each
+/// host: TCP segments from the service port that carry data (PSH set),
+/// entering the bridge from the host's port. Counting where the frames
+/// reach the network, not where a host sends them, leaves out what a host
+/// cut off from the bridge still tries to send.
+#[derive(Debug, Clone)]
+pub struct AnswerCounters {
+    bridge_ns: String,
+    /// Host name and its port on the bridge.
+    hosts: Vec<(String, String)>,
+}
+
+impl AnswerCounters {
+    /// Install a counter for every host of `topo` (its name must be made
+    /// of letters, digits, `-` or `_`).
+    pub fn install(topo: &Topology, service_port: u16) -> Result<AnswerCounters, FaultError> {
+        let counters = AnswerCounters {
+            bridge_ns: topo.bridge_ns().to_owned(),
+            hosts: topo
+                .hosts()
+                .iter()
+                .map(|h| (h.name.clone(), h.port.clone()))
+                .collect(),
+        };
+        let mut rules = format!("table bridge {TABLE} {{\n");
+        for (name, _) in &counters.hosts {
+            rules.push_str(&format!("\tcounter answers_{name} {{ }}\n"));
+        }
+        rules.push_str(
+            "\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n",
+        );
+        for (name, port) in &counters.hosts {
+            rules.push_str(&format!(
+                "\t\tiifname \"{port}\" tcp sport {service_port} tcp flags & psh == psh counter name \"answers_{name}\"\n"
+            ));
+        }
+        rules.push_str("\t}\n}\n");
+        cmd::run_input(
+            &mut nft_in(&counters.bridge_ns, &["-f", "-"]),
+            &rules,
+            QUICK,
+        )
+        .map_err(|source| FaultError::Cmd {
+            what: "installing the answer counters".into(),
+            host: "the bridge".into(),
+            source,
+        })?;
+        Ok(counters)
+    }
+
+    /// Answers from each host so far.
+    pub fn read(&self) -> Result<BTreeMap<String, u64>, FaultError> {
+        let out = cmd::run(
+            &mut nft_in(&self.bridge_ns, &["list", "table", "bridge", TABLE]),
+            QUICK,
+        )
+        .map_err(|source| FaultError::Cmd {
+            what: "reading the answer counters".into(),
+            host: "the bridge".into(),
+            source,
+        })?;
+        let found = parse_counters(&out.stdout);
+        let mut counts = BTreeMap::new();
+        for (name, _) in &self.hosts {
+            let n = found
+                .get(&format!("answers_{name}"))
+                .ok_or_else(|| FaultError::Parse {
+                    what: "nft list table".into(),
+                    host: "the bridge".into(),
+                    output: out.stdout.clone(),
+                })?;
+            counts.insert(name.clone(), *n);
+        }
+        Ok(counts)
     }
 }
 
-/// The `packets N` of an `nft list counter` output.
-pub fn parse_packets(text: &str) -> Option<u64> {
+/// The `packets` of every named counter in an `nft list` output.
+pub fn parse_counters(text: &str) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    let mut current: Option<String> = None;
     let mut words = text.split_whitespace();
     while let Some(w) = words.next() {
-        if w == "packets" {
-            return words.next()?.parse().ok();
+        match w {
+            "counter" => {
+                // A counter block is `counter NAME {`; a rule's statement is
+                // `counter name "NAME"` and is skipped.
+                if let Some(name) = words.next() {
+                    if name != "name" && name != "packets" {
+                        current = Some(name.to_owned());
+                    }
+                }
+            }
+            "packets" => {
+                if let (Some(name), Some(n)) = (current.take(), words.next()) {
+                    if let Ok(n) = n.parse() {
+                        out.insert(name, n);
+                    }
+                }
+            }
+            _ => {}
         }
     }
-    None
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_are_read_by_name() {
+        let text = r#"table bridge ferry_chaos {
+	counter answers_n1 {
+		packets 12 bytes 900
+	}
+
+	counter answers_n2 {
+		packets 0 bytes 0
+	}
+
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+		iifname "v-n1" tcp sport 7070 tcp flags & psh == psh counter name "answers_n1"
+		iifname "v-n2" tcp sport 7070 tcp flags & psh == psh counter name "answers_n2"
+	}
+}"#;
+        let c = parse_counters(text);
+        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c["answers_n1"], 12);
+        assert_eq!(c["answers_n2"], 0);
+        assert!(parse_counters("").is_empty());
+    }
 }

@@ -15,7 +15,7 @@
 //! the time from a fault to the first request served after it.
 
 use crate::cluster::{Cluster, ClusterError, StatusReader};
-use crate::fault::Firewall;
+use crate::fault::AnswerCounters;
 use crate::netns;
 use crate::status::AppStatus;
 use ferry_kv::client::Client;
@@ -116,21 +116,11 @@ impl Default for MonitorConfig {
 impl Monitor {
     /// Start watching `cluster`.
     pub fn start(cluster: &Cluster, config: MonitorConfig) -> Result<Monitor, ClusterError> {
-        let firewalls: Vec<(String, Firewall)> = cluster
-            .topology()
-            .hosts()
-            .iter()
-            .filter_map(|h| {
-                cluster
-                    .firewall(&h.name)
-                    .ok()
-                    .map(|f| (h.name.clone(), f.clone()))
-            })
-            .collect();
+        let counters = cluster.answer_counters().clone();
         let reader = config.poll_status.then(|| cluster.status_reader());
         Monitor::start_with(
             reader,
-            firewalls,
+            counters,
             cluster.client_ns()?,
             cluster.service_addr(),
             config,
@@ -138,10 +128,10 @@ impl Monitor {
     }
 
     /// Start watching: `reader` for status (none: no status polling), the
-    /// firewalls for answers, a probe from namespace `client_ns` to `addr`.
+    /// counters for answers, a probe from namespace `client_ns` to `addr`.
     pub fn start_with(
         reader: Option<StatusReader>,
-        firewalls: Vec<(String, Firewall)>,
+        counters: AnswerCounters,
         client_ns: String,
         addr: String,
         config: MonitorConfig,
@@ -198,10 +188,10 @@ impl Monitor {
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
                         let t = Instant::now();
-                        let counts = firewalls
-                            .iter()
-                            .map(|(h, fw)| (h.clone(), fw.answers().ok()))
-                            .collect();
+                        let counts = match counters.read() {
+                            Ok(c) => c.into_iter().map(|(h, n)| (h, Some(n))).collect(),
+                            Err(_) => BTreeMap::new(),
+                        };
                         let s = AnswerSample {
                             at_ms: ms_since(start),
                             counts,

@@ -552,7 +552,7 @@ fn check_observations(
         .extend(obs.answer_overlaps(max_moves));
     if let Some(t) = t_resume {
         // Give the sample in flight at the resume 300 ms to pass.
-        if scenario.fails_over() && obs.answered_after(t + 300.0).contains(p0) {
+        if new_primary.is_some() && obs.answered_after(t + 300.0).contains(p0) {
             run.result.split_brain.push(format!(
                 "{p0} sent answers after it was resumed, once another host had taken over"
             ));

@@ -181,40 +181,86 @@ impl Topology {
                 mac: format!("02:99:00:00:00:{n:02x}"),
                 port: format!("v-{name}"),
             };
-            let ns = host.ns.clone();
             step(
-                format!("creating namespace {ns}"),
-                &mut ip(&["netns", "add", &ns]),
+                format!("creating namespace {}", host.ns),
+                &mut ip(&["netns", "add", &host.ns]),
             )?;
             topo.hosts.push(host.clone());
-            step(
-                format!("veth for {name}"),
-                &mut ip(&[
-                    "-n", &br, "link", "add", &host.port, "type", "veth", "peer", "name", IFACE,
-                    "netns", &ns,
-                ]),
-            )?;
-            step(
-                format!("attaching {name} to the bridge"),
-                &mut ip(&["-n", &br, "link", "set", &host.port, "master", BRIDGE, "up"]),
-            )?;
-            let cidr = format!("{}/{NET_PREFIX}", host.ip);
-            for (what, args) in [
-                ("lo up", vec!["-n", &ns, "link", "set", "lo", "up"]),
-                (
-                    "mac",
-                    vec!["-n", &ns, "link", "set", IFACE, "address", &host.mac],
-                ),
-                (
-                    "address",
-                    vec!["-n", &ns, "addr", "add", &cidr, "dev", IFACE],
-                ),
-                ("up", vec!["-n", &ns, "link", "set", IFACE, "up"]),
-            ] {
-                step(format!("{name}: {what}"), &mut ip(&args))?;
-            }
+            topo.wire(&host)?;
         }
         Ok(topo)
+    }
+
+    /// Connect `host`'s new namespace to the bridge and give it its
+    /// address.
+    fn wire(&self, host: &Host) -> Result<(), TopoError> {
+        let (br, ns, name) = (&self.bridge_ns, &host.ns, &host.name);
+        step(
+            format!("veth for {name}"),
+            &mut ip(&[
+                "-n", br, "link", "add", &host.port, "type", "veth", "peer", "name", IFACE,
+                "netns", ns,
+            ]),
+        )?;
+        step(
+            format!("attaching {name} to the bridge"),
+            &mut ip(&["-n", br, "link", "set", &host.port, "master", BRIDGE, "up"]),
+        )?;
+        let cidr = format!("{}/{NET_PREFIX}", host.ip);
+        for (what, args) in [
+            ("lo up", vec!["-n", ns, "link", "set", "lo", "up"]),
+            (
+                "mac",
+                vec!["-n", ns, "link", "set", IFACE, "address", &host.mac],
+            ),
+            (
+                "address",
+                vec!["-n", ns, "addr", "add", &cidr, "dev", IFACE],
+            ),
+            ("up", vec!["-n", ns, "link", "set", IFACE, "up"]),
+        ] {
+            step(format!("{name}: {what}"), &mut ip(&args))?;
+        }
+        Ok(())
+    }
+
+    /// Host `name` as after a power cycle: every process killed, and its
+    /// namespace deleted and made again, so that nothing of its network
+    /// state survives (addresses added since, sockets, neighbour entries,
+    /// nftables rules); connected to the bridge again with its address.
+    pub fn reboot_host(&self, name: &str) -> Result<(), TopoError> {
+        let host = self.host(name)?.clone();
+        kill_all_in(&host.ns, Duration::from_secs(5)).map_err(|source| TopoError::Io {
+            step: format!("killing the processes of {name}"),
+            source,
+        })?;
+        step(
+            format!("deleting namespace {}", host.ns),
+            &mut ip(&["netns", "del", &host.ns]),
+        )?;
+        // The bridge's end of the veth goes with the namespace's, though
+        // not always at once.
+        let start = Instant::now();
+        while step(
+            "",
+            &mut ip(&["-n", &self.bridge_ns, "link", "show", &host.port]),
+        )
+        .is_ok()
+        {
+            if start.elapsed() > Duration::from_secs(5) {
+                step(
+                    format!("removing {}", host.port),
+                    &mut ip(&["-n", &self.bridge_ns, "link", "del", &host.port]),
+                )?;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        step(
+            format!("creating namespace {}", host.ns),
+            &mut ip(&["netns", "add", &host.ns]),
+        )?;
+        self.wire(&host)
     }
 
     pub fn id(&self) -> &str {

@@ -6,7 +6,7 @@
 //! ferry-kv`) or named by FERRY_KV_BIN.
 
 use ferry_harness::cluster::Binaries;
-use ferry_harness::fault::{self, Firewall};
+use ferry_harness::fault::{self, AnswerCounters, Firewall};
 use ferry_harness::netns;
 use ferry_harness::topology::{self, Topology, PREFIX};
 use ferry_kv::client::Client;
@@ -243,7 +243,7 @@ fn link_down_cuts_a_host_off_and_up_connects_it_again() {
 fn nftables_drops_one_udp_port_then_lets_it_through_again() {
     let topo = up();
     let n1 = topo.host("n1").unwrap().clone();
-    let fw = Firewall::install(&n1, 7070).unwrap();
+    let fw = Firewall::install(&n1).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let blocked = udp_echo(&n1.ns, "10.99.0.1:9000", stop.clone());
     let other = udp_echo(&n1.ns, "10.99.0.1:9001", stop.clone());
@@ -272,12 +272,13 @@ fn nftables_drops_one_udp_port_then_lets_it_through_again() {
 }
 
 #[test]
-fn the_answer_counter_counts_what_the_server_sends() {
+fn the_answer_counters_count_what_each_host_sends_to_the_network() {
     let topo = up();
-    let n1 = topo.host("n1").unwrap().clone();
-    let fw = Firewall::install(&n1, 7070).unwrap();
+    let counters = AnswerCounters::install(&topo, 7070).unwrap();
     let mut kv = start_kv(&topo, "n1", "10.99.0.1:7070");
-    assert_eq!(fw.answers().unwrap(), 0);
+    let zero = counters.read().unwrap();
+    assert_eq!(zero.get("n1"), Some(&0), "{zero:?}");
+    assert_eq!(zero.get("client"), Some(&0), "{zero:?}");
     let client = topo.host("client").unwrap().ns.clone();
     netns::run_in(&client, || {
         let mut c = Client::connect("10.99.0.1:7070", Duration::from_secs(5)).unwrap();
@@ -286,14 +287,43 @@ fn the_answer_counter_counts_what_the_server_sends() {
         }
     })
     .unwrap();
-    let n = fw.answers().unwrap();
-    assert!(n >= 10, "{n} answers counted");
-    let client_fw = Firewall::install(topo.host("client").unwrap(), 7070).unwrap();
-    assert_eq!(
-        client_fw.answers().unwrap(),
-        0,
-        "the client sends no answers"
-    );
+    let counts = counters.read().unwrap();
+    assert!(counts["n1"] >= 10, "{counts:?}");
+    assert_eq!(counts["client"], 0, "the client sends no answers");
     drop(topo);
     let _ = kv.wait();
+}
+
+#[test]
+fn a_rebooted_host_keeps_nothing_but_its_address() {
+    let topo = up();
+    let n1 = topo.host("n1").unwrap().clone();
+    let mut sleeper = netns::spawn_in(&n1.ns, Command::new("sleep").arg("300")).unwrap();
+    Command::new("ip")
+        .args(["-n", &n1.ns, "addr", "add", "10.99.0.100/24", "dev", "eth0"])
+        .status()
+        .unwrap();
+    Firewall::install(&n1).unwrap().block_udp(9000).unwrap();
+    topo.reboot_host("n1").unwrap();
+    assert!(sleeper.wait().is_ok(), "its processes were killed");
+    let addrs = Command::new("ip")
+        .args(["-n", &n1.ns, "-o", "addr", "show", "dev", "eth0"])
+        .output()
+        .unwrap();
+    let addrs = String::from_utf8_lossy(&addrs.stdout);
+    assert!(addrs.contains("10.99.0.1/24"), "{addrs}");
+    assert!(!addrs.contains("10.99.0.100"), "{addrs}");
+    // The drop rule went with the old namespace.
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = udp_echo(&n1.ns, "10.99.0.1:9000", stop.clone());
+    let client = topo.host("client").unwrap().ns.clone();
+    let start = std::time::Instant::now();
+    while !udp_reaches(&client, "10.99.0.1:9000") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "reachable after the reboot"
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    echo.join().unwrap();
 }
