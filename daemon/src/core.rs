@@ -215,6 +215,10 @@ impl Core {
         }
         let names: Vec<String> = core.locals.keys().cloned().collect();
         for name in names {
+            let vip = core.locals[&name].shared.vip.lock().unwrap().clone();
+            if let Some(v) = vip {
+                vip::remove_stale(&name, &v);
+            }
             core.start_replica(&name);
         }
         Ok((core, app_rx))
@@ -956,13 +960,9 @@ impl Core {
     fn status(&self, only: Option<&str>) -> Reply {
         let mut names: Vec<String> = self.node.apps().map(str::to_owned).collect();
         names.sort();
+        // An application this node does not know is not an error: the
+        // answer lists none (a node learns an application from its primary).
         if let Some(app) = only {
-            if !names.iter().any(|n| n == app) {
-                return Reply::error(
-                    ErrorKind::BadRequest,
-                    format!("no application {app} on node {}", self.settings.node),
-                );
-            }
             names.retain(|n| n == app);
         }
         let apps = names

@@ -94,6 +94,24 @@ pub fn add(app: &str, vip: &str) {
     }
 }
 
+/// At start, when this node is no primary: remove the address if a
+/// previous run left it on the interface (a crash before a demotion).
+pub fn remove_stale(app: &str, vip: &str) {
+    let Ok(v) = parse(vip) else { return };
+    let present = Command::new("ip")
+        .args(["-o", "addr", "show", "dev", &v.iface])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w == format!("{}/{}", v.ip, v.prefix))
+        });
+    if present {
+        info!(app, vip, "removing the service address a previous run left");
+        remove(app, vip);
+    }
+}
+
 /// Remove the address from its interface.
 pub fn remove(app: &str, vip: &str) {
     let Ok(v) = parse(vip) else { return };
