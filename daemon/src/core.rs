@@ -24,6 +24,10 @@ use crate::config::Settings;
 use crate::peer::{self, PeerEvent, PeerMessage, RecordStream, StreamHead, Transport};
 use crate::{persist, vip};
 
+/// How long messages about an application that was just stopped are
+/// dropped.
+const STOPPED_GRACE: Duration = Duration::from_secs(3);
+
 /// A request from the control socket.
 #[derive(Debug)]
 pub enum CoreReq {
@@ -100,6 +104,10 @@ pub struct Core {
     unclaimed: HashMap<i32, (i32, Instant)>,
     app_tx: mpsc::UnboundedSender<AppEvent>,
     failures: Vec<(String, String)>,
+    /// Applications stopped a moment ago: a heartbeat that was in flight
+    /// when the stop came (datagrams and streams are not ordered) must not
+    /// bring them back.
+    stopped: HashMap<String, Instant>,
     /// systemd's watchdog: ping this often (from the core loop, so that a
     /// stuck core stops the pings).
     watchdog: Option<(Duration, Instant)>,
@@ -205,6 +213,7 @@ impl Core {
             unclaimed: HashMap::new(),
             app_tx,
             failures: Vec::new(),
+            stopped: HashMap::new(),
             watchdog: None,
         };
         for name in damaged {
@@ -361,6 +370,7 @@ impl Core {
         }
         self.unclaimed
             .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(5));
+        self.stopped.retain(|_, at| at.elapsed() < STOPPED_GRACE);
         let mut failed = Vec::new();
         for (name, l) in &mut self.locals {
             if let Some(s) = self.node.status(name) {
@@ -460,7 +470,10 @@ impl Core {
                     std::process::exit(1);
                 }
             }
-            Action::Forget { app } => self.forget(&app),
+            Action::Forget { app } => {
+                self.stopped.insert(app.clone(), Instant::now());
+                self.forget(&app);
+            }
             Action::Resync {
                 app,
                 from_gseq,
@@ -579,7 +592,22 @@ impl Core {
             PeerEvent::Message {
                 from,
                 message: PeerMessage::Protocol(message),
-            } => self.input(Input::Message { from, message }),
+            } => {
+                let just_stopped = self
+                    .stopped
+                    .get(message.app())
+                    .is_some_and(|t| t.elapsed() < STOPPED_GRACE);
+                if just_stopped && self.node.status(message.app()).is_none() {
+                    debug!(
+                        app = message.app(),
+                        from,
+                        kind = message.kind(),
+                        "message about a stopped application dropped"
+                    );
+                    return;
+                }
+                self.input(Input::Message { from, message })
+            }
             PeerEvent::Message {
                 from,
                 message: PeerMessage::Fetch { app, from_gseq },
