@@ -235,6 +235,53 @@ impl AppShared {
     }
 }
 
+/// The file where a runner lists the processes of its program, so that a
+/// ferryd started after a crash can end what the crashed one left running.
+const PIDS_FILE: &str = "pids";
+
+/// When process `pid` started (field 22 of /proc/PID/stat), to tell it
+/// from a later process with the same pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn write_pids(dir: &Path, pids: &[i32]) {
+    let text: String = pids
+        .iter()
+        .filter_map(|&p| start_time(p).map(|t| format!("{p} {t}\n")))
+        .collect();
+    let tmp = dir.join("pids.tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(PIDS_FILE));
+    }
+}
+
+/// SIGKILL the processes a previous ferryd listed for this application
+/// (those still running with the same start time), and forget the list.
+pub fn kill_leftovers(dir: &Path, app: &str) {
+    let path = dir.join(PIDS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(Ok(pid)), Some(Ok(t))) = (
+            it.next().map(str::parse::<i32>),
+            it.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        if pid > 1 && start_time(pid) == Some(t) {
+            warn!(app, pid, "killing a process a previous ferryd left running");
+            ferry_host::sys::kill_hard(pid);
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 /// A stable id of an application's name, written in its segment headers.
 pub fn app_id(name: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325_u64;
@@ -323,6 +370,8 @@ impl Runner {
                     pending_pause: false,
                     gated: false,
                     gate_up_to: 0,
+                    pids: Vec::new(),
+                    pids_checked: Instant::now(),
                 }
                 .run()
             })
@@ -349,6 +398,9 @@ struct RunnerThread {
     gated: bool,
     /// The gate's last `up_to`.
     gate_up_to: u64,
+    /// The program's processes as last written to the pids file.
+    pids: Vec<i32>,
+    pids_checked: Instant,
 }
 
 fn output(shared: &AppShared) -> Output {
@@ -396,6 +448,7 @@ impl RunnerThread {
                 Side::Primary(_) => self.primary_step(),
                 Side::Replica(_) => self.replica_step(),
             }
+            self.note_pids(false);
         }
         self.kill();
     }
@@ -405,8 +458,27 @@ impl RunnerThread {
             Side::Primary(p) | Side::Replica(p) => {
                 p.kill();
                 self.shared.pid.store(0, Ordering::SeqCst);
+                self.pids.clear();
+                let _ = std::fs::remove_file(self.shared.dir.join(PIDS_FILE));
             }
             Side::Idle => {}
+        }
+    }
+
+    /// Keep the pids file up to date (checked every 500 ms).
+    fn note_pids(&mut self, force: bool) {
+        if !force && self.pids_checked.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.pids_checked = Instant::now();
+        let Some(p) = self.program() else { return };
+        let mut pids = ferry_host::region::live_pids(&p.region());
+        pids.push(p.root_pid());
+        pids.sort_unstable();
+        pids.dedup();
+        if pids != self.pids {
+            write_pids(&self.shared.dir, &pids);
+            self.pids = pids;
         }
     }
 
@@ -493,6 +565,7 @@ impl RunnerThread {
     }
 
     fn started(&self, p: &Program) {
+        write_pids(&self.shared.dir, &[p.root_pid()]);
         self.shared.pid.store(p.root_pid(), Ordering::SeqCst);
         self.emit(AppEvent::Started {
             app: self.app(),
@@ -628,10 +701,16 @@ impl RunnerThread {
         match &mut self.side {
             Side::Primary(p) => {
                 p.root_exited(status);
+                // A death, not an end the log records: a signal, or the
+                // shim giving up (it cannot serve, e.g. a port taken).
+                let failure = p.failure();
                 self.drain_all();
                 self.sync_log();
                 let last = self.drained();
-                let killed = libc::WIFSIGNALED(status);
+                let killed = libc::WIFSIGNALED(status) || failure.is_some();
+                if let Some(why) = &failure {
+                    error!(app = %self.shared.name, why = %why, "the shim stopped the program");
+                }
                 info!(app = %self.shared.name, status, killed, last, "the program's root process ended");
                 self.kill();
                 self.emit(AppEvent::Ended {

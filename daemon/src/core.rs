@@ -88,6 +88,9 @@ struct Local {
     streamers: HashMap<String, JoinHandle<()>>,
     /// A resync asked for at this time is under way.
     resync_since: Option<Instant>,
+    /// This node holds the service address: since when, and when it was
+    /// last renewed.
+    vip_held: Option<(Instant, Instant)>,
 }
 
 /// The core task's state.
@@ -187,6 +190,7 @@ impl Core {
                 }
             };
             let mut durable = 0;
+            app::kill_leftovers(&dir, &name);
             if !settings.witness {
                 let (shared, was_damaged) = AppShared::open(&settings.data_dir, &name)?;
                 durable = shared.durable();
@@ -371,6 +375,7 @@ impl Core {
         self.unclaimed
             .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(5));
         self.stopped.retain(|_, at| at.elapsed() < STOPPED_GRACE);
+        self.renew_vips();
         let mut failed = Vec::new();
         for (name, l) in &mut self.locals {
             if let Some(s) = self.node.status(name) {
@@ -390,6 +395,33 @@ impl Core {
         for app in failed {
             warn!(app, "no records came for the resync; asking again");
             self.input(Input::ResyncFailed { app });
+        }
+    }
+
+    /// Renew the service address of every application this node serves
+    /// while its lease holds; announce it again for a few seconds after it
+    /// moved here. Without renewal the kernel drops it (vip::LIFETIME_SECS).
+    fn renew_vips(&mut self) {
+        for (name, l) in &mut self.locals {
+            let Some((since, renewed)) = l.vip_held else {
+                continue;
+            };
+            if renewed.elapsed() < vip::RENEW_EVERY {
+                continue;
+            }
+            let serving = self
+                .node
+                .status(name)
+                .is_some_and(|s| s.role == Role::Primary && s.gate_open);
+            if !serving {
+                continue;
+            }
+            let v = l.shared.vip.lock().unwrap().clone();
+            if let Some(v) = v {
+                let announce = since.elapsed() < Duration::from_secs(5);
+                vip::add(name, &v, false, announce);
+                l.vip_held = Some((since, Instant::now()));
+            }
         }
     }
 
@@ -445,6 +477,7 @@ impl Core {
                     }
                     l.died = None;
                     l.program_started = false;
+                    l.vip_held = None;
                     let v = l.shared.vip.lock().unwrap().clone();
                     if let Some(v) = v {
                         vip::remove(&app, &v);
@@ -453,10 +486,11 @@ impl Core {
                 self.start_replica(&app);
             }
             Action::MoveVip { app } => {
-                if let Some(l) = self.locals.get(&app) {
+                if let Some(l) = self.locals.get_mut(&app) {
                     let v = l.shared.vip.lock().unwrap().clone();
                     if let Some(v) = v {
-                        vip::add(&app, &v);
+                        vip::add(&app, &v, true, true);
+                        l.vip_held = Some((Instant::now(), Instant::now()));
                     }
                 }
             }
@@ -977,7 +1011,10 @@ impl Core {
             return failed(why);
         }
         if let Some(v) = &r.vip {
-            vip::add(&r.name, v);
+            vip::add(&r.name, v, true, true);
+            if let Some(l) = self.locals.get_mut(&r.name) {
+                l.vip_held = Some((Instant::now(), Instant::now()));
+            }
         }
         info!(app = %r.name, ?mode, "application started as primary");
         Reply::new(Outcome::Done {
@@ -1067,6 +1104,7 @@ impl Local {
             logged_at: VecDeque::new(),
             streamers: HashMap::new(),
             resync_since: None,
+            vip_held: None,
         }
     }
 }
