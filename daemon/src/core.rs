@@ -82,6 +82,8 @@ struct Local {
     program_started: bool,
     /// The program died (not an exit through the log); `Some(last)`.
     died: Option<u64>,
+    /// When a handover after a death was last tried.
+    died_retry: Option<Instant>,
     /// When each logged batch ended, for the lag in time.
     logged_at: VecDeque<(u64, Instant)>,
     /// Record streams to backups.
@@ -376,6 +378,7 @@ impl Core {
             .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(5));
         self.stopped.retain(|_, at| at.elapsed() < STOPPED_GRACE);
         self.renew_vips();
+        self.retry_handovers();
         let mut failed = Vec::new();
         for (name, l) in &mut self.locals {
             if let Some(s) = self.node.status(name) {
@@ -422,6 +425,31 @@ impl Core {
                 vip::add(name, &v, false, announce);
                 l.vip_held = Some((since, Instant::now()));
             }
+        }
+    }
+
+    /// A primary whose program is gone and that found no backup to take
+    /// over tries again once one is healthy and in contact.
+    fn retry_handovers(&mut self) {
+        let mut retry = Vec::new();
+        for (name, l) in &mut self.locals {
+            if l.died.is_none()
+                || l.died_retry
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                continue;
+            }
+            let Some(s) = self.node.status(name) else {
+                continue;
+            };
+            if s.role == Role::Primary && s.backups.iter().any(|b| b.healthy && b.in_contact) {
+                l.died_retry = Some(Instant::now());
+                retry.push(name.clone());
+            }
+        }
+        for app in retry {
+            self.failures.clear();
+            self.input(Input::Failover { app, to: None });
         }
     }
 
@@ -789,6 +817,7 @@ impl Core {
                     );
                     if let Some(l) = self.locals.get_mut(&app) {
                         l.died = Some(last);
+                        l.died_retry = Some(Instant::now());
                     }
                     self.input(Input::Failover { app, to: None });
                 } else {
@@ -804,6 +833,7 @@ impl Core {
                     error!(app, error = %e, "promotion failed: handing over to a backup");
                     if let Some(l) = self.locals.get_mut(&app) {
                         l.died = Some(l.shared.progress.get().unwrap_or(0));
+                        l.died_retry = Some(Instant::now());
                     }
                     self.input(Input::Failover { app, to: None });
                 }
@@ -1101,6 +1131,7 @@ impl Local {
             shared,
             program_started: false,
             died: None,
+            died_retry: None,
             logged_at: VecDeque::new(),
             streamers: HashMap::new(),
             resync_since: None,

@@ -460,3 +460,50 @@ fn stopping_ferryd_hands_its_applications_over_first() {
         );
     }
 }
+
+fn alive(pid: i32) -> bool {
+    // A zombie (no reaper in some containers) counts as ended.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.split_whitespace().next() != Some("Z"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_restarted_ferryd_ends_the_program_its_crashed_run_left() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    write_keys(&cluster, port, 5);
+    let pid = cluster.node("a").app("kv").unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    cluster.node_mut("a").kill9();
+    assert!(alive(pid), "the program died with its ferryd");
+    cluster.node_mut("a").restart();
+    let gone = wait_for(LIMIT, || (!alive(pid)).then_some(()));
+    assert!(
+        gone.is_some(),
+        "the old program {pid} still runs:\n{}",
+        cluster.logs()
+    );
+    assert!(cluster
+        .node("a")
+        .log_text()
+        .contains("a previous ferryd left running"));
+    let a = cluster.node("a");
+    let back = wait_for(LIMIT, || a.app("kv").filter(|s| s["role"] == "backup"));
+    assert!(
+        back.is_some(),
+        "a did not come back as a backup:\n{}",
+        cluster.logs()
+    );
+    for d in &cluster.daemons {
+        if let Some(p) = d.app("kv").and_then(|s| s["pid"].as_i64()) {
+            cluster.pids.push(p as i32);
+        }
+    }
+}
