@@ -14,7 +14,9 @@ use ferry_host::resolve::{env_value, resolve};
 use ferry_host::sys::{self, Reaped};
 use ferry_proto::control::{self as ctl, ErrorKind, Outcome, Reply, RunMode, RunRequest};
 use ferry_proto::log::StartInfo;
-use ferry_replication::{Action, AppStatus, Config, Input, Member, Mode, Node, RestoredApp, Role};
+use ferry_replication::{
+    Action, AppStatus, Config, Input, Member, Message, Mode, Node, RestoredApp, Role,
+};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -667,6 +669,11 @@ impl Core {
                         "message about a stopped application dropped"
                     );
                     return;
+                }
+                // A stop can overtake the heartbeat that would have told
+                // this node of the application: remember it either way.
+                if let Message::Stop { app, .. } = &message {
+                    self.stopped.insert(app.clone(), Instant::now());
                 }
                 self.input(Input::Message { from, message })
             }
