@@ -532,11 +532,28 @@ impl RunnerThread {
                 // the ring is full could not let go during the pause.
                 self.drain_all();
                 if let Side::Primary(p) = &self.side {
-                    if p.root_status().is_none() {
-                        p.pause();
+                    let last = if p.root_status().is_none() {
+                        p.pause()
+                    } else {
+                        p.drained()
+                    };
+                    // Every record up to the pause is in the ring: drain
+                    // them all before reporting (bounded: 5 s).
+                    let deadline = Instant::now() + Duration::from_secs(5);
+                    loop {
+                        self.drain_all();
+                        if self.drained() >= last || Instant::now() > deadline {
+                            break;
+                        }
+                        std::thread::sleep(Duration::from_micros(200));
                     }
-                    // Every record up to the pause is in the ring: drain them.
-                    self.drain_all();
+                    if self.drained() < last {
+                        // Reporting less would hand over a log that misses
+                        // part of the program's state: let the switchover
+                        // time out instead (the program then resumes).
+                        error!(app = %self.shared.name, last, drained = self.drained(), "records of the paused program never reached the ring");
+                        return true;
+                    }
                     let gseq = self.drained();
                     self.emit(AppEvent::Paused {
                         app: self.app(),
