@@ -853,7 +853,7 @@ impl StatusReader {
         let mut c = Command::new(&self.ferry);
         c.arg("--control")
             .arg(control)
-            .args(["status", &self.app, "--json"]);
+            .args(["status", "--json"]);
         let what = format!("{} (on {name})", cmd::describe(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = netns::spawn_in(ns, &mut c).map_err(|source| ClusterError::Io {
