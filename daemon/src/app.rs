@@ -348,6 +348,7 @@ struct RunnerThread {
 fn output(shared: &AppShared) -> Output {
     Output {
         file: Some(shared.dir.join("program.out")),
+        pid_file: Some(shared.dir.join("program.pid")),
     }
 }
 

@@ -87,11 +87,17 @@ pub enum ProgramError {
     },
 }
 
-/// Where the program's standard streams go.
+/// Where the program's standard streams go, and where its process is
+/// remembered.
 #[derive(Debug, Default)]
 pub struct Output {
     /// Standard output and standard error (appended); `None`: inherited.
     pub file: Option<PathBuf>,
+    /// A file naming the program's process group while it runs. A program
+    /// named there that is still running when the next one starts (its
+    /// daemon was killed and started again) is killed first, so that it
+    /// cannot keep the service's port or serve again.
+    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -193,11 +199,18 @@ impl Program {
             }
             None => None,
         };
+        if let Some(pid_file) = &output.pid_file {
+            crate::leftover::kill(pid_file);
+        }
         let signals = IgnoredSignals::none();
         let stdio = Stdio {
             out: stdio.as_ref().map(|f: &File| f.as_raw_fd()),
+            new_group: true,
         };
         let root = spawn(&launch, shared.region(), shared.fd(), &signals, &stdio)?;
+        if let Some(pid_file) = &output.pid_file {
+            crate::leftover::remember(pid_file, root);
+        }
         Ok(Program {
             shared,
             root,
@@ -241,10 +254,15 @@ impl Program {
             .then(|| region::message(&r))
     }
 
-    /// SIGKILL every process of the program.
+    /// SIGKILL every process of the program (its process group too).
     pub fn kill(&self) {
         let r = self.region();
         r.raise(CTL_CONSUMER_GONE, &SysFutex);
+        if self.root > 0 {
+            // SAFETY: kill has no memory preconditions; the group is the
+            // program's own (it was made its leader at spawn).
+            unsafe { libc::kill(-self.root, libc::SIGKILL) };
+        }
         for pid in region::live_pids(&r).into_iter().chain([self.root]) {
             if pid > 0 {
                 crate::sys::kill_hard(pid);

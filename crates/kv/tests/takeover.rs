@@ -152,6 +152,7 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         false,
         &Output {
             file: Some(primary_out.clone()),
+            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -186,6 +187,7 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         &start,
         &Output {
             file: Some(replica_out.clone()),
+            pid_file: None,
         },
     )
     .expect("start the replica");
@@ -246,6 +248,7 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         &start,
         &Output {
             file: Some(work.path().join("third.out")),
+            pid_file: None,
         },
     )
     .expect("start the third replica");
@@ -338,6 +341,7 @@ fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_lo
         true,
         &Output {
             file: Some(out.clone()),
+            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -407,6 +411,7 @@ fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
         false,
         &Output {
             file: Some(out.clone()),
+            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -529,6 +534,7 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
         false,
         &Output {
             file: Some(out.clone()),
+            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -555,6 +561,7 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
         &start,
         &Output {
             file: Some(work.path().join("replica.out")),
+            pid_file: None,
         },
     )
     .expect("start the replica");
