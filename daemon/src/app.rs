@@ -235,6 +235,53 @@ impl AppShared {
     }
 }
 
+/// The file where a runner lists the processes of its program, so that a
+/// ferryd started after a crash can end what the crashed one left running.
+const PIDS_FILE: &str = "pids";
+
+/// When process `pid` started (field 22 of /proc/PID/stat), to tell it
+/// from a later process with the same pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn write_pids(dir: &Path, pids: &[i32]) {
+    let text: String = pids
+        .iter()
+        .filter_map(|&p| start_time(p).map(|t| format!("{p} {t}\n")))
+        .collect();
+    let tmp = dir.join("pids.tmp");
+    if std::fs::write(&tmp, text).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(PIDS_FILE));
+    }
+}
+
+/// SIGKILL the processes a previous ferryd listed for this application
+/// (those still running with the same start time), and forget the list.
+pub fn kill_leftovers(dir: &Path, app: &str) {
+    let path = dir.join(PIDS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return;
+    };
+    for line in text.lines() {
+        let mut it = line.split_whitespace();
+        let (Some(Ok(pid)), Some(Ok(t))) = (
+            it.next().map(str::parse::<i32>),
+            it.next().map(str::parse::<u64>),
+        ) else {
+            continue;
+        };
+        if pid > 1 && start_time(pid) == Some(t) {
+            warn!(app, pid, "killing a process a previous ferryd left running");
+            ferry_host::sys::kill_hard(pid);
+        }
+    }
+    let _ = std::fs::remove_file(path);
+}
+
 /// A stable id of an application's name, written in its segment headers.
 pub fn app_id(name: &str) -> u64 {
     let mut h = 0xcbf2_9ce4_8422_2325_u64;
@@ -321,6 +368,10 @@ impl Runner {
                     last_sync: Instant::now(),
                     unsynced: false,
                     pending_pause: false,
+                    gated: false,
+                    gate_up_to: 0,
+                    pids: Vec::new(),
+                    pids_checked: Instant::now(),
                 }
                 .run()
             })
@@ -343,6 +394,13 @@ struct RunnerThread {
     last_sync: Instant,
     unsynced: bool,
     pending_pause: bool,
+    /// The primary's outputs wait for the gate.
+    gated: bool,
+    /// The gate's last `up_to`.
+    gate_up_to: u64,
+    /// The program's processes as last written to the pids file.
+    pids: Vec<i32>,
+    pids_checked: Instant,
 }
 
 fn output(shared: &AppShared) -> Output {
@@ -391,6 +449,7 @@ impl RunnerThread {
                 Side::Primary(_) => self.primary_step(),
                 Side::Replica(_) => self.replica_step(),
             }
+            self.note_pids(false);
         }
         self.kill();
     }
@@ -400,8 +459,27 @@ impl RunnerThread {
             Side::Primary(p) | Side::Replica(p) => {
                 p.kill();
                 self.shared.pid.store(0, Ordering::SeqCst);
+                self.pids.clear();
+                let _ = std::fs::remove_file(self.shared.dir.join(PIDS_FILE));
             }
             Side::Idle => {}
+        }
+    }
+
+    /// Keep the pids file up to date (checked every 500 ms).
+    fn note_pids(&mut self, force: bool) {
+        if !force && self.pids_checked.elapsed() < Duration::from_millis(500) {
+            return;
+        }
+        self.pids_checked = Instant::now();
+        let Some(p) = self.program() else { return };
+        let mut pids = ferry_host::region::live_pids(&p.region());
+        pids.push(p.root_pid());
+        pids.sort_unstable();
+        pids.dedup();
+        if pids != self.pids {
+            write_pids(&self.shared.dir, &pids);
+            self.pids = pids;
         }
     }
 
@@ -416,6 +494,7 @@ impl RunnerThread {
     fn command(&mut self, cmd: RunnerCmd) -> bool {
         match cmd {
             RunnerCmd::StartPrimary { start, gated } => {
+                self.gated = gated;
                 self.kill();
                 match Program::primary(&start, gated, &output(&self.shared)) {
                     Ok(p) => {
@@ -439,6 +518,7 @@ impl RunnerThread {
                 self.start_replica();
             }
             RunnerCmd::OpenGate { up_to, until } => {
+                self.gate_up_to = up_to;
                 if let Side::Primary(p) = &self.side {
                     p.open_gate(up_to, until);
                 }
@@ -486,6 +566,7 @@ impl RunnerThread {
     }
 
     fn started(&self, p: &Program) {
+        write_pids(&self.shared.dir, &[p.root_pid()]);
         self.shared.pid.store(p.root_pid(), Ordering::SeqCst);
         self.emit(AppEvent::Started {
             app: self.app(),
@@ -567,8 +648,15 @@ impl RunnerThread {
 
     fn primary_step(&mut self) {
         if !self.drain_once() {
+            // With records past the gate, the program may be waiting for
+            // it to open: look for the command that opens it more often.
+            let wait = if self.gated && self.drained() > self.gate_up_to {
+                Duration::from_micros(100)
+            } else {
+                Duration::from_millis(2)
+            };
             if let Side::Primary(p) = &self.side {
-                p.wait_records(Duration::from_millis(2));
+                p.wait_records(wait);
             }
         }
         if self.last_sync.elapsed() > Duration::from_millis(20) {
@@ -598,8 +686,14 @@ impl RunnerThread {
             }
             Ok((_, None)) => std::thread::sleep(Duration::from_millis(2)),
             Err(e) => {
+                // A record that reads back damaged: the log cannot be
+                // trusted; fetch it again (and never take over from it).
                 error!(app = %self.shared.name, error = %e, "cannot read the log for the replica");
                 self.kill();
+                self.emit(AppEvent::Corrupt {
+                    app: self.app(),
+                    intact: 0,
+                });
             }
         }
     }
@@ -608,10 +702,16 @@ impl RunnerThread {
         match &mut self.side {
             Side::Primary(p) => {
                 p.root_exited(status);
+                // A death, not an end the log records: a signal, or the
+                // shim giving up (it cannot serve, e.g. a port taken).
+                let failure = p.failure();
                 self.drain_all();
                 self.sync_log();
                 let last = self.drained();
-                let killed = libc::WIFSIGNALED(status);
+                let killed = libc::WIFSIGNALED(status) || failure.is_some();
+                if let Some(why) = &failure {
+                    error!(app = %self.shared.name, why = %why, "the shim stopped the program");
+                }
                 info!(app = %self.shared.name, status, killed, last, "the program's root process ended");
                 self.kill();
                 self.emit(AppEvent::Ended {
@@ -649,6 +749,8 @@ impl RunnerThread {
     }
 
     fn try_go_live(&mut self, base: u64, gated: bool) -> Result<(), String> {
+        self.gated = gated;
+        self.gate_up_to = base;
         // The log must end at base: drop records of the old primary that
         // were never made durable here.
         {

@@ -24,6 +24,10 @@ use crate::config::Settings;
 use crate::peer::{self, PeerEvent, PeerMessage, RecordStream, StreamHead, Transport};
 use crate::{persist, vip};
 
+/// How long messages about an application that was just stopped are
+/// dropped.
+const STOPPED_GRACE: Duration = Duration::from_secs(3);
+
 /// A request from the control socket.
 #[derive(Debug)]
 pub enum CoreReq {
@@ -78,12 +82,17 @@ struct Local {
     program_started: bool,
     /// The program died (not an exit through the log); `Some(last)`.
     died: Option<u64>,
+    /// When a handover after a death was last tried.
+    died_retry: Option<Instant>,
     /// When each logged batch ended, for the lag in time.
     logged_at: VecDeque<(u64, Instant)>,
     /// Record streams to backups.
     streamers: HashMap<String, JoinHandle<()>>,
     /// A resync asked for at this time is under way.
     resync_since: Option<Instant>,
+    /// This node holds the service address: since when, and when it was
+    /// last renewed.
+    vip_held: Option<(Instant, Instant)>,
 }
 
 /// The core task's state.
@@ -94,8 +103,16 @@ pub struct Core {
     locals: HashMap<String, Local>,
     hello: HashMap<String, bool>,
     pids: HashMap<i32, String>,
+    /// Children reaped before their runner reported them (a program that
+    /// ended at once): pid → wait status and when. Kept a few seconds
+    /// only, so that a reused pid is never taken for an old one.
+    unclaimed: HashMap<i32, (i32, Instant)>,
     app_tx: mpsc::UnboundedSender<AppEvent>,
     failures: Vec<(String, String)>,
+    /// Applications stopped a moment ago: a heartbeat that was in flight
+    /// when the stop came (datagrams and streams are not ordered) must not
+    /// bring them back.
+    stopped: HashMap<String, Instant>,
     /// systemd's watchdog: ping this often (from the core loop, so that a
     /// stuck core stops the pings).
     watchdog: Option<(Duration, Instant)>,
@@ -175,6 +192,7 @@ impl Core {
                 }
             };
             let mut durable = 0;
+            app::kill_leftovers(&dir, &name);
             if !settings.witness {
                 let (shared, was_damaged) = AppShared::open(&settings.data_dir, &name)?;
                 durable = shared.durable();
@@ -198,8 +216,10 @@ impl Core {
             locals,
             hello: HashMap::new(),
             pids: HashMap::new(),
+            unclaimed: HashMap::new(),
             app_tx,
             failures: Vec::new(),
+            stopped: HashMap::new(),
             watchdog: None,
         };
         for name in damaged {
@@ -210,6 +230,10 @@ impl Core {
         }
         let names: Vec<String> = core.locals.keys().cloned().collect();
         for name in names {
+            let vip = core.locals[&name].shared.vip.lock().unwrap().clone();
+            if let Some(v) = vip {
+                vip::remove_stale(&name, &v);
+            }
             core.start_replica(&name);
         }
         Ok((core, app_rx))
@@ -229,13 +253,19 @@ impl Core {
         let mut housekeeping = tokio::time::interval(Duration::from_millis(100));
         tokio::pin!(shutdown);
         let mut last_tick = Instant::now();
+        // Set once asked to stop: primaries are handed over first.
+        let mut draining: Option<Instant> = None;
+        let mut handing: Vec<String> = Vec::new();
         loop {
             let wait = match self.node.next_timeout() {
                 Some(t) => Duration::from_nanos(t.saturating_sub(now())).min(heartbeat),
                 None => heartbeat,
             };
             tokio::select! {
-                _ = &mut shutdown => break,
+                _ = &mut shutdown, if draining.is_none() => {
+                    draining = Some(Instant::now());
+                    handing = self.hand_over_all();
+                }
                 Some(e) = inputs.peer_rx.recv() => self.on_peer(e),
                 Some(e) = app_rx.recv() => self.on_app(e),
                 Some((req, reply)) = inputs.ctl_rx.recv() => {
@@ -253,6 +283,14 @@ impl Core {
                 let actions = self.node.tick(now());
                 self.carry(actions);
             }
+            if let Some(since) = draining {
+                let limit = Duration::from_nanos(self.settings.timings.transfer_timeout)
+                    + Duration::from_secs(1);
+                let primaries = self.primaries();
+                if !handing.iter().any(|a| primaries.contains(a)) || since.elapsed() > limit {
+                    break;
+                }
+            }
         }
         info!("shutting down: stopping local programs");
         for (_, local) in self.locals.drain() {
@@ -264,6 +302,37 @@ impl Core {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
+    /// The applications this node is the primary of.
+    fn primaries(&self) -> Vec<String> {
+        self.node
+            .apps()
+            .filter(|a| self.node.status(a).is_some_and(|s| s.role == Role::Primary))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Stopping: hand every application this node leads to a backup
+    /// (a planned switchover, nothing lost), so that a restart of ferryd
+    /// (an upgrade) does not wait for a lease to run out.
+    fn hand_over_all(&mut self) -> Vec<String> {
+        let apps = self.primaries();
+        if !apps.is_empty() {
+            info!(apps = ?apps, "stopping: handing the applications over to backups first");
+        }
+        let mut started = Vec::new();
+        for app in apps {
+            self.failures.clear();
+            self.input(Input::Failover {
+                app: app.clone(),
+                to: None,
+            });
+            if self.failures.iter().all(|(a, _)| *a != app) {
+                started.push(app);
+            }
+        }
+        started
+    }
+
     fn input(&mut self, input: Input) {
         let actions = self.node.handle(now(), input);
         self.carry(actions);
@@ -272,13 +341,18 @@ impl Core {
     fn reap(&mut self) {
         for _ in 0..1000 {
             match sys::reap_nohang() {
-                Ok(Reaped::Child { pid, status }) => {
-                    if let Some(app) = self.pids.remove(&pid) {
+                Ok(Reaped::Child { pid, status }) => match self.pids.remove(&pid) {
+                    Some(app) => {
                         if let Some(l) = self.locals.get(&app) {
                             l.runner.send(RunnerCmd::RootExited { pid, status });
                         }
                     }
-                }
+                    None => {
+                        // Most are the programs' own children; keep a few
+                        // in case a runner reports this pid later.
+                        self.unclaimed.insert(pid, (status, Instant::now()));
+                    }
+                },
                 Ok(_) => break,
                 Err(e) => {
                     warn!(error = %e, "waitpid failed");
@@ -300,6 +374,11 @@ impl Core {
                 let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Watchdog]);
             }
         }
+        self.unclaimed
+            .retain(|_, (_, at)| at.elapsed() < Duration::from_secs(5));
+        self.stopped.retain(|_, at| at.elapsed() < STOPPED_GRACE);
+        self.renew_vips();
+        self.retry_handovers();
         let mut failed = Vec::new();
         for (name, l) in &mut self.locals {
             if let Some(s) = self.node.status(name) {
@@ -319,6 +398,58 @@ impl Core {
         for app in failed {
             warn!(app, "no records came for the resync; asking again");
             self.input(Input::ResyncFailed { app });
+        }
+    }
+
+    /// Renew the service address of every application this node serves
+    /// while its lease holds; announce it again for a few seconds after it
+    /// moved here. Without renewal the kernel drops it (vip::LIFETIME_SECS).
+    fn renew_vips(&mut self) {
+        for (name, l) in &mut self.locals {
+            let Some((since, renewed)) = l.vip_held else {
+                continue;
+            };
+            if renewed.elapsed() < vip::RENEW_EVERY {
+                continue;
+            }
+            let serving = self
+                .node
+                .status(name)
+                .is_some_and(|s| s.role == Role::Primary && s.gate_open);
+            if !serving {
+                continue;
+            }
+            let v = l.shared.vip.lock().unwrap().clone();
+            if let Some(v) = v {
+                let announce = since.elapsed() < Duration::from_secs(5);
+                vip::add(name, &v, false, announce);
+                l.vip_held = Some((since, Instant::now()));
+            }
+        }
+    }
+
+    /// A primary whose program is gone and that found no backup to take
+    /// over tries again once one is healthy and in contact.
+    fn retry_handovers(&mut self) {
+        let mut retry = Vec::new();
+        for (name, l) in &mut self.locals {
+            if l.died.is_none()
+                || l.died_retry
+                    .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
+            {
+                continue;
+            }
+            let Some(s) = self.node.status(name) else {
+                continue;
+            };
+            if s.role == Role::Primary && s.backups.iter().any(|b| b.healthy && b.in_contact) {
+                l.died_retry = Some(Instant::now());
+                retry.push(name.clone());
+            }
+        }
+        for app in retry {
+            self.failures.clear();
+            self.input(Input::Failover { app, to: None });
         }
     }
 
@@ -374,6 +505,7 @@ impl Core {
                     }
                     l.died = None;
                     l.program_started = false;
+                    l.vip_held = None;
                     let v = l.shared.vip.lock().unwrap().clone();
                     if let Some(v) = v {
                         vip::remove(&app, &v);
@@ -382,10 +514,11 @@ impl Core {
                 self.start_replica(&app);
             }
             Action::MoveVip { app } => {
-                if let Some(l) = self.locals.get(&app) {
+                if let Some(l) = self.locals.get_mut(&app) {
                     let v = l.shared.vip.lock().unwrap().clone();
                     if let Some(v) = v {
-                        vip::add(&app, &v);
+                        vip::add(&app, &v, true, true);
+                        l.vip_held = Some((Instant::now(), Instant::now()));
                     }
                 }
             }
@@ -399,7 +532,10 @@ impl Core {
                     std::process::exit(1);
                 }
             }
-            Action::Forget { app } => self.forget(&app),
+            Action::Forget { app } => {
+                self.stopped.insert(app.clone(), Instant::now());
+                self.forget(&app);
+            }
             Action::Resync {
                 app,
                 from_gseq,
@@ -518,7 +654,22 @@ impl Core {
             PeerEvent::Message {
                 from,
                 message: PeerMessage::Protocol(message),
-            } => self.input(Input::Message { from, message }),
+            } => {
+                let just_stopped = self
+                    .stopped
+                    .get(message.app())
+                    .is_some_and(|t| t.elapsed() < STOPPED_GRACE);
+                if just_stopped && self.node.status(message.app()).is_none() {
+                    debug!(
+                        app = message.app(),
+                        from,
+                        kind = message.kind(),
+                        "message about a stopped application dropped"
+                    );
+                    return;
+                }
+                self.input(Input::Message { from, message })
+            }
             PeerEvent::Message {
                 from,
                 message: PeerMessage::Fetch { app, from_gseq },
@@ -636,9 +787,16 @@ impl Core {
                 self.input(Input::RecordsLogged { app, gseq });
             }
             AppEvent::Paused { app, gseq } => self.input(Input::Paused { app, gseq }),
-            AppEvent::Started { app, pid } => {
-                self.pids.insert(pid, app);
-            }
+            AppEvent::Started { app, pid } => match self.unclaimed.remove(&pid) {
+                Some((status, _)) => {
+                    if let Some(l) = self.locals.get(&app) {
+                        l.runner.send(RunnerCmd::RootExited { pid, status });
+                    }
+                }
+                None => {
+                    self.pids.insert(pid, app);
+                }
+            },
             AppEvent::Ended {
                 app,
                 killed,
@@ -659,6 +817,7 @@ impl Core {
                     );
                     if let Some(l) = self.locals.get_mut(&app) {
                         l.died = Some(last);
+                        l.died_retry = Some(Instant::now());
                     }
                     self.input(Input::Failover { app, to: None });
                 } else {
@@ -668,7 +827,16 @@ impl Core {
             }
             AppEvent::WentLive { app, result } => match result {
                 Ok(()) => info!(app, "serving as primary"),
-                Err(e) => error!(app, error = %e, "promotion failed: no program runs here"),
+                Err(e) => {
+                    // No program runs here: hand the role on, as when a
+                    // program dies.
+                    error!(app, error = %e, "promotion failed: handing over to a backup");
+                    if let Some(l) = self.locals.get_mut(&app) {
+                        l.died = Some(l.shared.progress.get().unwrap_or(0));
+                        l.died_retry = Some(Instant::now());
+                    }
+                    self.input(Input::Failover { app, to: None });
+                }
             },
             AppEvent::Durable { app, gseq } => self.input(Input::Durable { app, gseq }),
             AppEvent::Resynced { app, gseq } => {
@@ -873,7 +1041,10 @@ impl Core {
             return failed(why);
         }
         if let Some(v) = &r.vip {
-            vip::add(&r.name, v);
+            vip::add(&r.name, v, true, true);
+            if let Some(l) = self.locals.get_mut(&r.name) {
+                l.vip_held = Some((Instant::now(), Instant::now()));
+            }
         }
         info!(app = %r.name, ?mode, "application started as primary");
         Reply::new(Outcome::Done {
@@ -884,13 +1055,9 @@ impl Core {
     fn status(&self, only: Option<&str>) -> Reply {
         let mut names: Vec<String> = self.node.apps().map(str::to_owned).collect();
         names.sort();
+        // An application this node does not know is not an error: the
+        // answer lists none (a node learns an application from its primary).
         if let Some(app) = only {
-            if !names.iter().any(|n| n == app) {
-                return Reply::error(
-                    ErrorKind::BadRequest,
-                    format!("no application {app} on node {}", self.settings.node),
-                );
-            }
             names.retain(|n| n == app);
         }
         let apps = names
@@ -964,9 +1131,11 @@ impl Local {
             shared,
             program_started: false,
             died: None,
+            died_retry: None,
             logged_at: VecDeque::new(),
             streamers: HashMap::new(),
             resync_since: None,
+            vip_held: None,
         }
     }
 }

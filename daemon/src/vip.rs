@@ -67,30 +67,75 @@ fn run(app: &str, what: &str, cmd: &mut Command) -> bool {
     }
 }
 
-/// Add the address to its interface and announce it.
-pub fn add(app: &str, vip: &str) {
+/// How long an added address lives unless renewed: the primary renews it
+/// every [`RENEW_EVERY`] while it holds its lease, so that the address
+/// leaves a host whose ferryd died or froze (its program may still run
+/// there) within this time, by the kernel's own clock.
+pub const LIFETIME_SECS: u32 = 2;
+/// How often the primary renews the address.
+pub const RENEW_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Add (or renew) the address on its interface for [`LIFETIME_SECS`], and
+/// announce it when `announce`. Logs at `info` only when `first`.
+pub fn add(app: &str, vip: &str, first: bool, announce: bool) {
     let Ok(v) = parse(vip) else { return };
     let cidr = format!("{}/{}", v.ip, v.prefix);
+    let lft = LIFETIME_SECS.to_string();
     let added = run(
         app,
-        "ip addr add",
-        Command::new("ip").args(["addr", "replace", &cidr, "dev", &v.iface]),
+        "ip addr replace",
+        Command::new("ip").args([
+            "addr",
+            "replace",
+            &cidr,
+            "dev",
+            &v.iface,
+            "valid_lft",
+            &lft,
+            "preferred_lft",
+            &lft,
+        ]),
     );
     if !added {
         return;
     }
-    info!(app, vip, "service address added");
+    if first {
+        info!(app, vip, "service address added");
+    }
+    if !announce {
+        return;
+    }
     match v.ip {
         IpAddr::V4(ip) => match crate::garp::announce(&v.iface, ip) {
-            Ok(()) => info!(app, vip, "gratuitous ARP sent"),
+            Ok(()) if first => info!(app, vip, "gratuitous ARP sent"),
+            Ok(()) => {}
             Err(e) => warn!(app, vip, error = %e, "cannot send a gratuitous ARP"),
         },
-        IpAddr::V6(_) => {
+        IpAddr::V6(_) if first => {
             warn!(
                 app,
                 vip, "IPv6 service address: no unsolicited neighbour advertisement is sent"
             )
         }
+        IpAddr::V6(_) => {}
+    }
+}
+
+/// At start, when this node is no primary: remove the address if a
+/// previous run left it on the interface (a crash before a demotion).
+pub fn remove_stale(app: &str, vip: &str) {
+    let Ok(v) = parse(vip) else { return };
+    let present = Command::new("ip")
+        .args(["-o", "addr", "show", "dev", &v.iface])
+        .output()
+        .is_ok_and(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .any(|w| w == format!("{}/{}", v.ip, v.prefix))
+        });
+    if present {
+        info!(app, vip, "removing the service address a previous run left");
+        remove(app, vip);
     }
 }
 

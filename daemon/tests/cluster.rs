@@ -373,3 +373,137 @@ fn a_backup_whose_log_is_damaged_fetches_it_again_before_it_counts() {
         cluster.pids.push(pid as i32);
     }
 }
+
+#[test]
+fn ferry_run_refuses_bad_requests_and_a_program_that_exits_is_stopped_everywhere() {
+    let cluster = three();
+    let a = cluster.node("a");
+    let out = a.ferry(&["run", "--name", "x", "--", "no-such-command-here"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no-such-command-here") && err.trim_end().lines().count() == 1,
+        "{err}"
+    );
+    let out = a.ferry(&["run", "--name", "../x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let out = a.ferry(&["run", "--name", "x", "--vip", "10.0.0.1@eth0", "--", "true"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    // A witness runs nothing.
+    let out = cluster
+        .node("w")
+        .ferry(&["run", "--name", "x", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("witness"));
+
+    // A program that exits on its own: the application ends on every node.
+    let out = a.ferry(&["run", "--name", "brief", "--", "sh", "-c", "exit 3"]);
+    assert_ne!(out.status.code(), Some(2), "{out:?}");
+    for d in &cluster.daemons {
+        let gone = wait_for(LIMIT, || {
+            let s = d.status()?;
+            s["apps"].as_array()?.is_empty().then_some(())
+        });
+        assert!(
+            gone.is_some(),
+            "{} still knows brief:\n{}",
+            d.name,
+            cluster.logs()
+        );
+    }
+    assert!(
+        a.log_text().contains("the program exited"),
+        "{}",
+        a.log_text()
+    );
+}
+
+/// Seed 001's rolling upgrade: stopping ferryd (SIGTERM, as systemd does)
+/// on the primary's host first hands the application over, losing nothing,
+/// and the service answers from the backup.
+#[test]
+fn stopping_ferryd_hands_its_applications_over_first() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    let acks = write_keys(&cluster, port, 20);
+    cluster.node_mut("a").stop();
+    let a_log = cluster.node("a").log_text();
+    assert!(a_log.contains("handing the applications over"), "{a_log}");
+    let b = cluster.node("b");
+    let s = wait_for(LIMIT, || b.app("kv").filter(|s| s["role"] == "primary"));
+    let s = s.unwrap_or_else(|| panic!("b is not primary:\n{}", cluster.logs()));
+    assert_eq!(u(&s, "epoch"), 2, "not a planned switchover: {s}");
+    assert!(
+        !b.log_text().contains("standing for election"),
+        "{}",
+        cluster.logs()
+    );
+    if let Some(pid) = s["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+    let stream = wait_for(LIMIT, || TcpStream::connect(("127.0.0.1", port)).ok())
+        .expect("nobody listens on the service port after the switchover");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    for (i, ack) in acks.iter().enumerate() {
+        writeln!(w, "GET k{i}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let version = ack.trim_start_matches("OK ");
+        assert_eq!(
+            line.trim(),
+            format!("VALUE {version} v{i}"),
+            "write {i} lost"
+        );
+    }
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie (no reaper in some containers) counts as ended.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.split_whitespace().next() != Some("Z"))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn a_restarted_ferryd_ends_the_program_its_crashed_run_left() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    write_keys(&cluster, port, 5);
+    let pid = cluster.node("a").app("kv").unwrap()["pid"]
+        .as_i64()
+        .unwrap() as i32;
+    cluster.node_mut("a").kill9();
+    assert!(alive(pid), "the program died with its ferryd");
+    cluster.node_mut("a").restart();
+    let gone = wait_for(LIMIT, || (!alive(pid)).then_some(()));
+    assert!(
+        gone.is_some(),
+        "the old program {pid} still runs:\n{}",
+        cluster.logs()
+    );
+    assert!(cluster
+        .node("a")
+        .log_text()
+        .contains("a previous ferryd left running"));
+    let a = cluster.node("a");
+    let back = wait_for(LIMIT, || a.app("kv").filter(|s| s["role"] == "backup"));
+    assert!(
+        back.is_some(),
+        "a did not come back as a backup:\n{}",
+        cluster.logs()
+    );
+    for d in &cluster.daemons {
+        if let Some(p) = d.app("kv").and_then(|s| s["pid"].as_i64()) {
+            cluster.pids.push(p as i32);
+        }
+    }
+}

@@ -124,11 +124,18 @@ fn exchange(path: &Path, command: Command) -> Result<Outcome, ClientError> {
 fn request(control: &Path, command: Command, json: bool) -> u8 {
     match exchange(control, command) {
         Err(e) => report(PROGRAM_FAILED, e),
-        Ok(Outcome::Done { message }) => {
+        Ok(outcome) => print_outcome(outcome, json),
+    }
+}
+
+/// Print an outcome; returns the exit code.
+fn print_outcome(outcome: Outcome, json: bool) -> u8 {
+    match outcome {
+        Outcome::Done { message } => {
             println!("{message}");
             SUCCESS
         }
-        Ok(Outcome::Status(s)) => {
+        Outcome::Status(s) => {
             if json {
                 match serde_json::to_string_pretty(&s) {
                     Ok(text) => println!("{text}"),
@@ -139,7 +146,7 @@ fn request(control: &Path, command: Command, json: bool) -> u8 {
             }
             SUCCESS
         }
-        Ok(Outcome::Error { kind, message }) => {
+        Outcome::Error { kind, message } => {
             let code = match kind {
                 ErrorKind::BadRequest | ErrorKind::Version => BAD_INPUT,
                 ErrorKind::Failed => PROGRAM_FAILED,
@@ -169,7 +176,6 @@ pub fn table(s: &NodeStatus) -> String {
     };
     let _ = writeln!(out, "node {}{kind}, connected to: {peers}", s.node);
     if s.apps.is_empty() {
-        let _ = writeln!(out, "no applications");
         return out;
     }
     let _ = writeln!(
@@ -256,7 +262,28 @@ pub fn run(control: &Path, args: RunArgs) -> u8 {
 
 /// `ferry status`.
 pub fn status(control: &Path, args: StatusArgs) -> u8 {
-    request(control, Command::Status { app: args.app }, args.json)
+    if args.json {
+        return request(control, Command::Status { app: args.app }, true);
+    }
+    match exchange(
+        control,
+        Command::Status {
+            app: args.app.clone(),
+        },
+    ) {
+        Ok(Outcome::Status(s)) => {
+            print!("{}", table(&s));
+            if s.apps.is_empty() {
+                match &args.app {
+                    Some(app) => println!("{app}: not known on this node"),
+                    None => println!("no applications"),
+                }
+            }
+            SUCCESS
+        }
+        Ok(other) => print_outcome(other, false),
+        Err(e) => report(PROGRAM_FAILED, e),
+    }
 }
 
 /// `ferry failover`.
