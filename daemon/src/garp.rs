@@ -37,7 +37,9 @@ fn mac_of(iface: &str) -> io::Result<[u8; 6]> {
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     let name = iface.as_bytes();
     if name.len() >= req.ifr_name.len() {
-        return Err(io::Error::other(format!("interface name {iface:?} is too long")));
+        return Err(io::Error::other(format!(
+            "interface name {iface:?} is too long"
+        )));
     }
     for (d, s) in req.ifr_name.iter_mut().zip(name) {
         *d = *s as libc::c_char;

@@ -2,7 +2,6 @@
 //! region it shares with the shim. The `ferry` CLI (record, replay, exec)
 //! and `ferryd` (primaries and live replicas) both start programs this way.
 
-pub mod leftover;
 pub mod program;
 pub mod region;
 pub mod resolve;

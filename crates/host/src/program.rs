@@ -87,17 +87,11 @@ pub enum ProgramError {
     },
 }
 
-/// Where the program's standard streams go, and where its process is
-/// remembered.
+/// Where the program's standard streams go.
 #[derive(Debug, Default)]
 pub struct Output {
     /// Standard output and standard error (appended); `None`: inherited.
     pub file: Option<PathBuf>,
-    /// A file naming the program's process group while it runs. A program
-    /// named there that is still running when the next one starts (its
-    /// daemon was killed and started again) is killed first, so that it
-    /// cannot keep the service's port or serve again.
-    pub pid_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -199,18 +193,12 @@ impl Program {
             }
             None => None,
         };
-        if let Some(pid_file) = &output.pid_file {
-            crate::leftover::kill(pid_file);
-        }
         let signals = IgnoredSignals::none();
         let stdio = Stdio {
             out: stdio.as_ref().map(|f: &File| f.as_raw_fd()),
             new_group: true,
         };
         let root = spawn(&launch, shared.region(), shared.fd(), &signals, &stdio)?;
-        if let Some(pid_file) = &output.pid_file {
-            crate::leftover::remember(pid_file, root);
-        }
         Ok(Program {
             shared,
             root,

@@ -152,7 +152,6 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         false,
         &Output {
             file: Some(primary_out.clone()),
-            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -187,7 +186,6 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         &start,
         &Output {
             file: Some(replica_out.clone()),
-            pid_file: None,
         },
     )
     .expect("start the replica");
@@ -248,7 +246,6 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         &start,
         &Output {
             file: Some(work.path().join("third.out")),
-            pid_file: None,
         },
     )
     .expect("start the third replica");
@@ -341,7 +338,6 @@ fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_lo
         true,
         &Output {
             file: Some(out.clone()),
-            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -411,7 +407,6 @@ fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
         false,
         &Output {
             file: Some(out.clone()),
-            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -534,7 +529,6 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
         false,
         &Output {
             file: Some(out.clone()),
-            pid_file: None,
         },
     )
     .expect("start the primary");
@@ -561,7 +555,6 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
         &start,
         &Output {
             file: Some(work.path().join("replica.out")),
-            pid_file: None,
         },
     )
     .expect("start the replica");
