@@ -851,9 +851,7 @@ impl StatusReader {
             .find(|(n, _, _)| n == name)
             .ok_or_else(|| ClusterError::NoNode(name.to_owned()))?;
         let mut c = Command::new(&self.ferry);
-        c.arg("--control")
-            .arg(control)
-            .args(["status", "--json"]);
+        c.arg("--control").arg(control).args(["status", "--json"]);
         let what = format!("{} (on {name})", cmd::describe(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = netns::spawn_in(ns, &mut c).map_err(|source| ClusterError::Io {
