@@ -492,12 +492,12 @@ impl Cluster {
         }
     }
 
-    /// `ferry status APP --json` of node `name`, bounded by the step timeout.
+    /// `ferry status --json` of node `name`, bounded by the step timeout.
     pub fn status(&self, name: &str) -> Result<NodeStatus, ClusterError> {
         self.status_within(name, self.config.step_timeout)
     }
 
-    /// `ferry status APP --json` of node `name` within `timeout`.
+    /// `ferry status --json` of node `name` within `timeout`.
     pub fn status_within(&self, name: &str, timeout: Duration) -> Result<NodeStatus, ClusterError> {
         self.status_reader().status(name, timeout)
     }
@@ -822,7 +822,7 @@ impl Cluster {
     }
 }
 
-/// Reads `ferry status APP --json` from each node (a copy of what it
+/// Reads `ferry status --json` from each node (a copy of what it
 /// needs, so that monitoring threads can own one).
 #[derive(Debug, Clone)]
 pub struct StatusReader {
@@ -842,8 +842,8 @@ impl StatusReader {
         &self.app
     }
 
-    /// `ferry --control SOCK status APP --json`, run inside node `name`'s
-    /// host, within `timeout`.
+    /// `ferry --control SOCK status --json`, run inside node `name`'s host,
+    /// within `timeout`.
     pub fn status(&self, name: &str, timeout: Duration) -> Result<NodeStatus, ClusterError> {
         let (_, ns, control) = self
             .nodes
@@ -851,9 +851,9 @@ impl StatusReader {
             .find(|(n, _, _)| n == name)
             .ok_or_else(|| ClusterError::NoNode(name.to_owned()))?;
         let mut c = Command::new(&self.ferry);
-        c.arg("--control")
-            .arg(control)
-            .args(["status", &self.app, "--json"]);
+        // Every application, not `status APP`: a node that does not know the
+        // application yet (before `ferry run`, or just started) answers too.
+        c.arg("--control").arg(control).args(["status", "--json"]);
         let what = format!("{} (on {name})", cmd::describe(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let child = netns::spawn_in(ns, &mut c).map_err(|source| ClusterError::Io {

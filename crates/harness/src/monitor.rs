@@ -2,7 +2,7 @@
 //!
 //! Three kinds of threads record with times relative to the monitor's
 //! start:
-//! - one per node polls `ferry status APP --json` (a node that does not
+//! - one per node polls `ferry status --json` (a node that does not
 //!   answer, frozen or dead, delays only its own thread);
 //! - one reads every host's answer counter (data segments leaving the host
 //!   from the service port);
