@@ -350,7 +350,7 @@ impl Cluster {
     pub fn ferryd_command(&self, name: &str) -> Result<Command, ClusterError> {
         let node = self.node(name)?;
         let port = self.config.ferryd_port;
-        let mut c = Command::new(&self.config.binaries.ferryd);
+        let mut c = netns::command(&node.host.ns, &self.config.binaries.ferryd);
         c.arg("--node")
             .arg(&node.name)
             .arg("--listen")
@@ -394,7 +394,7 @@ impl Cluster {
         })?;
         c.stdin(Stdio::null()).stdout(log).stderr(err);
         let what = format!("starting ferryd on {name}");
-        let child = netns::spawn_in(&node.host.ns, &mut c).map_err(|source| ClusterError::Io {
+        let child = c.spawn().map_err(|source| ClusterError::Io {
             what: what.clone(),
             source,
         })?;
@@ -450,10 +450,11 @@ impl Cluster {
         all[all.len().saturating_sub(lines)..].join(" | ")
     }
 
-    /// A `ferry --control SOCK ARGS…` command for node `name`.
+    /// A `ferry --control SOCK ARGS…` command for node `name`, to run
+    /// inside its host.
     pub fn ferry(&self, name: &str, args: &[&str]) -> Result<Command, ClusterError> {
         let node = self.node(name)?;
-        let mut c = Command::new(&self.config.binaries.ferry);
+        let mut c = netns::command(&node.host.ns, &self.config.binaries.ferry);
         c.arg("--control").arg(&node.control).args(args);
         Ok(c)
     }
@@ -468,11 +469,9 @@ impl Cluster {
         let mut c = self.ferry(name, args)?;
         let what = format!("{} (on {name})", cmd::describe(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = netns::spawn_in(&self.node(name)?.host.ns, &mut c).map_err(|source| {
-            ClusterError::Io {
-                what: what.clone(),
-                source,
-            }
+        let child = c.spawn().map_err(|source| ClusterError::Io {
+            what: what.clone(),
+            source,
         })?;
         let out = cmd::wait_output(child, &what, timeout).map_err(|source| ClusterError::Cmd {
             what: what.clone(),
@@ -850,13 +849,13 @@ impl StatusReader {
             .iter()
             .find(|(n, _, _)| n == name)
             .ok_or_else(|| ClusterError::NoNode(name.to_owned()))?;
-        let mut c = Command::new(&self.ferry);
+        let mut c = netns::command(ns, &self.ferry);
         // Every application, not `status APP`: a node that does not know the
         // application yet (before `ferry run`, or just started) answers too.
         c.arg("--control").arg(control).args(["status", "--json"]);
         let what = format!("{} (on {name})", cmd::describe(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = netns::spawn_in(ns, &mut c).map_err(|source| ClusterError::Io {
+        let child = c.spawn().map_err(|source| ClusterError::Io {
             what: what.clone(),
             source,
         })?;
