@@ -125,6 +125,9 @@ pub struct Settings {
     pub drop_for: Duration,
     /// How long the frozen ferryd stays resumed under watch.
     pub settle: Duration,
+    /// The longest a backup that came back may take to be in sync again
+    /// (it may have a whole log to replay).
+    pub catchup_timeout: Duration,
     /// Concurrent writers.
     pub clients: usize,
     pub cluster: ClusterConfig,
@@ -139,6 +142,7 @@ impl Settings {
             after_fault: Duration::from_secs(1),
             drop_for: Duration::from_secs(3),
             settle: Duration::from_secs(2),
+            catchup_timeout: Duration::from_secs(60),
             clients: 2,
             cluster,
         }
@@ -152,6 +156,7 @@ impl Settings {
             after_fault: Duration::from_secs(3),
             drop_for: Duration::from_secs(6),
             settle: Duration::from_secs(3),
+            catchup_timeout: Duration::from_secs(120),
             clients: 8,
             cluster,
         }
@@ -609,10 +614,11 @@ fn heal(run: &mut Run<'_>, cluster: &mut Cluster, p0: &str, b0: &str) {
 /// After a planned failover the other replica answers the same `DIGEST`.
 fn replicas_equal(run: &mut Run<'_>, cluster: &Cluster) {
     let timeout = run.settings.takeover_timeout;
+    let catchup = run.settings.catchup_timeout;
     let quick = Duration::from_secs(2);
     let result = (|| -> Result<(String, String, String, String), ClusterError> {
-        let p = cluster.wait_protected(timeout)?;
-        cluster.wait_caught_up(timeout)?;
+        let p = cluster.wait_protected(catchup)?;
+        cluster.wait_caught_up(catchup)?;
         let epoch = cluster.app_status(&p, quick).map_or(0, |a| a.epoch);
         let d1 = cluster.digest(timeout)?;
         cluster.failover(&p)?;
