@@ -68,6 +68,27 @@ pub struct AppStatus {
     pub protected: Option<bool>,
     /// Whether output may leave (the primary's output gate), when reported.
     pub gate_open: Option<bool>,
+    /// On a primary, what it knows of each backup, when reported.
+    pub backups: Vec<BackupStatus>,
+}
+
+/// What a primary says about one of its backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    pub node: String,
+    /// Highest gseq it acknowledged.
+    pub acked: Option<u64>,
+    /// Its log is healthy and in sync.
+    pub healthy: Option<bool>,
+    /// It answered within the lease.
+    pub in_contact: Option<bool>,
+}
+
+impl BackupStatus {
+    /// Healthy and in contact (a missing field counts as yes).
+    pub fn in_sync(&self) -> bool {
+        self.healthy != Some(false) && self.in_contact != Some(false)
+    }
 }
 
 impl AppStatus {
@@ -259,7 +280,27 @@ fn app(v: &Value, key: Option<&String>) -> Result<AppStatus, StatusError> {
         replayed,
         protected: bool_field(o, &["protected"]),
         gate_open,
+        backups: backups(o.get("backups"))?,
     })
+}
+
+fn backups(v: Option<&Value>) -> Result<Vec<BackupStatus>, StatusError> {
+    let Some(Value::Array(items)) = v else {
+        return Ok(Vec::new());
+    };
+    items
+        .iter()
+        .filter_map(|i| i.as_object())
+        .map(|b| {
+            Ok(BackupStatus {
+                node: str_field(b, &["node", "name"])
+                    .ok_or(StatusError::Missing("backups[].node"))?,
+                acked: u64_field(b, "backups[].acked", &["acked", "acknowledged"])?,
+                healthy: bool_field(b, &["healthy"]),
+                in_contact: bool_field(b, &["in_contact"]),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -297,6 +338,16 @@ mod tests {
         );
         assert_eq!((a.protected, a.gate_open), (Some(true), Some(true)));
         assert!(a.claims_serving());
+        assert_eq!(
+            a.backups,
+            vec![BackupStatus {
+                node: "n2".into(),
+                acked: Some(4211),
+                healthy: Some(true),
+                in_contact: Some(true)
+            }]
+        );
+        assert!(a.backups[0].in_sync());
 
         let backup = parse(
             r#"{"node":"n2","witness":false,"connected":["n1"],"apps":[{"app":"kv",
