@@ -239,14 +239,7 @@ impl AppShared {
 /// ferryd started after a crash can end what the crashed one left running.
 const PIDS_FILE: &str = "pids";
 
-/// When process `pid` started (field 22 of /proc/PID/stat), to tell it
-/// from a later process with the same pid.
-fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
+use ferry_host::sys::start_time;
 
 fn write_pids(dir: &Path, pids: &[i32]) {
     let text: String = pids

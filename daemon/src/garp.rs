@@ -27,17 +27,41 @@ pub fn packet(mac: [u8; 6], ip: Ipv4Addr, op: u16) -> [u8; 28] {
     p
 }
 
-/// The hardware address of `iface`, from sysfs.
+/// The hardware address of `iface` in this network namespace.
 fn mac_of(iface: &str) -> io::Result<[u8; 6]> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))?;
-    let mut mac = [0u8; 6];
-    let parts: Vec<&str> = text.trim().split(':').collect();
-    if parts.len() != 6 {
+    // Asked of the kernel through a socket, which belongs to this process's
+    // network namespace: `/sys/class/net` shows the namespace it was
+    // mounted in, which differs for a daemon that entered a namespace with
+    // setns (as on a test bench).
+    // SAFETY: all-zero is a valid ifreq.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    let name = iface.as_bytes();
+    if name.len() >= req.ifr_name.len() {
+        return Err(io::Error::other(format!(
+            "interface name {iface:?} is too long"
+        )));
+    }
+    for (d, s) in req.ifr_name.iter_mut().zip(name) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a datagram socket with no pointers.
+    let fd = check("socket(AF_INET)", unsafe {
+        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: fd was just returned to us and is owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: SIOCGIFHWADDR fills the ifreq we pass, which outlives the call.
+    check("ioctl(SIOCGIFHWADDR)", unsafe {
+        libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req)
+    })?;
+    // SAFETY: SIOCGIFHWADDR filled the hardware-address member of the union.
+    let sa = unsafe { req.ifr_ifru.ifru_hwaddr };
+    if sa.sa_family != libc::ARPHRD_ETHER {
         return Err(io::Error::other(format!("{iface} has no Ethernet address")));
     }
-    for (b, part) in mac.iter_mut().zip(parts) {
-        *b = u8::from_str_radix(part, 16)
-            .map_err(|_| io::Error::other(format!("bad address {:?}", text.trim())))?;
+    let mut mac = [0u8; 6];
+    for (d, s) in mac.iter_mut().zip(sa.sa_data.iter()) {
+        *d = *s as u8;
     }
     Ok(mac)
 }

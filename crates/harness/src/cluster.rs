@@ -350,7 +350,7 @@ impl Cluster {
     pub fn ferryd_command(&self, name: &str) -> Result<Command, ClusterError> {
         let node = self.node(name)?;
         let port = self.config.ferryd_port;
-        let mut c = Command::new(&self.config.binaries.ferryd);
+        let mut c = netns::command(&node.host.ns, &self.config.binaries.ferryd);
         c.arg("--node")
             .arg(&node.name)
             .arg("--listen")
@@ -394,7 +394,7 @@ impl Cluster {
         })?;
         c.stdin(Stdio::null()).stdout(log).stderr(err);
         let what = format!("starting ferryd on {name}");
-        let child = netns::spawn_in(&node.host.ns, &mut c).map_err(|source| ClusterError::Io {
+        let child = c.spawn().map_err(|source| ClusterError::Io {
             what: what.clone(),
             source,
         })?;
@@ -450,10 +450,11 @@ impl Cluster {
         all[all.len().saturating_sub(lines)..].join(" | ")
     }
 
-    /// A `ferry --control SOCK ARGS…` command for node `name`.
+    /// A `ferry --control SOCK ARGS…` command for node `name`, to run
+    /// inside its host.
     pub fn ferry(&self, name: &str, args: &[&str]) -> Result<Command, ClusterError> {
         let node = self.node(name)?;
-        let mut c = Command::new(&self.config.binaries.ferry);
+        let mut c = netns::command(&node.host.ns, &self.config.binaries.ferry);
         c.arg("--control").arg(&node.control).args(args);
         Ok(c)
     }
@@ -468,11 +469,9 @@ impl Cluster {
         let mut c = self.ferry(name, args)?;
         let what = format!("{} (on {name})", cmd::describe(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = netns::spawn_in(&self.node(name)?.host.ns, &mut c).map_err(|source| {
-            ClusterError::Io {
-                what: what.clone(),
-                source,
-            }
+        let child = c.spawn().map_err(|source| ClusterError::Io {
+            what: what.clone(),
+            source,
         })?;
         let out = cmd::wait_output(child, &what, timeout).map_err(|source| ClusterError::Cmd {
             what: what.clone(),
@@ -492,12 +491,12 @@ impl Cluster {
         }
     }
 
-    /// `ferry status APP --json` of node `name`, bounded by the step timeout.
+    /// `ferry status --json` of node `name`, bounded by the step timeout.
     pub fn status(&self, name: &str) -> Result<NodeStatus, ClusterError> {
         self.status_within(name, self.config.step_timeout)
     }
 
-    /// `ferry status APP --json` of node `name` within `timeout`.
+    /// `ferry status --json` of node `name` within `timeout`.
     pub fn status_within(&self, name: &str, timeout: Duration) -> Result<NodeStatus, ClusterError> {
         self.status_reader().status(name, timeout)
     }
@@ -591,21 +590,14 @@ impl Cluster {
         let poll = Duration::from_secs(2).min(timeout);
         let mut last = String::from("no answer yet");
         while start.elapsed() < timeout {
-            if let Some((p, a)) = self.primary(poll) {
-                let b = Cluster::other_replica(&p);
-                match (a.logged, self.app_status(b, poll)) {
-                    (Some(logged), Some(bs)) if bs.role == Role::Backup => {
-                        if bs.replayed >= Some(logged) {
-                            return Ok(());
-                        }
-                        last = format!("{b} replayed {:?} of the {logged} {p} logged", bs.replayed);
-                    }
-                    (_, other) => {
-                        last = format!("primary {p} logged {:?}, {b}: {other:?}", a.logged)
+            match self.primary(poll) {
+                Some((p, a)) => {
+                    match caught_up(&p, &a, self.app_status(Cluster::other_replica(&p), poll)) {
+                        Ok(()) => return Ok(()),
+                        Err(why) => last = why,
                     }
                 }
-            } else {
-                last = "no primary".into();
+                None => last = "no primary".into(),
             }
             thread::sleep(Duration::from_millis(100));
         }
@@ -626,7 +618,7 @@ impl Cluster {
     ) -> Result<(String, u64), ClusterError> {
         let start = Instant::now();
         let new = Cluster::other_replica(old);
-        let poll = Duration::from_secs(1).min(timeout);
+        let poll = Duration::from_secs(2).min(timeout);
         let mut last = String::from("no answer yet");
         while start.elapsed() < timeout {
             match self.app_status(new, poll) {
@@ -650,6 +642,20 @@ impl Cluster {
         let app = self.config.app.clone();
         self.ferry_in(via, &["failover", &app], self.config.step_timeout)
             .map(|_| ())
+    }
+
+    /// `ferry failover APP` through `via`, asked again while it fails, for
+    /// at most `timeout` (a backup that just came back may not be ready for
+    /// it at once).
+    pub fn failover_within(&self, via: &str, timeout: Duration) -> Result<(), ClusterError> {
+        let start = Instant::now();
+        loop {
+            match self.failover(via) {
+                Ok(()) => return Ok(()),
+                Err(e) if start.elapsed() >= timeout => return Err(e),
+                Err(_) => thread::sleep(Duration::from_millis(500)),
+            }
+        }
     }
 
     /// `ferry stop APP` through node `via`.
@@ -822,7 +828,47 @@ impl Cluster {
     }
 }
 
-/// Reads `ferry status APP --json` from each node (a copy of what it
+/// Whether the backup of primary `p` (whose status is `a`; the backup's is
+/// `b`) has everything: in the primary's list of backups, in sync and
+/// having acknowledged all it logged, when the primary lists its backups;
+/// else a backup in the same epoch that replayed all the primary logged.
+fn caught_up(p: &str, a: &AppStatus, b: Option<AppStatus>) -> Result<(), String> {
+    let name = Cluster::other_replica(p);
+    let logged = a.logged.unwrap_or(0);
+    if !a.backups.is_empty() {
+        return match a.backups.iter().find(|x| x.node == name) {
+            Some(x) if x.in_sync() && x.acked.unwrap_or(logged) >= logged => Ok(()),
+            Some(x) => Err(format!(
+                "{p} says of {name}: healthy {:?}, in contact {:?}, acknowledged {:?} of {logged}",
+                x.healthy, x.in_contact, x.acked
+            )),
+            None => Err(format!("{p} does not list {name} among its backups")),
+        };
+    }
+    match b {
+        Some(b) if b.role == Role::Backup && b.epoch == a.epoch => {
+            if b.replayed >= Some(logged) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{name} replayed {:?} of the {logged} {p} logged",
+                    b.replayed
+                ))
+            }
+        }
+        other => Err(format!(
+            "{p} is primary at epoch {}, {name}: {}",
+            a.epoch,
+            other.map_or("no answer".into(), |b| format!(
+                "{} at epoch {}",
+                b.role.as_str(),
+                b.epoch
+            ))
+        )),
+    }
+}
+
+/// Reads `ferry status --json` from each node (a copy of what it
 /// needs, so that monitoring threads can own one).
 #[derive(Debug, Clone)]
 pub struct StatusReader {
@@ -842,21 +888,21 @@ impl StatusReader {
         &self.app
     }
 
-    /// `ferry --control SOCK status APP --json`, run inside node `name`'s
-    /// host, within `timeout`.
+    /// `ferry --control SOCK status --json`, run inside node `name`'s host,
+    /// within `timeout`.
     pub fn status(&self, name: &str, timeout: Duration) -> Result<NodeStatus, ClusterError> {
         let (_, ns, control) = self
             .nodes
             .iter()
             .find(|(n, _, _)| n == name)
             .ok_or_else(|| ClusterError::NoNode(name.to_owned()))?;
-        let mut c = Command::new(&self.ferry);
-        c.arg("--control")
-            .arg(control)
-            .args(["status", &self.app, "--json"]);
+        let mut c = netns::command(ns, &self.ferry);
+        // Every application, not `status APP`: a node that does not know the
+        // application yet (before `ferry run`, or just started) answers too.
+        c.arg("--control").arg(control).args(["status", "--json"]);
         let what = format!("{} (on {name})", cmd::describe(&c));
         c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = netns::spawn_in(ns, &mut c).map_err(|source| ClusterError::Io {
+        let child = c.spawn().map_err(|source| ClusterError::Io {
             what: what.clone(),
             source,
         })?;
@@ -898,5 +944,54 @@ impl Drop for Node {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::BackupStatus;
+
+    fn app(role: Role, epoch: u64, logged: u64, replayed: u64) -> AppStatus {
+        AppStatus {
+            name: "kv".into(),
+            role,
+            epoch,
+            logged: Some(logged),
+            acknowledged: None,
+            replayed: Some(replayed),
+            protected: None,
+            gate_open: None,
+            backups: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn caught_up_from_the_primarys_list_of_backups() {
+        let mut p = app(Role::Primary, 3, 100, 100);
+        let b = |acked, healthy| BackupStatus {
+            node: "n2".into(),
+            acked: Some(acked),
+            healthy: Some(healthy),
+            in_contact: Some(true),
+        };
+        p.backups = vec![b(100, true)];
+        assert!(caught_up("n1", &p, None).is_ok());
+        p.backups = vec![b(90, true)];
+        assert!(caught_up("n1", &p, None)
+            .unwrap_err()
+            .contains("acknowledged Some(90) of 100"));
+        p.backups = vec![b(100, false)];
+        assert!(caught_up("n1", &p, None).is_err());
+    }
+
+    #[test]
+    fn caught_up_from_the_backups_own_status() {
+        let p = app(Role::Primary, 3, 100, 100);
+        assert!(caught_up("n1", &p, Some(app(Role::Backup, 3, 0, 100))).is_ok());
+        assert!(caught_up("n1", &p, Some(app(Role::Backup, 3, 0, 99))).is_err());
+        // An old primary's own numbers, in an older epoch, do not count.
+        assert!(caught_up("n1", &p, Some(app(Role::Backup, 2, 0, 500))).is_err());
+        assert!(caught_up("n1", &p, None).is_err());
     }
 }

@@ -50,11 +50,20 @@ pub fn unregister(id: &str) {
 /// Remove every registered run now.
 pub fn remove_all_live() {
     let ids: Vec<String> = LIVE.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for id in ids {
-        for e in topology::remove_run(&id) {
+    for id in &ids {
+        for e in topology::remove_run(id) {
             eprintln!("ferry-chaos: cleanup of run {id}: {e}");
         }
-        unregister(&id);
+    }
+    // The run's own thread keeps going meanwhile, and may have made a
+    // directory or started a process again before its next step failed:
+    // a second pass, once that is over.
+    std::thread::sleep(Duration::from_millis(300));
+    for id in &ids {
+        for e in topology::remove_run(id) {
+            eprintln!("ferry-chaos: cleanup of run {id}: {e}");
+        }
+        unregister(id);
     }
 }
 

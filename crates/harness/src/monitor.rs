@@ -2,7 +2,7 @@
 //!
 //! Three kinds of threads record with times relative to the monitor's
 //! start:
-//! - one per node polls `ferry status APP --json` (a node that does not
+//! - one per node polls `ferry status --json` (a node that does not
 //!   answer, frozen or dead, delays only its own thread);
 //! - one reads every host's answer counter (data segments leaving the host
 //!   from the service port);
@@ -251,9 +251,9 @@ impl Monitor {
     }
 
     /// Stop every thread and return what they saw.
-    pub fn finish(self) -> Observations {
+    pub fn finish(mut self) -> Observations {
         self.stop.store(true, Ordering::Relaxed);
-        for h in self.handles {
+        for h in std::mem::take(&mut self.handles) {
             let _ = h.join();
         }
         Observations {
@@ -261,6 +261,14 @@ impl Monitor {
             answers: take(&self.answers),
             probes: take(&self.probes),
         }
+    }
+}
+
+impl Drop for Monitor {
+    /// A monitor dropped without [`Monitor::finish`] (a run that failed
+    /// half-way) stops its threads too.
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

@@ -55,7 +55,9 @@ where
 }
 
 /// Start `cmd` inside namespace `name`, as the leader of a new process
-/// group (so that it and its children can be signalled together).
+/// group (so that it and its children can be signalled together). Only the
+/// network namespace changes: `/sys` still shows the machine's interfaces
+/// (see [`command`] for a process that must see its own).
 pub fn spawn_in(name: &str, cmd: &mut Command) -> io::Result<Child> {
     let f = open(name)?;
     let fd = f.as_raw_fd();
@@ -75,6 +77,18 @@ pub fn spawn_in(name: &str, cmd: &mut Command) -> io::Result<Child> {
     let child = cmd.spawn();
     drop(f);
     child
+}
+
+/// A command that runs `program` inside namespace `name` as a host's own
+/// process would: through `ip netns exec`, which also gives it a mount
+/// namespace where `/sys` shows the namespace's interfaces (a program that
+/// reads `/sys/class/net/IFACE/address` gets its own MAC), then executes
+/// `program` in place (same pid). It leads a new process group.
+pub fn command(name: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", name]).arg(program);
+    c.process_group(0);
+    c
 }
 
 /// The inode that identifies namespace `name`.

@@ -16,6 +16,7 @@
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, REPLICAS, WITNESS};
 use crate::monitor::{Monitor, MonitorConfig, Observations};
 use crate::report::{Report, RunResult};
+use crate::status::AppStatus;
 use crate::topology;
 use ferry_kv::client::Reconnect;
 use ferry_kv::workload::{Stop, Workload, WorkloadConfig};
@@ -125,6 +126,9 @@ pub struct Settings {
     pub drop_for: Duration,
     /// How long the frozen ferryd stays resumed under watch.
     pub settle: Duration,
+    /// The longest a backup that came back may take to be in sync again
+    /// (it may have a whole log to replay).
+    pub catchup_timeout: Duration,
     /// Concurrent writers.
     pub clients: usize,
     pub cluster: ClusterConfig,
@@ -139,6 +143,7 @@ impl Settings {
             after_fault: Duration::from_secs(1),
             drop_for: Duration::from_secs(3),
             settle: Duration::from_secs(2),
+            catchup_timeout: Duration::from_secs(60),
             clients: 2,
             cluster,
         }
@@ -152,6 +157,7 @@ impl Settings {
             after_fault: Duration::from_secs(3),
             drop_for: Duration::from_secs(6),
             settle: Duration::from_secs(3),
+            catchup_timeout: Duration::from_secs(120),
             clients: 8,
             cluster,
         }
@@ -382,19 +388,44 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
             t_resume = Some(monitor.now_ms());
         }
         s if !s.fails_over() => {
-            thread::sleep(Duration::from_secs(1));
-            match cluster.app_status(&p0, quick) {
+            // The primary may close its gate for a moment (a backup gone):
+            // it must serve again, and no other node may take over.
+            let start = Instant::now();
+            let mut last = None;
+            while start.elapsed() < settings.takeover_timeout {
+                last = cluster.app_status(&p0, quick);
+                if last.as_ref().is_some_and(AppStatus::claims_serving) {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(100));
+            }
+            match last {
                 Some(a) if a.claims_serving() => {
                     if a.epoch != e0 {
                         run.note(format!("{p0} still serves, epoch {e0} → {}", a.epoch));
                     }
                 }
                 Some(a) => run.violation(format!(
-                    "{p0} stopped serving: {} at epoch {}",
+                    "{p0} does not serve {:?} after the fault: {} at epoch {}, gate {}",
+                    settings.takeover_timeout,
                     a.role.as_str(),
-                    a.epoch
+                    a.epoch,
+                    match a.gate_open {
+                        Some(true) => "open",
+                        Some(false) => "closed",
+                        None => "not reported",
+                    }
                 )),
                 None => run.violation(format!("{p0} does not answer status after the fault")),
+            }
+            if let Some(b) = cluster
+                .app_status(&b0, quick)
+                .filter(AppStatus::claims_serving)
+            {
+                run.violation(format!(
+                    "{b0} took over at epoch {} in a scenario without failover",
+                    b.epoch
+                ));
             }
         }
         _ => {}
@@ -434,6 +465,11 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
     run.note(format!("workload: {wr}"));
     if wr.acknowledged == 0 {
         run.violation("no write was acknowledged");
+    }
+    // A writer gives up when it cannot reach the service for the whole
+    // reconnection deadline (the takeover timeout and 5 s).
+    for e in &wr.client_errors {
+        run.violation(format!("a writer gave up: {e}"));
     }
 
     // 1. Every acknowledged write is there.
@@ -609,14 +645,15 @@ fn heal(run: &mut Run<'_>, cluster: &mut Cluster, p0: &str, b0: &str) {
 /// After a planned failover the other replica answers the same `DIGEST`.
 fn replicas_equal(run: &mut Run<'_>, cluster: &Cluster) {
     let timeout = run.settings.takeover_timeout;
+    let catchup = run.settings.catchup_timeout;
     let quick = Duration::from_secs(2);
     let result = (|| -> Result<(String, String, String, String), ClusterError> {
-        let p = cluster.wait_protected(timeout)?;
-        cluster.wait_caught_up(timeout)?;
+        let p = cluster.wait_protected(catchup)?;
+        cluster.wait_caught_up(catchup)?;
         let epoch = cluster.app_status(&p, quick).map_or(0, |a| a.epoch);
         let d1 = cluster.digest(timeout)?;
-        cluster.failover(&p)?;
-        let (q, _) = cluster.wait_takeover(&p, epoch, timeout)?;
+        cluster.failover_within(&p, catchup)?;
+        let (q, _) = cluster.wait_takeover(&p, epoch, catchup)?;
         let d2 = cluster.digest(timeout)?;
         Ok((p, d1, q, d2))
     })();

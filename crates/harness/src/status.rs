@@ -4,15 +4,17 @@
 //! The reader is lenient so that it keeps working while the output grows:
 //! unknown fields are ignored, and these shapes are accepted:
 //!
-//! - a node object `{"node": "n1", "role": "witness", "apps": [APP, …]}`,
-//!   where `apps` may also be an object keyed by application name;
+//! - a node object `{"node": "n1", "witness": false, "apps": [APP, …]}`
+//!   (what `ferryd` prints; `"role": "witness"` also marks a witness), where
+//!   `apps` may also be an object keyed by application name;
 //! - one application object `APP`, or an array of them.
 //!
-//! An application object has `name` (or `app`), `role`
-//! (`primary|backup|witness|none`), `epoch`, the sequence numbers either
-//! nested (`"gseq": {"logged", "acknowledged", "replayed"}`) or flat
-//! (`logged`/`gseq_logged`, …), `protected` (bool), and optionally the
-//! output gate (`"gate": "open"|"closed"` or `"gate_open": bool`).
+//! An application object has `app` (or `name`), `role`
+//! (`primary|candidate|backup|witness|none`), `epoch`, the sequence numbers
+//! either flat (`logged`, `acked`/`acknowledged`, `replayed`, as `ferryd`
+//! prints them, or `gseq_…`) or nested (`"gseq": {"logged",
+//! "acknowledged", "replayed"}`), `protected` (bool), and optionally the
+//! output gate (`"gate_open": bool`, or `"gate": "open"|"closed"`).
 
 use serde_json::{Map, Value};
 use thiserror::Error;
@@ -21,6 +23,8 @@ use thiserror::Error;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Role {
     Primary,
+    /// Asking for votes to become primary.
+    Candidate,
     Backup,
     Witness,
     None,
@@ -31,6 +35,7 @@ impl Role {
     fn parse(s: &str) -> Role {
         match s.to_ascii_lowercase().as_str() {
             "primary" => Role::Primary,
+            "candidate" => Role::Candidate,
             "backup" | "replica" => Role::Backup,
             "witness" => Role::Witness,
             "none" | "" => Role::None,
@@ -41,6 +46,7 @@ impl Role {
     pub fn as_str(&self) -> &str {
         match self {
             Role::Primary => "primary",
+            Role::Candidate => "candidate",
             Role::Backup => "backup",
             Role::Witness => "witness",
             Role::None => "none",
@@ -62,6 +68,27 @@ pub struct AppStatus {
     pub protected: Option<bool>,
     /// Whether output may leave (the primary's output gate), when reported.
     pub gate_open: Option<bool>,
+    /// On a primary, what it knows of each backup, when reported.
+    pub backups: Vec<BackupStatus>,
+}
+
+/// What a primary says about one of its backups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupStatus {
+    pub node: String,
+    /// Highest gseq it acknowledged.
+    pub acked: Option<u64>,
+    /// Its log is healthy and in sync.
+    pub healthy: Option<bool>,
+    /// It answered within the lease.
+    pub in_contact: Option<bool>,
+}
+
+impl BackupStatus {
+    /// Healthy and in contact (a missing field counts as yes).
+    pub fn in_sync(&self) -> bool {
+        self.healthy != Some(false) && self.in_contact != Some(false)
+    }
 }
 
 impl AppStatus {
@@ -124,7 +151,11 @@ pub fn parse(text: &str) -> Result<NodeStatus, StatusError> {
                 || !(o.contains_key("name") || o.contains_key("app")) =>
         {
             let node = str_field(o, &["node", "name"]);
-            let role = str_field(o, &["role"]).map(|r| Role::parse(&r));
+            let role = match (str_field(o, &["role"]), bool_field(o, &["witness"])) {
+                (Some(r), _) => Some(Role::parse(&r)),
+                (None, Some(true)) => Some(Role::Witness),
+                (None, _) => None,
+            };
             let apps = match o.get("apps").or_else(|| o.get("applications")) {
                 Some(Value::Array(items)) => items
                     .iter()
@@ -249,12 +280,98 @@ fn app(v: &Value, key: Option<&String>) -> Result<AppStatus, StatusError> {
         replayed,
         protected: bool_field(o, &["protected"]),
         gate_open,
+        backups: backups(o.get("backups"))?,
     })
+}
+
+fn backups(v: Option<&Value>) -> Result<Vec<BackupStatus>, StatusError> {
+    let Some(Value::Array(items)) = v else {
+        return Ok(Vec::new());
+    };
+    items
+        .iter()
+        .filter_map(|i| i.as_object())
+        .map(|b| {
+            Ok(BackupStatus {
+                node: str_field(b, &["node", "name"])
+                    .ok_or(StatusError::Missing("backups[].node"))?,
+                acked: u64_field(b, "backups[].acked", &["acked", "acknowledged"])?,
+                healthy: bool_field(b, &["healthy"]),
+                in_contact: bool_field(b, &["in_contact"]),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What `ferry status --json` prints (ferry_proto::control::NodeStatus).
+    #[test]
+    fn what_ferryd_prints() {
+        let primary = parse(
+            r#"{
+  "node": "n1",
+  "witness": false,
+  "connected": ["n2", "w"],
+  "apps": [
+    {
+      "app": "kv", "role": "primary", "epoch": 2, "primary": "n1", "mode": "sync",
+      "logged": 4211, "acked": 4211, "durable": 0, "replayed": 4211,
+      "lag_records": 0, "lag_ms": 0, "healthy": true, "protected": true,
+      "gate_open": true,
+      "backups": [{"node": "n2", "acked": 4211, "healthy": true, "in_contact": true}],
+      "vip": "10.99.0.100/24@eth0", "pid": 1234
+    }
+  ]
+}"#,
+        )
+        .unwrap();
+        assert_eq!(primary.node.as_deref(), Some("n1"));
+        assert_eq!(primary.role, None);
+        let a = primary.app("kv").unwrap();
+        assert_eq!((a.role.clone(), a.epoch), (Role::Primary, 2));
+        assert_eq!(
+            (a.logged, a.acknowledged, a.replayed),
+            (Some(4211), Some(4211), Some(4211))
+        );
+        assert_eq!((a.protected, a.gate_open), (Some(true), Some(true)));
+        assert!(a.claims_serving());
+        assert_eq!(
+            a.backups,
+            vec![BackupStatus {
+                node: "n2".into(),
+                acked: Some(4211),
+                healthy: Some(true),
+                in_contact: Some(true)
+            }]
+        );
+        assert!(a.backups[0].in_sync());
+
+        let backup = parse(
+            r#"{"node":"n2","witness":false,"connected":["n1"],"apps":[{"app":"kv",
+                "role":"backup","epoch":2,"primary":"n1","mode":"sync","logged":0,"acked":0,
+                "durable":4200,"replayed":4100,"lag_records":0,"lag_ms":0,"healthy":true,
+                "protected":false,"gate_open":false,"backups":[],"vip":null,"pid":99}]}"#,
+        )
+        .unwrap();
+        let b = backup.app("kv").unwrap();
+        assert_eq!((b.role.clone(), b.replayed), (Role::Backup, Some(4100)));
+        assert!(!b.claims_serving());
+
+        let candidate = parse(
+            r#"{"node":"n2","witness":false,"connected":[],"apps":[{"app":"kv",
+                "role":"candidate","epoch":3,"logged":0,"acked":0,"replayed":4100,
+                "protected":false,"gate_open":false}]}"#,
+        )
+        .unwrap();
+        assert_eq!(candidate.app("kv").unwrap().role, Role::Candidate);
+
+        let witness =
+            parse(r#"{"node":"w","witness":true,"connected":["n1","n2"],"apps":[]}"#).unwrap();
+        assert_eq!(witness.role, Some(Role::Witness));
+    }
 
     #[test]
     fn node_object_with_an_array_of_apps() {

@@ -156,6 +156,10 @@ impl Topology {
             step: format!("creating {}", topo.dir.display()),
             source,
         })?;
+        write_owner(&topo.dir).map_err(|source| TopoError::Io {
+            step: format!("writing {}/owner", topo.dir.display()),
+            source,
+        })?;
         let br = topo.bridge_ns.clone();
         step(
             format!("creating namespace {br}"),
@@ -388,10 +392,10 @@ pub fn kill_all_in(ns: &str, timeout: Duration) -> Result<Vec<i32>, std::io::Err
 
 /// Remove everything of run `id`: processes, namespaces, directory.
 pub fn remove_run(id: &str) -> Vec<String> {
-    remove_prefix(&format!("{PREFIX}{id}-"), Some(id))
+    remove_prefix(&format!("{PREFIX}{id}-"), id)
 }
 
-fn remove_prefix(ns_prefix: &str, id: Option<&str>) -> Vec<String> {
+fn remove_prefix(ns_prefix: &str, id: &str) -> Vec<String> {
     let mut errors = Vec::new();
     let namespaces = namespaces_with_prefix(ns_prefix);
     for ns in &namespaces {
@@ -404,22 +408,7 @@ fn remove_prefix(ns_prefix: &str, id: Option<&str>) -> Vec<String> {
             errors.push(format!("deleting namespace {ns}: {e}"));
         }
     }
-    let dirs: Vec<PathBuf> = match id {
-        Some(id) => vec![PathBuf::from("/tmp").join(format!("{PREFIX}{id}"))],
-        None => std::fs::read_dir("/tmp")
-            .map(|rd| {
-                rd.flatten()
-                    .filter(|e| {
-                        // `/tmp/ferry-chaos-<id>` belongs to namespaces
-                        // `ferry-chaos-<id>-*`.
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        name.starts_with(ns_prefix) || format!("{name}-").starts_with(ns_prefix)
-                    })
-                    .map(|e| e.path())
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
+    let dirs = [PathBuf::from("/tmp").join(format!("{PREFIX}{id}"))];
     for d in dirs {
         if d.exists() {
             if let Err(e) = std::fs::remove_dir_all(&d) {
@@ -430,11 +419,80 @@ fn remove_prefix(ns_prefix: &str, id: Option<&str>) -> Vec<String> {
     errors
 }
 
+/// The start time of process `pid` (field 22 of `/proc/PID/stat`), which
+/// with the pid names one process even after pids wrap around.
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may hold spaces: count after it.
+    let rest = stat.rsplit_once(')')?.1;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Write which process owns run directory `dir`.
+fn write_owner(dir: &std::path::Path) -> std::io::Result<()> {
+    let me = std::process::id();
+    let start = start_time(me).unwrap_or(0);
+    std::fs::write(dir.join("owner"), format!("{me} {start}\n"))
+}
+
+/// The live process that owns run `id`, if any.
+pub fn run_owner(id: &str) -> Option<u32> {
+    let text =
+        std::fs::read_to_string(PathBuf::from("/tmp").join(format!("{PREFIX}{id}/owner"))).ok()?;
+    let mut words = text.split_whitespace();
+    let pid: u32 = words.next()?.parse().ok()?;
+    let start: u64 = words.next()?.parse().ok()?;
+    (start_time(pid) == Some(start)).then_some(pid)
+}
+
+/// The run ids with a namespace or a directory whose name starts with
+/// `prefix`.
+pub fn runs_with_prefix(prefix: &str) -> Vec<String> {
+    let id_of = |name: &str| -> Option<String> {
+        let rest = name.strip_prefix(PREFIX)?;
+        Some(rest.split('-').next()?.to_owned())
+    };
+    let mut ids: Vec<String> = namespaces_with_prefix(prefix)
+        .iter()
+        .filter_map(|n| id_of(n))
+        .collect();
+    if let Ok(rd) = std::fs::read_dir("/tmp") {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with(prefix) || format!("{name}-").starts_with(prefix) {
+                ids.extend(id_of(&name));
+            }
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    ids
+}
+
+/// What [`remove_leftovers`] did.
+#[derive(Debug, Default)]
+pub struct Leftovers {
+    /// Namespaces removed.
+    pub removed: Vec<String>,
+    /// Runs left alone because their process still runs: id and pid.
+    pub in_use: Vec<(String, u32)>,
+    pub errors: Vec<String>,
+}
+
 /// Remove what runs left behind whose names start with `prefix` (by default
 /// [`PREFIX`], every run): processes in their namespaces, the namespaces,
-/// the directories. Returns the namespaces removed and the errors.
-pub fn remove_leftovers(prefix: &str) -> (Vec<String>, Vec<String>) {
-    let namespaces = namespaces_with_prefix(prefix);
-    let errors = remove_prefix(prefix, None);
-    (namespaces, errors)
+/// the directories. A run whose `ferry-chaos` still runs is left alone
+/// unless `force`.
+pub fn remove_leftovers(prefix: &str, force: bool) -> Leftovers {
+    let mut out = Leftovers::default();
+    for id in runs_with_prefix(prefix) {
+        if let (false, Some(pid)) = (force, run_owner(&id)) {
+            out.in_use.push((id, pid));
+            continue;
+        }
+        out.removed
+            .extend(namespaces_with_prefix(&format!("{PREFIX}{id}-")));
+        out.errors.extend(remove_run(&id));
+    }
+    out
 }

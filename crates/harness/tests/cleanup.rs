@@ -123,12 +123,23 @@ fn cleanup_removes_what_a_kept_run_left() {
     let prefix = format!("{PREFIX}{id}-");
     assert_eq!(topology::namespaces_with_prefix(&prefix).len(), 3, "kept");
     assert!(dir.exists());
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry-chaos"))
-        .args(["cleanup", "--prefix", &prefix])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let cleanup = |force: bool| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_ferry-chaos"));
+        c.args(["cleanup", "--prefix", &prefix]);
+        if force {
+            c.arg("--force");
+        }
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // This process made the run and still runs: it is left alone.
+    let text = cleanup(false);
+    assert!(text.contains(&format!("left run {id} alone")), "{text}");
+    assert_eq!(topology::namespaces_with_prefix(&prefix).len(), 3);
+    // Once its owner is gone (here: a process that never was), it goes.
+    std::fs::write(dir.join("owner"), "1 0\n").unwrap();
+    let text = cleanup(false);
     assert!(
         text.contains(&format!("removed namespace {prefix}n1")),
         "{text}"
@@ -136,6 +147,19 @@ fn cleanup_removes_what_a_kept_run_left() {
     assert!(topology::namespaces_with_prefix(&prefix).is_empty());
     assert!(!dir.exists());
     assert!(sleeper.wait().is_ok(), "the sleep was killed");
+
+    // --force removes a run whose owner runs.
+    let id = topology::new_run_id();
+    let prefix = format!("{PREFIX}{id}-");
+    drop(Topology::up(&id, &[("n1", 1)], true).unwrap());
+    let mut c = Command::new(env!("CARGO_BIN_EXE_ferry-chaos"));
+    let out = c
+        .args(["cleanup", "--force", "--prefix", &prefix])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(topology::namespaces_with_prefix(&prefix).is_empty());
+
     // A prefix that is not the harness's is refused.
     let out = Command::new(env!("CARGO_BIN_EXE_ferry-chaos"))
         .args(["cleanup", "--prefix", "netns"])

@@ -327,3 +327,25 @@ fn a_rebooted_host_keeps_nothing_but_its_address() {
     stop.store(true, Ordering::Relaxed);
     echo.join().unwrap();
 }
+
+#[test]
+fn a_host_process_sees_its_own_interfaces_in_sys() {
+    let topo = up();
+    let n1 = topo.host("n1").unwrap().clone();
+    let out = netns::command(&n1.ns, "cat")
+        .arg("/sys/class/net/eth0/address")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), n1.mac);
+    // The same pid: `ip netns exec` executes the program in place.
+    let mut child = netns::command(&n1.ns, "sleep").arg("300").spawn().unwrap();
+    let start = std::time::Instant::now();
+    while netns::comm(child.id() as i32).as_deref() != Some("sleep") {
+        assert!(start.elapsed() < Duration::from_secs(5), "sleep started");
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(netns::pids_in(&n1.ns).unwrap(), vec![child.id() as i32]);
+    drop(topo);
+    let _ = child.wait();
+}

@@ -196,6 +196,7 @@ impl Program {
         let signals = IgnoredSignals::none();
         let stdio = Stdio {
             out: stdio.as_ref().map(|f: &File| f.as_raw_fd()),
+            new_group: true,
         };
         let root = spawn(&launch, shared.region(), shared.fd(), &signals, &stdio)?;
         Ok(Program {
@@ -241,10 +242,15 @@ impl Program {
             .then(|| region::message(&r))
     }
 
-    /// SIGKILL every process of the program.
+    /// SIGKILL every process of the program (its process group too).
     pub fn kill(&self) {
         let r = self.region();
         r.raise(CTL_CONSUMER_GONE, &SysFutex);
+        if self.root > 0 {
+            // SAFETY: kill has no memory preconditions; the group is the
+            // program's own (it was made its leader at spawn).
+            unsafe { libc::kill(-self.root, libc::SIGKILL) };
+        }
         for pid in region::live_pids(&r).into_iter().chain([self.root]) {
             if pid > 0 {
                 crate::sys::kill_hard(pid);

@@ -65,12 +65,16 @@ const STAGE_CHDIR: i32 = 4;
 const STAGE_EXEC: i32 = 5;
 const STAGE_STDIO: i32 = 6;
 
-/// Where the child's standard streams go.
+/// Where the child's standard streams go, and its process group.
 #[derive(Debug, Default)]
 pub struct Stdio {
     /// Standard output and standard error; standard input becomes
     /// `/dev/null`. `None`: all three inherited.
     pub out: Option<RawFd>,
+    /// Put the program in a process group of its own (a daemon's program,
+    /// which can then be found and killed as a group; not a program run
+    /// from a terminal, which must stay in the terminal's foreground group).
+    pub new_group: bool,
 }
 
 /// Everything the child needs, prepared before `fork`.
@@ -189,7 +193,7 @@ pub fn spawn(
         // on pointers into `launch`, `saved` and `dfl`, which stay valid (the
         // child's copy of the parent's memory), and atomic stores into the
         // shared region, mapped in the child too.
-        unsafe { child(launch, region, region_fd, saved, &dfl, wr, stdio.out) }
+        unsafe { child(launch, region, region_fd, saved, &dfl, wr, stdio) }
     }
     // SAFETY: the write end belongs to the child now; ours is closed once.
     unsafe { libc::close(wr) };
@@ -231,9 +235,14 @@ unsafe fn child(
     saved: &[(c_int, libc::sigaction)],
     dfl: &libc::sigaction,
     wr: RawFd,
-    out: Option<RawFd>,
+    stdio: &Stdio,
 ) -> ! {
-    if let Some(out) = out {
+    // SAFETY: setpgid on ourselves; async-signal-safe.
+    if stdio.new_group && unsafe { libc::setpgid(0, 0) } == -1 {
+        // SAFETY: child side, as below.
+        unsafe { fail(wr, STAGE_STDIO) }
+    }
+    if let Some(out) = stdio.out {
         // SAFETY: raw system calls on descriptors and a NUL-terminated
         // literal; async-signal-safe.
         let ok = unsafe {

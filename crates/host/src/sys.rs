@@ -176,3 +176,13 @@ pub fn zeroed_sigaction() -> libc::sigaction {
     // (SIG_DFL handler, empty mask).
     unsafe { std::mem::zeroed() }
 }
+
+/// When process `pid` started, in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`), to tell it from a later process with the same pid;
+/// `None` if there is no such process.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after it.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}

@@ -100,6 +100,11 @@ pub const CTL_WENT_LIVE: u32 = 1 << 6;
 /// they hold what the primary's held when the replica goes live.
 pub const CTL_LIVE_REPLICA: u32 = 1 << 7;
 
+/// The flags that end a wait for a record or a turn: the others are
+/// settings, not events.
+pub const WAKING_FLAGS: u32 =
+    CTL_END_OF_LOG | CTL_DIVERGED | CTL_FAILED | CTL_CONSUMER_GONE | CTL_WENT_LIVE;
+
 /// Length of `Control::message`.
 pub const MESSAGE_LEN: usize = 1024;
 /// Number of turn words (see `Control::turn_words`).
@@ -558,8 +563,9 @@ impl Region {
         let w = c.turn_words[i].load(Ordering::SeqCst);
         let head = self.head_vtid();
         // The end of the log does not end this wait: the head record's
-        // thread still has it to replay.
-        let stop = c.flags.load(Ordering::SeqCst) & !CTL_END_OF_LOG;
+        // thread still has it to replay. Settings (a gated primary, a live
+        // replica) do not either.
+        let stop = c.flags.load(Ordering::SeqCst) & WAKING_FLAGS & !CTL_END_OF_LOG;
         if head.is_some() && head != Some(vtid) && stop == 0 {
             futex.wait(&c.turn_words[i], w, timeout_ms);
         }
@@ -635,7 +641,7 @@ impl Region {
         c.head_waiters.fetch_add(1, Ordering::SeqCst);
         let seq = c.head_seq.load(Ordering::SeqCst);
         if c.head.load(Ordering::SeqCst) == c.tail.load(Ordering::SeqCst)
-            && c.flags.load(Ordering::SeqCst) == 0
+            && c.flags.load(Ordering::SeqCst) & WAKING_FLAGS == 0
         {
             futex.wait(&c.head_seq, seq, timeout_ms);
         }

@@ -64,11 +64,15 @@ struct RunArgs {
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Remove what runs left behind: processes in their namespaces, the
-    /// namespaces (with their veths and bridges), their directories.
+    /// namespaces (with their veths and bridges), their directories. Runs
+    /// whose ferry-chaos still runs are left alone.
     Cleanup {
         /// Only what starts with this (`ferry-chaos-<id>-` for one run).
         #[arg(long, default_value = topology::PREFIX)]
         prefix: String,
+        /// Also remove runs whose ferry-chaos still runs.
+        #[arg(long)]
+        force: bool,
     },
     /// List the scenarios.
     List,
@@ -81,7 +85,7 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     let code = match cli.command {
-        Some(Cmd::Cleanup { prefix }) => cleanup(&prefix),
+        Some(Cmd::Cleanup { prefix, force }) => cleanup(&prefix, force),
         Some(Cmd::List) => {
             for s in Scenario::ALL {
                 println!("{:<18} {}", s.name(), s.description());
@@ -180,7 +184,7 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
-fn cleanup(prefix: &str) -> ExitCode {
+fn cleanup(prefix: &str, force: bool) -> ExitCode {
     if !prefix.starts_with(topology::PREFIX) {
         eprintln!(
             "ferry-chaos: the prefix must start with {}: nothing else is the harness's",
@@ -188,16 +192,20 @@ fn cleanup(prefix: &str) -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    let (removed, errors) = topology::remove_leftovers(prefix);
-    for ns in &removed {
+    let done = topology::remove_leftovers(prefix, force);
+    for ns in &done.removed {
         println!("removed namespace {ns}");
     }
-    for e in &errors {
+    for (id, pid) in &done.in_use {
+        println!("left run {id} alone: its ferry-chaos (pid {pid}) still runs; --force removes it anyway");
+    }
+    for e in &done.errors {
         eprintln!("ferry-chaos: {e}");
     }
-    if removed.is_empty() && errors.is_empty() {
+    if done.removed.is_empty() && done.in_use.is_empty() && done.errors.is_empty() {
         println!("nothing left behind");
     }
+    let errors = done.errors;
     if errors.is_empty() {
         ExitCode::SUCCESS
     } else {
