@@ -738,7 +738,7 @@ impl Core {
         l.streamers.insert(
             to.to_owned(),
             tokio::spawn(async move {
-                if let Err(e) = stream_records(shared, connection, &peer, from_gseq).await {
+                if let Err(e) = stream_records(shared, connection, from_gseq).await {
                     debug!(peer, error = %e, "record stream ended");
                 }
             }),
@@ -1152,7 +1152,6 @@ impl Local {
 async fn stream_records(
     shared: Arc<AppShared>,
     connection: quinn::Connection,
-    peer: &str,
     from_gseq: u64,
 ) -> anyhow::Result<()> {
     let mut progress = shared.progress.subscribe();
@@ -1169,6 +1168,8 @@ async fn stream_records(
         if shared.gone.load(Ordering::SeqCst) {
             return Ok(());
         }
+        // Seen before reading: an append after this wakes the wait below.
+        progress.borrow_and_update();
         let s = shared.clone();
         let (bytes, last) =
             tokio::task::spawn_blocking(move || s.read_records(next, app::BATCH_BYTES)).await??;
@@ -1182,8 +1183,6 @@ async fn stream_records(
                 continue;
             }
         }
-        progress.borrow_and_update();
         let _ = tokio::time::timeout(Duration::from_millis(200), progress.changed()).await;
-        debug!(peer, next, "record stream waits for records");
     }
 }
