@@ -46,6 +46,18 @@ fn init_logging() {
     }
 }
 
+/// systemd's watchdog interval for this process, as sd_watchdog_enabled(3)
+/// reads it: `WATCHDOG_USEC`, unless `WATCHDOG_PID` names another process.
+fn watchdog_usec() -> Option<u64> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then_some(usec)
+}
+
 /// One line on stderr and exit code 2.
 fn usage_error(msg: impl std::fmt::Display) -> ExitCode {
     eprintln!("ferryd: {msg}");
@@ -132,8 +144,7 @@ async fn run(settings: Settings, identity: ferry_tls::NodeIdentity) -> anyhow::R
         "ferryd ready"
     );
     let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Ready]);
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
+    if let Some(usec) = watchdog_usec() {
         core.set_watchdog(Duration::from_micros(usec / 2));
     }
     let shutdown = async {

@@ -55,3 +55,58 @@ fn the_unit_file_verifies() {
         "systemd-analyze verify: {err}"
     );
 }
+
+/// ferryd tells systemd it is ready once it listens, and pings the
+/// watchdog at half of WatchdogSec (WATCHDOG_USEC).
+#[test]
+fn ferryd_notifies_ready_and_pings_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    common::certs(&dir.path().join("certs"), &["solo"]);
+    let sock_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&sock_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let port = common::free_port();
+    let mut child = Command::new(common::bin("ferryd"))
+        .args([
+            "--node",
+            "solo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+            dir.path().join("data").to_str().unwrap(),
+            "--control",
+            dir.path().join("solo.sock").to_str().unwrap(),
+            "--certs",
+            dir.path().join("certs").to_str().unwrap(),
+        ])
+        .env("NOTIFY_SOCKET", &sock_path)
+        // WatchdogSec=0.4s: a ping at least every 0.2 s.
+        .env("WATCHDOG_USEC", "400000")
+        .env_remove("WATCHDOG_PID")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 256];
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let Ok(n) = notify.recv(&mut buf) else { break };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        seen.push(msg);
+        let pings = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+        if seen.iter().any(|m| m.contains("READY=1")) && pings >= 3 {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let ready = seen.iter().position(|m| m.contains("READY=1"));
+    assert!(ready.is_some(), "no READY=1: {seen:?}");
+    let pings = seen.iter().filter(|m| m.contains("WATCHDOG=1")).count();
+    assert!(pings >= 3, "watchdog pings: {seen:?}");
+}
