@@ -140,8 +140,7 @@ pub fn control_channel() -> (
 fn valid_app_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name != "."
-        && name != ".."
+        && !name.starts_with('.')
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
@@ -636,6 +635,7 @@ impl Core {
             .data_dir
             .join("apps")
             .join(format!(".{app}.stopped.{}", now()));
+        let _ = std::fs::remove_file(dir.join(persist::STATE_FILE));
         if std::fs::rename(&dir, &kept).is_ok() {
             let _ = std::fs::remove_dir_all(kept.join("log"));
         }
@@ -961,7 +961,7 @@ impl Core {
         }
         if !valid_app_name(&r.name) {
             return bad(format!(
-                "bad application name {:?}: use 1 to 64 of A-Z a-z 0-9 . _ -",
+                "bad application name {:?}: use 1 to 64 of A-Z a-z 0-9 . _ -, not starting with .",
                 r.name
             ));
         }

@@ -274,6 +274,15 @@ fn a_planned_failover_and_a_stop_reach_every_node() {
             cluster.logs()
         );
     }
+    // A restarted node does not bring the stopped application back.
+    cluster.node_mut("a").stop();
+    cluster.node_mut("a").restart();
+    let s = cluster.node("a").status().unwrap();
+    assert_eq!(
+        s["apps"],
+        serde_json::json!([]),
+        "a stopped application came back"
+    );
 }
 
 /// What users care about most: after the primary host dies, the same

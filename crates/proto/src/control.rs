@@ -52,7 +52,8 @@ pub enum RunMode {
 /// application.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunRequest {
-    /// The application's name (`[A-Za-z0-9._-]`, 1 to 64 bytes, not `.`/`..`).
+    /// The application's name (`[A-Za-z0-9._-]`, 1 to 64 bytes, not starting
+    /// with `.`).
     pub name: String,
     /// The program and its arguments.
     pub argv: Vec<Vec<u8>>,
