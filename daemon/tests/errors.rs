@@ -360,3 +360,51 @@ fn ferry_says_why_it_cannot_reach_ferryd() {
     );
     assert_eq!(err.trim_end().lines().count(), 1);
 }
+
+#[test]
+fn only_root_or_ferryds_user_is_served() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("not root: cannot run a client as another user; only the socket mode was checked elsewhere");
+        return;
+    }
+    use std::os::unix::process::CommandExt;
+    let cluster = Cluster::start(&[
+        NodeSpec {
+            name: "b",
+            witness: false,
+        },
+        NodeSpec {
+            name: "c",
+            witness: false,
+        },
+    ]);
+    let b = cluster.node("b");
+    let run_as_nobody = |sock: &std::path::Path| {
+        Command::new(bin("ferry"))
+            .args(["--control", sock.to_str().unwrap(), "status"])
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    // The socket's mode keeps other users out...
+    let out = run_as_nobody(&b.control);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+        "{out:?}"
+    );
+    // ...and were it opened up, ferryd itself refuses them (SO_PEERCRED).
+    std::fs::set_permissions(cluster.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&b.control, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = run_as_nobody(&b.control);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("only root or ferryd's user"), "{err}");
+    assert!(
+        b.log_text().contains("control client refused"),
+        "{}",
+        b.log_text()
+    );
+}

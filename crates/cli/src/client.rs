@@ -96,9 +96,9 @@ fn exchange(path: &Path, command: Command) -> Result<Outcome, ClientError> {
     let frame = wire::encode(KIND_CONTROL_REQUEST, 0, &Request::new(command))
         .map_err(|e| fail(e.to_string()))?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
-    stream
-        .write_all(&frame)
-        .map_err(|e| fail(format!("cannot send the request: {e}")))?;
+    // ferryd may answer before it reads (a refusal) and close: then the
+    // write fails but the answer is there to read.
+    let sent = stream.write_all(&frame);
     let mut reader = FrameReader::with_max_body(MAX_CONTROL_BODY);
     let mut buf = vec![0u8; 64 << 10];
     loop {
@@ -113,7 +113,12 @@ fn exchange(path: &Path, command: Command) -> Result<Outcome, ClientError> {
             Err(e) => return Err(fail(format!("bad reply: {e}"))),
         }
         match stream.read(&mut buf) {
-            Ok(0) => return Err(fail("ferryd closed the connection without a reply".into())),
+            Ok(0) => {
+                return Err(fail(match &sent {
+                    Err(e) => format!("cannot send the request: {e}"),
+                    Ok(()) => "ferryd closed the connection without a reply".into(),
+                }))
+            }
             Ok(n) => reader.push(&buf[..n]),
             Err(e) => return Err(fail(format!("no reply: {e}"))),
         }
