@@ -9,6 +9,7 @@
 mod cert;
 mod client;
 mod demo;
+mod standby;
 mod exec;
 mod exit;
 mod record;
@@ -19,6 +20,43 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::exit::EXIT_CODES_HELP;
+
+/// `ferry demo`'s options.
+#[derive(Debug, clap::Args)]
+struct DemoArgs {
+    /// Record and replay an example program instead (no hosts, no root).
+    #[arg(long)]
+    record_replay: bool,
+}
+
+/// `ferry chaos`'s arguments: all passed to ferry-chaos.
+#[derive(Debug, clap::Args)]
+struct ChaosArgs {
+    /// ferry-chaos's arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    args: Vec<std::ffi::OsString>,
+}
+
+/// Replace this process with ferry-chaos, found next to ferry.
+fn chaos(args: ChaosArgs) -> u8 {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("ferry-chaos")))
+        .filter(|p| p.is_file());
+    let Some(exe) = exe else {
+        return exit::report(
+            exit::BAD_INPUT,
+            "ferry-chaos is not installed next to ferry (build the workspace: cargo build --workspace --bins)",
+        );
+    };
+    // The Rust runtime ignores SIGPIPE, and an ignored signal stays ignored
+    // across exec: give ferry-chaos the default back.
+    // SAFETY: setting a disposition; this process execs right after.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    let err = std::process::Command::new(&exe).args(&args.args).exec();
+    exit::report(exit::BAD_INPUT, format!("cannot run {}: {err}", exe.display()))
+}
 
 /// Keep an unmodified Linux program running across host failures.
 #[derive(Debug, Parser)]
@@ -90,20 +128,36 @@ enum Cmd {
         )
     )]
     Exec(exec::ExecArgs),
-    /// Record and replay an example whose output changes on every run.
+    /// The whole story on this machine: hosts, three ferryd, a protected
+    /// key-value server, the primary host killed, nothing lost.
     #[command(
-        long_about = "Record and replay an example that needs only bash and coreutils: a shell \
-            pipeline printing a random number, the clock, random bytes and its own start \
-            time. It is run twice natively (the outputs differ), recorded, and replayed \
-            (the replayed output equals the recorded one). Nothing is left behind.",
+        long_about = "Build four hosts on this machine (network namespaces on a bridge, \
+            10.99.0.0/24), start ferryd on three of them (two replicas and a witness), run the \
+            key-value server ferry-kv protected by Ferry behind a service address, write \
+            through a client, kill every process of the primary host and cut its link, show \
+            the backup taking over, and read back every write the server acknowledged. \
+            Everything is removed at the end. Needs root and iproute2, and ferryd and \
+            ferry-kv next to ferry.\n\n\
+            With --record-replay: record and replay a shell pipeline whose output changes on \
+            every run (needs only bash and coreutils).",
         after_help = concat!(
             "Exit codes:\n",
-            "  0  the replay reproduced the recorded output\n",
-            "  1  it did not (the differing lines are shown)\n",
-            "  2  the shim or bash is missing"
+            "  0  no acknowledged write was lost (--record-replay: the replay reproduced the recording)\n",
+            "  1  writes were lost (the replay differed)\n",
+            "  2  the demo cannot run here (not root, ip, ferryd, ferry-kv or the shim missing)"
         )
     )]
-    Demo,
+    Demo(DemoArgs),
+    /// Run the fault-injection harness (ferry-chaos, next to ferry).
+    #[command(
+        long_about = "Run ferry-chaos, the fault-injection harness: it builds hosts in network \
+            namespaces, runs ferryd and the key-value server, injects faults and checks that \
+            no acknowledged write was lost and that two primaries never served at once. \
+            Everything after `chaos` is passed to it; `ferry chaos --help` shows its options \
+            (docs/HARNESS.md has the scenarios).",
+        disable_help_flag = true
+    )]
+    Chaos(ChaosArgs),
     /// Create the cluster's certificate authority and node certificates.
     #[command(
         long_about = "Create the cluster's certificate authority and the certificate of each node. \
@@ -161,8 +215,14 @@ fn main() -> ExitCode {
         Cmd::Status(args) => client::status(&cli.control, args),
         Cmd::Failover(args) => client::failover(&cli.control, args),
         Cmd::Stop(args) => client::stop(&cli.control, args),
-        Cmd::Demo => {
-            demo::run().unwrap_or_else(|e| exit::report(exit::BAD_INPUT, format!("demo: {e:#}")))
+        Cmd::Chaos(args) => chaos(args),
+        Cmd::Demo(args) => {
+            let result = if args.record_replay {
+                demo::run()
+            } else {
+                standby::run()
+            };
+            result.unwrap_or_else(|e| exit::report(exit::BAD_INPUT, format!("demo: {e:#}")))
         }
     };
     ExitCode::from(code)

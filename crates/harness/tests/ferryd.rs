@@ -1,23 +1,21 @@
 //! The scenarios against the real `ferryd` and `ferry`.
 //!
-//! Ignored by default: they need `ferryd` and the `ferry` control commands
-//! (`run`, `status --json`, `failover`, `stop`; DESIGN §8) built next to
-//! the test executables or named by FERRYD_BIN and FERRY_BIN, plus root,
-//! `ip`, `nft` and `ferry-kv`. Run them with
-//!
-//! ```sh
-//! cargo build -p ferry-cli -p ferryd -p ferry-kv
-//! cargo test -p ferry-harness --test ferryd -- --ignored --test-threads 1
-//! ```
-//!
-//! Without those programs they fail and say what is missing: they never
-//! pass without having run.
+//! They need `ferryd`, `ferry` and `ferry-kv` built next to the test
+//! executables (`scripts/test` builds them first) or named by FERRYD_BIN,
+//! FERRY_BIN and FERRY_KV_BIN, plus root, `ip` and `nft`. Without them they
+//! fail and say what is missing: they never pass without having run. They
+//! take turns (each builds its own hosts, and the machine may have only two
+//! cores).
 
 use ferry_harness::cluster::{Binaries, Cluster, ClusterConfig, REPLICAS};
 use ferry_harness::topology;
 use ferry_kv::workload::{Stop, WorkloadConfig};
 use std::process::Command;
+use std::sync::Mutex;
 use std::time::Duration;
+
+/// One cluster at a time.
+static TURN: Mutex<()> = Mutex::new(());
 
 fn require() -> Binaries {
     if let Err(e) = topology::require(true) {
@@ -34,8 +32,8 @@ fn require() -> Binaries {
 /// server protected, writes, the primary host killed, the takeover, and no
 /// acknowledged write lost.
 #[test]
-#[ignore = "needs ferryd and the ferry control commands; run with --ignored"]
 fn the_whole_story_through_the_library() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let binaries = require();
     let id = topology::new_run_id();
     let mut cluster = Cluster::build(
@@ -85,8 +83,8 @@ fn the_whole_story_through_the_library() {
 
 /// `ferry-chaos --short`, every scenario, once: what CI runs.
 #[test]
-#[ignore = "needs ferryd and the ferry control commands; run with --ignored"]
 fn every_scenario_short() {
+    let _turn = TURN.lock().unwrap_or_else(|p| p.into_inner());
     let b = require();
     let json = std::env::temp_dir().join(format!("ferry-chaos-short-{}.json", std::process::id()));
     let out = Command::new(env!("CARGO_BIN_EXE_ferry-chaos"))

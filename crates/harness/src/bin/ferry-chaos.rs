@@ -79,6 +79,10 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // A reader that goes away (`ferry-chaos list | head`) ends the listing
+    // quietly, as for any command-line tool, instead of a failed print.
+    // SAFETY: setting a disposition before any thread starts.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     if let Err(e) = guard::install() {
         eprintln!("ferry-chaos: cannot take the termination signals: {e}");
         return ExitCode::from(2);
