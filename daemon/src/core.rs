@@ -115,6 +115,10 @@ pub struct Core {
     /// when the stop came (datagrams and streams are not ordered) must not
     /// bring them back.
     stopped: HashMap<String, Instant>,
+    /// Inputs that arose while actions were being carried out.
+    deferred: VecDeque<Input>,
+    /// Actions are being carried out.
+    carrying: bool,
     /// systemd's watchdog: ping this often (from the core loop, so that a
     /// stuck core stops the pings).
     watchdog: Option<(Duration, Instant)>,
@@ -221,6 +225,8 @@ impl Core {
             app_tx,
             failures: Vec::new(),
             stopped: HashMap::new(),
+            deferred: VecDeque::new(),
+            carrying: false,
             watchdog: None,
         };
         for name in damaged {
@@ -281,8 +287,7 @@ impl Core {
             let due = self.node.next_timeout().is_some_and(|t| t <= now());
             if due || last_tick.elapsed() >= heartbeat {
                 last_tick = Instant::now();
-                let actions = self.node.tick(now());
-                self.carry(actions);
+                self.tick();
             }
             if let Some(since) = draining {
                 let limit = Duration::from_nanos(self.settings.timings.transfer_timeout)
@@ -334,9 +339,32 @@ impl Core {
         started
     }
 
+    /// Hand `input` to the node and carry out what it asks. An input that
+    /// arises while actions are being carried out (a report of one of them)
+    /// waits until the whole list is done, so that actions stay in order
+    /// (a later state is never persisted before an earlier one).
     fn input(&mut self, input: Input) {
-        let actions = self.node.handle(now(), input);
+        self.deferred.push_back(input);
+        if self.carrying {
+            return;
+        }
+        self.drain_inputs();
+    }
+
+    fn drain_inputs(&mut self) {
+        self.carrying = true;
+        while let Some(input) = self.deferred.pop_front() {
+            let actions = self.node.handle(now(), input);
+            self.carry(actions);
+        }
+        self.carrying = false;
+    }
+
+    fn tick(&mut self) {
+        self.carrying = true;
+        let actions = self.node.tick(now());
         self.carry(actions);
+        self.drain_inputs();
     }
 
     fn reap(&mut self) {
