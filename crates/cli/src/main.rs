@@ -9,11 +9,11 @@
 mod cert;
 mod client;
 mod demo;
-mod standby;
 mod exec;
 mod exit;
 mod record;
 mod replay;
+mod standby;
 
 use std::process::ExitCode;
 
@@ -33,7 +33,11 @@ struct DemoArgs {
 #[derive(Debug, clap::Args)]
 struct ChaosArgs {
     /// ferry-chaos's arguments.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "ARGS"
+    )]
     args: Vec<std::ffi::OsString>,
 }
 
@@ -55,7 +59,10 @@ fn chaos(args: ChaosArgs) -> u8 {
     // SAFETY: setting a disposition; this process execs right after.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let err = std::process::Command::new(&exe).args(&args.args).exec();
-    exit::report(exit::BAD_INPUT, format!("cannot run {}: {err}", exe.display()))
+    exit::report(
+        exit::BAD_INPUT,
+        format!("cannot run {}: {err}", exe.display()),
+    )
 }
 
 /// Keep an unmodified Linux program running across host failures.
