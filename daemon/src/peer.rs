@@ -278,21 +278,52 @@ impl Transport {
 
     async fn dial_loop(self: Arc<Self>, peer: Peer) {
         let mut backoff = Duration::from_millis(100);
+        // A peer that does not answer is said once per outage, not at
+        // every attempt; a refusal (a certificate problem) every time.
+        let mut said_unreachable = false;
         loop {
-            match ferry_tls::connect(&self.endpoint, peer.addr, &peer.name).await {
-                Ok(pc) if pc.node == peer.name => {
+            match self.dial(&peer).await {
+                Ok(connection) => {
                     backoff = Duration::from_millis(100);
-                    self.clone().run_connection(pc.node, pc.connection).await;
+                    said_unreachable = false;
+                    self.clone()
+                        .run_connection(peer.name.clone(), connection)
+                        .await;
                 }
-                Ok(pc) => {
-                    warn!(peer = %peer.name, addr = %peer.addr, presented = %pc.node, "refused peer: its certificate names another node");
-                    pc.connection
-                        .close(VarInt::from_u32(CLOSE_UNKNOWN), b"wrong node");
+                Err(quinn::ConnectionError::TimedOut) => {
+                    if !said_unreachable {
+                        info!(peer = %peer.name, addr = %peer.addr, "peer unreachable; trying again");
+                        said_unreachable = true;
+                    }
                 }
-                Err(_) => {} // logged by ferry_tls
+                Err(quinn::ConnectionError::LocallyClosed) => {} // said by dial
+                Err(e) => {
+                    warn!(peer = %peer.name, addr = %peer.addr, error = %e, "cannot connect to peer");
+                }
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Connect to `peer`: the server must present a cluster certificate
+    /// that names it (checked by the TLS configuration).
+    async fn dial(&self, peer: &Peer) -> Result<Connection, quinn::ConnectionError> {
+        let connecting = match self.endpoint.connect(peer.addr, &peer.name) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(peer = %peer.name, addr = %peer.addr, error = %e, "cannot connect to peer");
+                return Err(quinn::ConnectionError::LocallyClosed);
+            }
+        };
+        let connection = connecting.await?;
+        match ferry_tls::peer_node_name(&connection) {
+            Some(name) if name == peer.name => Ok(connection),
+            other => {
+                warn!(peer = %peer.name, addr = %peer.addr, presented = ?other, "refused peer: its certificate does not name it");
+                connection.close(VarInt::from_u32(CLOSE_UNKNOWN), b"wrong node");
+                Err(quinn::ConnectionError::LocallyClosed)
+            }
         }
     }
 
