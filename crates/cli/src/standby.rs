@@ -122,7 +122,9 @@ pub fn run() -> anyhow::Result<u8> {
     show_status(&cluster);
     println!();
 
-    println!("6. The client reconnects to the same address and reads back every acknowledged write.");
+    println!(
+        "6. The client reconnects to the same address and reads back every acknowledged write."
+    );
     let total = before.report().acknowledged;
     let (_, verified) = cluster.verify(before).map_err(|e| anyhow!("{e}"))?;
     let clean = verified.is_clean();
