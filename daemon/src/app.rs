@@ -526,7 +526,24 @@ impl RunnerThread {
                 self.drain_all();
                 if let Side::Primary(p) = &self.side {
                     let last = if p.root_status().is_none() {
-                        p.pause()
+                        // Drain while waiting: the thread holding the
+                        // ordering lock may wait for room in the ring.
+                        p.pause_begin();
+                        let deadline = Instant::now() + Duration::from_secs(5);
+                        loop {
+                            let Side::Primary(p) = &self.side else {
+                                break 0;
+                            };
+                            if let Some(last) = p.pause_done() {
+                                break last;
+                            }
+                            if Instant::now() > deadline {
+                                break p.drained();
+                            }
+                            if !self.drain_once() {
+                                std::thread::sleep(Duration::from_micros(100));
+                            }
+                        }
                     } else {
                         p.drained()
                     };

@@ -344,17 +344,39 @@ impl Program {
 
     /// Primary: stop the program before its next logged call. Returns the
     /// gseq of its last record once no thread can log another; every record
-    /// up to it is then in the ring (drain them).
-    pub fn pause(&self) -> u64 {
-        let r = self.region();
-        r.raise(ferry_ring::CTL_PAUSE, &SysFutex);
-        let c = r.control();
-        // A thread that took the ordering lock before it saw the flag logs
-        // its record and lets go; every later one sees the flag and waits.
-        while c.order_lock.load(Ordering::SeqCst) != 0 && !self.ended() {
-            std::thread::sleep(Duration::from_micros(100));
+    /// up to it is then in the ring (drain them). Drains the ring into
+    /// `out` while it waits, since a thread that holds the ordering lock
+    /// may be waiting for room in a full ring.
+    pub fn pause(&mut self, out: &mut Vec<u8>) -> Result<u64, ProgramError> {
+        self.pause_begin();
+        loop {
+            if let Some(last) = self.pause_done() {
+                return Ok(last);
+            }
+            if self.drain(out, 1 << 20)?.is_none() {
+                std::thread::sleep(Duration::from_micros(100));
+            }
         }
-        c.next_gseq.load(Ordering::SeqCst).saturating_sub(1)
+    }
+
+    /// Primary: ask the program to stop before its next logged call; see
+    /// [`Program::pause_done`].
+    pub fn pause_begin(&self) {
+        self.region().raise(ferry_ring::CTL_PAUSE, &SysFutex);
+    }
+
+    /// Primary, after [`Program::pause_begin`]: the gseq of the program's
+    /// last record once no thread can log another (a thread that took the
+    /// ordering lock before it saw the pause logs its record and lets go;
+    /// every later one waits), or `None` while one still holds the lock.
+    /// Never waits: drain the ring between calls.
+    pub fn pause_done(&self) -> Option<u64> {
+        let r = self.region();
+        let c = r.control();
+        if c.order_lock.load(Ordering::SeqCst) != 0 && !self.ended() {
+            return None;
+        }
+        Some(c.next_gseq.load(Ordering::SeqCst).saturating_sub(1))
     }
 
     /// Primary: let a paused program go on.

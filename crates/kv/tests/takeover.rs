@@ -431,7 +431,11 @@ fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
         })
     };
     thread::sleep(Duration::from_millis(300));
-    let last = primary.lock().unwrap().pause();
+    let last = primary
+        .lock()
+        .unwrap()
+        .pause(&mut Vec::new())
+        .expect("pause");
     // Everything up to `last` reaches the ring, and nothing after it.
     let started = Instant::now();
     while primary.lock().unwrap().drained() < last {
