@@ -557,7 +557,13 @@ impl Cluster {
             ],
             self.config.step_timeout,
         )?;
-        self.wait_protected(self.config.step_timeout).map(|_| ())
+        // In async mode outputs never wait for a backup, so the primary never
+        // says protected: a backup in sync is what to wait for.
+        if self.config.mode == "async" {
+            self.wait_caught_up(self.config.step_timeout)
+        } else {
+            self.wait_protected(self.config.step_timeout).map(|_| ())
+        }
     }
 
     /// Wait until a replica serves and says the application is protected
