@@ -582,10 +582,27 @@ fn check_observations(
 ) {
     let scenario = run.scenario;
     run.result.split_brain.extend(obs.split_brain());
-    let max_moves = usize::from(scenario.fails_over());
+    // The service may move once per new epoch in which a node claimed to
+    // serve (a takeover, or a switch back that ferryd made by itself); a
+    // move without a new epoch is a second server.
+    let expected = usize::from(scenario.fails_over());
+    let epochs = obs.serving_epochs().len();
+    let max_moves = expected.max(epochs.saturating_sub(1));
     run.result
         .split_brain
         .extend(obs.answer_overlaps(max_moves));
+    let moves = obs.owners().len().saturating_sub(1);
+    if moves > expected {
+        let seq: Vec<String> = obs
+            .owners()
+            .iter()
+            .map(|(t, h)| format!("{h} from {t:.0} ms"))
+            .collect();
+        run.note(format!(
+            "the service moved {moves} times, {expected} expected, over {epochs} epochs: {}",
+            seq.join(", ")
+        ));
+    }
     if let Some(t) = t_resume {
         // Give the sample in flight at the resume 300 ms to pass.
         if new_primary.is_some() && obs.answered_after(t + 300.0).contains(p0) {

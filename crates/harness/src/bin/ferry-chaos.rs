@@ -166,6 +166,15 @@ fn run(args: RunArgs) -> ExitCode {
         for n in &r.notes {
             eprintln!("    {n}");
         }
+        for e in &r.split_brain {
+            eprintln!("    split-brain: {e}");
+        }
+        for v in &r.violations {
+            eprintln!("    violation: {v}");
+        }
+        for u in &r.unchecked {
+            eprintln!("    not checked: {u}");
+        }
     });
     if guard::interrupted() {
         return ExitCode::from(130);
