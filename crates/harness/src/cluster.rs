@@ -829,21 +829,22 @@ impl Cluster {
 }
 
 /// Whether the backup of primary `p` (whose status is `a`; the backup's is
-/// `b`) has everything: in the primary's list of backups, in sync and
-/// having acknowledged all it logged, when the primary lists its backups;
-/// else a backup in the same epoch that replayed all the primary logged.
+/// `b`) has everything: when the primary lists its backups, it lists this
+/// one in sync and having acknowledged all it logged (the log is there);
+/// and the backup, in the primary's epoch, has replayed all of it (its
+/// replica could go live at once).
 fn caught_up(p: &str, a: &AppStatus, b: Option<AppStatus>) -> Result<(), String> {
     let name = Cluster::other_replica(p);
     let logged = a.logged.unwrap_or(0);
     if !a.backups.is_empty() {
-        return match a.backups.iter().find(|x| x.node == name) {
-            Some(x) if x.in_sync() && x.acked.unwrap_or(logged) >= logged => Ok(()),
-            Some(x) => Err(format!(
+        match a.backups.iter().find(|x| x.node == name) {
+            Some(x) if x.in_sync() && x.acked.unwrap_or(logged) >= logged => {}
+            Some(x) => return Err(format!(
                 "{p} says of {name}: healthy {:?}, in contact {:?}, acknowledged {:?} of {logged}",
                 x.healthy, x.in_contact, x.acked
             )),
-            None => Err(format!("{p} does not list {name} among its backups")),
-        };
+            None => return Err(format!("{p} does not list {name} among its backups")),
+        }
     }
     match b {
         Some(b) if b.role == Role::Backup && b.epoch == a.epoch => {
@@ -976,7 +977,11 @@ mod tests {
             in_contact: Some(true),
         };
         p.backups = vec![b(100, true)];
-        assert!(caught_up("n1", &p, None).is_ok());
+        let backup = || Some(app(Role::Backup, 3, 0, 100));
+        assert!(caught_up("n1", &p, backup()).is_ok());
+        // The log is there but the replica has not replayed it all.
+        let err = caught_up("n1", &p, Some(app(Role::Backup, 3, 0, 50))).unwrap_err();
+        assert!(err.contains("replayed Some(50) of the 100"), "{err}");
         p.backups = vec![b(90, true)];
         assert!(caught_up("n1", &p, None)
             .unwrap_err()
