@@ -621,12 +621,19 @@ impl Cluster {
         let poll = Duration::from_secs(2).min(timeout);
         let mut last = String::from("no answer yet");
         while start.elapsed() < timeout {
-            match self.app_status(new, poll) {
-                Some(a) if a.claims_serving() && a.epoch > old_epoch => {
+            let status = self.status_within(new, poll);
+            match status.as_ref().map(|s| s.app(&self.config.app)) {
+                Ok(Some(a)) if a.claims_serving() && a.epoch > old_epoch => {
                     return Ok((new.to_owned(), a.epoch))
                 }
-                Some(a) => last = format!("{new} is {} at epoch {}", a.role.as_str(), a.epoch),
-                None => last = format!("{new} does not answer status"),
+                Ok(Some(a)) => last = format!("{new} is {} at epoch {}", a.role.as_str(), a.epoch),
+                Ok(None) => {
+                    last = format!(
+                        "{new} answers status but has no application {}",
+                        self.config.app
+                    )
+                }
+                Err(e) => last = format!("{new} does not answer status: {e}"),
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -839,10 +846,12 @@ fn caught_up(p: &str, a: &AppStatus, b: Option<AppStatus>) -> Result<(), String>
     if !a.backups.is_empty() {
         match a.backups.iter().find(|x| x.node == name) {
             Some(x) if x.in_sync() && x.acked.unwrap_or(logged) >= logged => {}
-            Some(x) => return Err(format!(
+            Some(x) => {
+                return Err(format!(
                 "{p} says of {name}: healthy {:?}, in contact {:?}, acknowledged {:?} of {logged}",
                 x.healthy, x.in_contact, x.acked
-            )),
+            ))
+            }
             None => return Err(format!("{p} does not list {name} among its backups")),
         }
     }
