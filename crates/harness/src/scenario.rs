@@ -462,6 +462,7 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
     run.result.acknowledged = wr.acknowledged;
     run.result.unknown = wr.unknown;
     run.result.failed = wr.failed;
+    run.result.reconnects = wr.reconnects;
     run.note(format!("workload: {wr}"));
     if wr.acknowledged == 0 {
         run.violation("no write was acknowledged");
