@@ -772,6 +772,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Start `ferryd` on node `name` again as its systemd unit would after
+    /// it died (`KillMode=control-group`, scripts/systemd/ferryd.service):
+    /// the processes the old one left (every process of the host: they are
+    /// all ferryd's) are killed first.
+    pub fn restart_daemon(&mut self, name: &str) -> Result<(), ClusterError> {
+        let host = self.topo.host(name)?.clone();
+        fault::kill_host(&host)?;
+        if let Some(mut c) = self.node_mut(name)?.daemon.take() {
+            let _ = c.wait();
+        }
+        self.start_daemon(name)
+    }
+
     /// SIGSTOP (freeze) or SIGCONT (resume) `ferryd` on node `name`.
     pub fn signal_daemon(&self, name: &str, sig: Signal) -> Result<(), ClusterError> {
         let pid = self.node(name)?.daemon_pid().ok_or_else(|| {

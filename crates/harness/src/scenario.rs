@@ -646,7 +646,7 @@ fn check_observations(
 /// Undo the fault so that both replicas run again.
 fn heal(run: &mut Run<'_>, cluster: &mut Cluster, p0: &str, b0: &str) {
     let r = match run.scenario {
-        Scenario::KillFerryd => cluster.start_daemon(p0),
+        Scenario::KillFerryd => cluster.restart_daemon(p0),
         Scenario::KillHost => cluster.reboot_host(p0),
         Scenario::KillBackup => cluster.reboot_host(b0),
         Scenario::KillWitness => cluster.reboot_host(WITNESS),
