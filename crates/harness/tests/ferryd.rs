@@ -6,7 +6,7 @@
 //! `ip`, `nft` and `ferry-kv`. Run them with
 //!
 //! ```sh
-//! cargo build -p ferry-cli -p ferryd -p ferry-kv
+//! cargo build -p ferry-cli -p ferry-daemon -p ferry-kv
 //! cargo test -p ferry-harness --test ferryd -- --ignored --test-threads 1
 //! ```
 //!
