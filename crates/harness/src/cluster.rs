@@ -627,12 +627,19 @@ impl Cluster {
         let poll = Duration::from_secs(2).min(timeout);
         let mut last = String::from("no answer yet");
         while start.elapsed() < timeout {
-            match self.app_status(new, poll) {
-                Some(a) if a.claims_serving() && a.epoch > old_epoch => {
+            let status = self.status_within(new, poll);
+            match status.as_ref().map(|s| s.app(&self.config.app)) {
+                Ok(Some(a)) if a.claims_serving() && a.epoch > old_epoch => {
                     return Ok((new.to_owned(), a.epoch))
                 }
-                Some(a) => last = format!("{new} is {} at epoch {}", a.role.as_str(), a.epoch),
-                None => last = format!("{new} does not answer status"),
+                Ok(Some(a)) => last = format!("{new} is {} at epoch {}", a.role.as_str(), a.epoch),
+                Ok(None) => {
+                    last = format!(
+                        "{new} answers status but has no application {}",
+                        self.config.app
+                    )
+                }
+                Err(e) => last = format!("{new} does not answer status: {e}"),
             }
             thread::sleep(Duration::from_millis(50));
         }
@@ -771,6 +778,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Start `ferryd` on node `name` again as its systemd unit would after
+    /// it died (`KillMode=control-group`, scripts/systemd/ferryd.service):
+    /// the processes the old one left (every process of the host: they are
+    /// all ferryd's) are killed first.
+    pub fn restart_daemon(&mut self, name: &str) -> Result<(), ClusterError> {
+        let host = self.topo.host(name)?.clone();
+        fault::kill_host(&host)?;
+        if let Some(mut c) = self.node_mut(name)?.daemon.take() {
+            let _ = c.wait();
+        }
+        self.start_daemon(name)
+    }
+
     /// SIGSTOP (freeze) or SIGCONT (resume) `ferryd` on node `name`.
     pub fn signal_daemon(&self, name: &str, sig: Signal) -> Result<(), ClusterError> {
         let pid = self.node(name)?.daemon_pid().ok_or_else(|| {
@@ -835,21 +855,24 @@ impl Cluster {
 }
 
 /// Whether the backup of primary `p` (whose status is `a`; the backup's is
-/// `b`) has everything: in the primary's list of backups, in sync and
-/// having acknowledged all it logged, when the primary lists its backups;
-/// else a backup in the same epoch that replayed all the primary logged.
+/// `b`) has everything: when the primary lists its backups, it lists this
+/// one in sync and having acknowledged all it logged (the log is there);
+/// and the backup, in the primary's epoch, has replayed all of it (its
+/// replica could go live at once).
 fn caught_up(p: &str, a: &AppStatus, b: Option<AppStatus>) -> Result<(), String> {
     let name = Cluster::other_replica(p);
     let logged = a.logged.unwrap_or(0);
     if !a.backups.is_empty() {
-        return match a.backups.iter().find(|x| x.node == name) {
-            Some(x) if x.in_sync() && x.acked.unwrap_or(logged) >= logged => Ok(()),
-            Some(x) => Err(format!(
+        match a.backups.iter().find(|x| x.node == name) {
+            Some(x) if x.in_sync() && x.acked.unwrap_or(logged) >= logged => {}
+            Some(x) => {
+                return Err(format!(
                 "{p} says of {name}: healthy {:?}, in contact {:?}, acknowledged {:?} of {logged}",
                 x.healthy, x.in_contact, x.acked
-            )),
-            None => Err(format!("{p} does not list {name} among its backups")),
-        };
+            ))
+            }
+            None => return Err(format!("{p} does not list {name} among its backups")),
+        }
     }
     match b {
         Some(b) if b.role == Role::Backup && b.epoch == a.epoch => {
@@ -982,7 +1005,11 @@ mod tests {
             in_contact: Some(true),
         };
         p.backups = vec![b(100, true)];
-        assert!(caught_up("n1", &p, None).is_ok());
+        let backup = || Some(app(Role::Backup, 3, 0, 100));
+        assert!(caught_up("n1", &p, backup()).is_ok());
+        // The log is there but the replica has not replayed it all.
+        let err = caught_up("n1", &p, Some(app(Role::Backup, 3, 0, 50))).unwrap_err();
+        assert!(err.contains("replayed Some(50) of the 100"), "{err}");
         p.backups = vec![b(90, true)];
         assert!(caught_up("n1", &p, None)
             .unwrap_err()

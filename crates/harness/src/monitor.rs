@@ -306,6 +306,15 @@ impl Observations {
             .collect()
     }
 
+    /// The epochs in which some node claimed to serve.
+    pub fn serving_epochs(&self) -> BTreeSet<u64> {
+        self.status
+            .iter()
+            .filter(|s| s.serving)
+            .filter_map(|s| s.epoch)
+            .collect()
+    }
+
     /// The hosts whose answer counter grew between each pair of
     /// consecutive samples, with the time of the later sample.
     pub fn answering(&self) -> Vec<(f64, BTreeSet<String>)> {

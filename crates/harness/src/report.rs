@@ -31,6 +31,9 @@ pub struct RunResult {
     pub acknowledged: u64,
     pub unknown: u64,
     pub failed: u64,
+    /// Connections the writers had to open again (0 when every connection
+    /// survived the fault).
+    pub reconnects: u64,
     /// Acknowledged writes not found afterwards.
     pub lost: u64,
     /// Two primaries serving in one epoch, or answers from two hosts at

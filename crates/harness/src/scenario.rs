@@ -462,6 +462,7 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
     run.result.acknowledged = wr.acknowledged;
     run.result.unknown = wr.unknown;
     run.result.failed = wr.failed;
+    run.result.reconnects = wr.reconnects;
     run.note(format!("workload: {wr}"));
     if wr.acknowledged == 0 {
         run.violation("no write was acknowledged");
@@ -582,10 +583,27 @@ fn check_observations(
 ) {
     let scenario = run.scenario;
     run.result.split_brain.extend(obs.split_brain());
-    let max_moves = usize::from(scenario.fails_over());
+    // The service may move once per new epoch in which a node claimed to
+    // serve (a takeover, or a switch back that ferryd made by itself); a
+    // move without a new epoch is a second server.
+    let expected = usize::from(scenario.fails_over());
+    let epochs = obs.serving_epochs().len();
+    let max_moves = expected.max(epochs.saturating_sub(1));
     run.result
         .split_brain
         .extend(obs.answer_overlaps(max_moves));
+    let moves = obs.owners().len().saturating_sub(1);
+    if moves > expected {
+        let seq: Vec<String> = obs
+            .owners()
+            .iter()
+            .map(|(t, h)| format!("{h} from {t:.0} ms"))
+            .collect();
+        run.note(format!(
+            "the service moved {moves} times, {expected} expected, over {epochs} epochs: {}",
+            seq.join(", ")
+        ));
+    }
     if let Some(t) = t_resume {
         // Give the sample in flight at the resume 300 ms to pass.
         if new_primary.is_some() && obs.answered_after(t + 300.0).contains(p0) {
@@ -628,7 +646,7 @@ fn check_observations(
 /// Undo the fault so that both replicas run again.
 fn heal(run: &mut Run<'_>, cluster: &mut Cluster, p0: &str, b0: &str) {
     let r = match run.scenario {
-        Scenario::KillFerryd => cluster.start_daemon(p0),
+        Scenario::KillFerryd => cluster.restart_daemon(p0),
         Scenario::KillHost => cluster.reboot_host(p0),
         Scenario::KillBackup => cluster.reboot_host(b0),
         Scenario::KillWitness => cluster.reboot_host(WITNESS),

@@ -1,7 +1,7 @@
-//! `ferry-chaos` against a stand-in for ferryd that breaks Ferry's promises
-//! (tests/fake/ferry-fake): the harness must see every broken promise and
-//! exit non-zero. This checks the harness, not Ferry: the runs against the
-//! real ferryd are in `ferryd.rs`.
+//! `ferry-chaos` against a stand-in for ferryd (tests/fake/ferry-fake): one
+//! that keeps Ferry's promises must pass every scenario, and ones that break
+//! them must be caught, with a non-zero exit. This checks the harness, not
+//! Ferry: the runs against the real ferryd are in `ferryd.rs`.
 //!
 //! Needs root, `ip`, `nft`, `python3`, and `ferry-kv` built (`cargo build
 //! -p ferry-kv`).
@@ -73,8 +73,32 @@ fn tempfile_dir(name: &str) -> PathBuf {
 }
 
 #[test]
+fn a_daemon_that_keeps_the_promises_passes_every_scenario() {
+    let (code, report) = chaos("all", Some("good"));
+    let summary: Vec<String> = report["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| {
+            !(r["violations"].as_array().unwrap().is_empty()
+                && r["unchecked"].as_array().unwrap().is_empty()
+                && r["split_brain"].as_array().unwrap().is_empty())
+        })
+        .map(|r| r.to_string())
+        .collect();
+    assert_eq!(code, 0, "failed runs: {summary:#?}");
+    assert_eq!(report["ok"], true);
+    assert_eq!(report["scenarios"].as_array().unwrap().len(), 8);
+    for s in report["scenarios"].as_array().unwrap() {
+        assert_eq!(s["writes_lost"], 0, "{s}");
+        assert!(s["writes_acknowledged"].as_u64().unwrap() > 0, "{s}");
+        assert!(s["failover_p50_ms"].as_f64().is_some(), "{s}");
+    }
+}
+
+#[test]
 fn writes_lost_in_a_takeover_are_reported() {
-    let (code, report) = chaos("kill-host", None);
+    let (code, report) = chaos("kill-host", Some("lossy"));
     assert_eq!(code, 1, "{report:#}");
     assert_eq!(report["ok"], false);
     let s = &report["scenarios"][0];
@@ -108,7 +132,7 @@ fn two_primaries_in_one_epoch_are_reported() {
 
 #[test]
 fn replicas_that_differ_are_reported() {
-    let (code, report) = chaos("kill-witness", None);
+    let (code, report) = chaos("kill-witness", Some("lossy"));
     assert_eq!(code, 1);
     let run = &report["runs"][0];
     assert_eq!(run["lost"], 0, "no failover, nothing lost: {run:#}");

@@ -23,7 +23,8 @@ use std::time::Duration;
         "Exit codes:\n",
         "  0  every run passed every check\n",
         "  1  a violation, or a check that could not be made\n",
-        "  2  bad usage, or the harness cannot run here (root, ip, nft, a program missing)"
+        "  2  bad usage, or the harness cannot run here (root, ip, nft, a program missing)\n",
+        "  130  interrupted: everything of the run was removed first"
     )
 )]
 struct Cli {
@@ -169,6 +170,15 @@ fn run(args: RunArgs) -> ExitCode {
         );
         for n in &r.notes {
             eprintln!("    {n}");
+        }
+        for e in &r.split_brain {
+            eprintln!("    split-brain: {e}");
+        }
+        for v in &r.violations {
+            eprintln!("    violation: {v}");
+        }
+        for u in &r.unchecked {
+            eprintln!("    not checked: {u}");
         }
     });
     if guard::interrupted() {
