@@ -88,81 +88,131 @@ fn reap(p: &mut Program) {
     }
 }
 
-/// Kills the program when the test ends, passed or not, so that a failed
-/// test leaves no server behind.
-struct KillOnDrop(Arc<Mutex<Program>>);
+/// A program under the shim with a thread draining its ring into `log`, as
+/// ferryd's primary does. Killed when dropped, so that a failed test leaves
+/// no server behind.
+struct Live {
+    program: Arc<Mutex<Program>>,
+    log: Arc<Mutex<Vec<u8>>>,
+    stop: Arc<AtomicBool>,
+    drain: Option<thread::JoinHandle<()>>,
+}
 
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let p = match self.0.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        p.kill();
+impl Live {
+    /// Start `start` as a primary (outputs gated when `gated`), its output
+    /// in `out`.
+    fn primary(start: &StartInfo, out: &Path, gated: bool) -> Live {
+        let p = Program::primary(
+            start,
+            gated,
+            &Output {
+                file: Some(out.to_path_buf()),
+            },
+        )
+        .expect("start the primary");
+        Live::drained(p)
+    }
+
+    /// Start a replica of `start`, feed it `records`, and turn it into the
+    /// primary.
+    fn take_over(start: &StartInfo, out: &Path, records: &[u8]) -> Live {
+        let mut p = Program::replica(
+            start,
+            &Output {
+                file: Some(out.to_path_buf()),
+            },
+        )
+        .expect("start the replica");
+        p.feed(records).expect("feed the replica");
+        let base = p.fed();
+        p.go_live(base, false, STEP)
+            .unwrap_or_else(|e| panic!("go live after gseq {base}: {e}"));
+        Live::drained(p)
+    }
+
+    fn drained(p: Program) -> Live {
+        let program = Arc::new(Mutex::new(p));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, l, s) = (program.clone(), log.clone(), stop.clone());
+        let drain = thread::spawn(move || {
+            let mut buf = Vec::new();
+            loop {
+                let done = s.load(Ordering::Acquire);
+                buf.clear();
+                let got = p
+                    .lock()
+                    .unwrap()
+                    .drain(&mut buf, 1 << 20)
+                    .expect("drain the ring");
+                l.lock().unwrap().extend_from_slice(&buf);
+                if got.is_none() {
+                    if done {
+                        return;
+                    }
+                    thread::sleep(Duration::from_millis(1));
+                }
+            }
+        });
+        Live {
+            program,
+            log,
+            stop,
+            drain: Some(drain),
+        }
+    }
+
+    fn program(&self) -> std::sync::MutexGuard<'_, Program> {
+        self.program.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// kill -9 the program, reap it, drain what is left; returns every
+    /// record it logged.
+    fn kill(mut self) -> Vec<u8> {
+        self.program().kill();
+        reap(&mut self.program());
+        self.stop.store(true, Ordering::Release);
+        if let Some(d) = self.drain.take() {
+            d.join().expect("the drainer");
+        }
+        let log = std::mem::take(&mut *self.log.lock().unwrap());
+        log
     }
 }
 
-/// Drain a primary into `log` until `stop`.
-fn drainer(
-    p: Arc<Mutex<Program>>,
-    log: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<AtomicBool>,
-) -> thread::JoinHandle<()> {
-    thread::spawn(move || {
-        let mut buf = Vec::new();
-        loop {
-            let done = stop.load(Ordering::Acquire);
-            buf.clear();
-            let got = p
-                .lock()
-                .unwrap()
-                .drain(&mut buf, 1 << 20)
-                .expect("drain the ring");
-            log.lock().unwrap().extend_from_slice(&buf);
-            if got.is_none() {
-                if done {
-                    return;
-                }
-                thread::sleep(Duration::from_millis(1));
-            }
-        }
-    })
+impl Drop for Live {
+    fn drop(&mut self) {
+        self.program().kill();
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
+/// ferry-kv listening on a free port of 127.0.0.1, under the shim, in
+/// `dir`: its start info and address.
+fn kv_start(dir: &Path) -> (StartInfo, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let start = StartInfo {
+        argv: vec![
+            kv_binary().as_os_str().as_bytes().to_vec(),
+            b"--listen".to_vec(),
+            addr.as_bytes().to_vec(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: dir.as_os_str().as_bytes().to_vec(),
+    };
+    (start, addr)
 }
 
 #[test]
 fn a_live_replica_takes_over_with_every_acknowledged_write() {
     let work = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let argv: Vec<Vec<u8>> = vec![
-        kv_binary().as_os_str().as_bytes().to_vec(),
-        b"--listen".to_vec(),
-        addr.as_bytes().to_vec(),
-    ];
-    let start = StartInfo {
-        argv,
-        env: program_env(&shim(), std::env::vars_os()),
-        cwd: work.path().as_os_str().as_bytes().to_vec(),
-    };
+    let (start, addr) = kv_start(work.path());
 
     // The primary, with a workload of several connections writing to it.
     let primary_out = work.path().join("primary.out");
-    let primary = Program::primary(
-        &start,
-        false,
-        &Output {
-            file: Some(primary_out.clone()),
-        },
-    )
-    .expect("start the primary");
-    let primary = Arc::new(Mutex::new(primary));
-    let _guard_primary = KillOnDrop(primary.clone());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    let primary = Live::primary(&start, &primary_out, false);
     let line = wait_for_line(&primary_out, "listening ");
-    assert_eq!(parse_listening(&line).port(), port);
-
+    assert_eq!(parse_listening(&line).to_string(), addr);
     let workload = Workload::run(WorkloadConfig {
         addr: addr.clone(),
         clients: 4,
@@ -173,32 +223,11 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
     assert!(acked >= 400, "the workload got {acked} acknowledgements");
 
     // kill -9 the primary: what it logged is all the replica gets.
-    primary.lock().unwrap().kill();
-    reap(&mut primary.lock().unwrap());
-    stop.store(true, Ordering::Release);
-    drain.join().expect("the drainer");
-    let records = std::mem::take(&mut *log.lock().unwrap());
+    let records = primary.kill();
     assert!(!records.is_empty(), "the primary logged nothing");
 
     // The replica replays it all and goes live on the same address.
-    let replica_out = work.path().join("replica.out");
-    let mut replica = Program::replica(
-        &start,
-        &Output {
-            file: Some(replica_out.clone()),
-        },
-    )
-    .expect("start the replica");
-    replica.feed(&records).expect("feed the replica");
-    let base = replica.fed();
-    replica
-        .go_live(base, false, STEP)
-        .unwrap_or_else(|e| panic!("go live: {e}"));
-    let replica = Arc::new(Mutex::new(replica));
-    let _guard_replica = KillOnDrop(replica.clone());
-    let live_log = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = drainer(replica.clone(), live_log.clone(), stop.clone());
+    let replica = Live::take_over(&start, &work.path().join("replica.out"), &records);
 
     // Clients find every acknowledged write, and the new primary serves.
     let verified = {
@@ -206,10 +235,7 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         loop {
             match workload.verify(&addr) {
                 Ok(v) => break v,
-                Err(e) if started.elapsed() < STEP => {
-                    let _ = e;
-                    thread::sleep(Duration::from_millis(50));
-                }
+                Err(_) if started.elapsed() < STEP => thread::sleep(Duration::from_millis(50)),
                 Err(e) => panic!("the new primary does not answer on {addr}: {e}"),
             }
         }
@@ -224,44 +250,16 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         c.get("after-takeover").expect("read it back"),
         Some((v, "yes".to_string()))
     );
-    assert!(
-        !live_log.lock().unwrap().is_empty() || {
-            thread::sleep(Duration::from_millis(100));
-            !live_log.lock().unwrap().is_empty()
-        },
-        "the new primary logged nothing"
-    );
-    assert!(replica.lock().unwrap().failure().is_none());
+    assert!(replica.program().failure().is_none());
 
     // The new primary dies too. A replica that replays the whole log (the
     // old primary's records, then the new one's) takes over again: this is
     // the old host rejoining as a backup and later taking the role back.
-    replica.lock().unwrap().kill();
-    reap(&mut replica.lock().unwrap());
-    stop.store(true, Ordering::Release);
-    drain.join().expect("the drainer");
     let mut whole = records;
-    whole.extend_from_slice(&live_log.lock().unwrap());
-    let mut third = Program::replica(
-        &start,
-        &Output {
-            file: Some(work.path().join("third.out")),
-        },
-    )
-    .expect("start the third replica");
-    third.feed(&whole).expect("feed the whole log");
-    let base = third.fed();
-    third
-        .go_live(base, false, STEP)
-        .unwrap_or_else(|e| panic!("go live again: {e}"));
-    let third = Arc::new(Mutex::new(third));
-    let _guard_third = KillOnDrop(third.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = drainer(
-        third.clone(),
-        Arc::new(Mutex::new(Vec::new())),
-        stop.clone(),
-    );
+    let live_records = replica.kill();
+    assert!(!live_records.is_empty(), "the new primary logged nothing");
+    whole.extend_from_slice(&live_records);
+    let third = Live::take_over(&start, &work.path().join("third.out"), &whole);
     let mut c = Client::connect_reconnecting(&addr, STEP, Default::default())
         .expect("connect to the third primary");
     assert_eq!(
@@ -276,11 +274,7 @@ fn a_live_replica_takes_over_with_every_acknowledged_write() {
         verified.is_clean(),
         "writes lost at the second takeover: {verified:?}"
     );
-
-    third.lock().unwrap().kill();
-    reap(&mut third.lock().unwrap());
-    stop.store(true, Ordering::Release);
-    drain.join().expect("the drainer");
+    third.kill();
 }
 
 fn monotonic_ns() -> u64 {
@@ -321,31 +315,9 @@ fn ask(stream: &mut std::net::TcpStream, line: &str, wait: Duration) -> Option<S
 #[test]
 fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_log() {
     let work = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let start = StartInfo {
-        argv: vec![
-            kv_binary().as_os_str().as_bytes().to_vec(),
-            b"--listen".to_vec(),
-            addr.as_bytes().to_vec(),
-        ],
-        env: program_env(&shim(), std::env::vars_os()),
-        cwd: work.path().as_os_str().as_bytes().to_vec(),
-    };
+    let (start, addr) = kv_start(work.path());
     let out = work.path().join("primary.out");
-    let primary = Program::primary(
-        &start,
-        true,
-        &Output {
-            file: Some(out.clone()),
-        },
-    )
-    .expect("start the primary");
-    let primary = Arc::new(Mutex::new(primary));
-    let _guard_primary = KillOnDrop(primary.clone());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    let primary = Live::primary(&start, &out, true);
     // Its stdout is not an output to a client: not gated.
     wait_for_line(&out, "listening ");
 
@@ -355,7 +327,7 @@ fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_lo
     // Acknowledged up to what was logged, lease running: the answer goes.
     let started = Instant::now();
     let answer = loop {
-        let p = primary.lock().unwrap();
+        let p = primary.program();
         p.open_gate(p.drained(), monotonic_ns() + 10_000_000_000);
         drop(p);
         if let Some(a) = ask(&mut s, "", Duration::from_millis(50)) {
@@ -369,11 +341,10 @@ fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_lo
     assert_eq!(answer, "OK 1");
 
     // Everything acknowledged, but the lease has run out: nothing leaves.
-    primary.lock().unwrap().open_gate(u64::MAX, monotonic_ns());
+    primary.program().open_gate(u64::MAX, monotonic_ns());
     assert_eq!(ask(&mut s, "GET k\n", Duration::from_millis(400)), None);
     primary
-        .lock()
-        .unwrap()
+        .program()
         .open_gate(u64::MAX, monotonic_ns() + 10_000_000_000);
     assert_eq!(
         ask(&mut s, "", STEP).as_deref(),
@@ -381,40 +352,15 @@ fn a_gated_primary_answers_only_inside_its_lease_and_after_the_backup_has_the_lo
         "the answer once the lease is renewed"
     );
 
-    primary.lock().unwrap().kill();
-    reap(&mut primary.lock().unwrap());
-    stop.store(true, Ordering::Release);
-    drain.join().expect("the drainer");
+    primary.kill();
 }
 
 #[test]
 fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
     let work = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let start = StartInfo {
-        argv: vec![
-            kv_binary().as_os_str().as_bytes().to_vec(),
-            b"--listen".to_vec(),
-            addr.as_bytes().to_vec(),
-        ],
-        env: program_env(&shim(), std::env::vars_os()),
-        cwd: work.path().as_os_str().as_bytes().to_vec(),
-    };
+    let (start, addr) = kv_start(work.path());
     let out = work.path().join("primary.out");
-    let primary = Program::primary(
-        &start,
-        false,
-        &Output {
-            file: Some(out.clone()),
-        },
-    )
-    .expect("start the primary");
-    let primary = Arc::new(Mutex::new(primary));
-    let _guard_primary = KillOnDrop(primary.clone());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    let primary = Live::primary(&start, &out, false);
     wait_for_line(&out, "listening ");
 
     // Clients keep writing while the program is paused and resumed.
@@ -431,14 +377,12 @@ fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
         })
     };
     thread::sleep(Duration::from_millis(300));
-    let last = primary
-        .lock()
-        .unwrap()
-        .pause(&mut Vec::new())
-        .expect("pause");
+    // Records pause drains itself are kept with the rest.
+    let mut drained = Vec::new();
+    let last = primary.program().pause(&mut drained).expect("pause");
     // Everything up to `last` reaches the ring, and nothing after it.
     let started = Instant::now();
-    while primary.lock().unwrap().drained() < last {
+    while primary.program().drained() < last {
         assert!(
             started.elapsed() < STEP,
             "records before the pause never came"
@@ -447,23 +391,20 @@ fn a_paused_primary_logs_nothing_after_the_record_it_reports() {
     }
     thread::sleep(Duration::from_millis(300));
     assert_eq!(
-        primary.lock().unwrap().drained(),
+        primary.program().drained(),
         last,
         "the program logged a record while paused"
     );
-    primary.lock().unwrap().resume();
+    primary.program().resume();
     let workload = load.join().expect("the workload");
     assert!(
-        primary.lock().unwrap().drained() > last,
+        primary.program().drained() > last,
         "the program did not go on after resume"
     );
     assert!(workload.report().acknowledged > 0);
     assert!(workload.verify(&addr).expect("verify").is_clean());
 
-    primary.lock().unwrap().kill();
-    reap(&mut primary.lock().unwrap());
-    stop.store(true, Ordering::Release);
-    drain.join().expect("the drainer");
+    primary.kill();
 }
 
 /// A small asyncio key-value server: one thread, an epoll loop, a socket
@@ -528,19 +469,7 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
         cwd: work.path().as_os_str().as_bytes().to_vec(),
     };
     let out = work.path().join("primary.out");
-    let primary = Program::primary(
-        &start,
-        false,
-        &Output {
-            file: Some(out.clone()),
-        },
-    )
-    .expect("start the primary");
-    let primary = Arc::new(Mutex::new(primary));
-    let _guard_primary = KillOnDrop(primary.clone());
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = drainer(primary.clone(), log.clone(), stop.clone());
+    let primary = Live::primary(&start, &out, false);
     wait_for_line(&out, "listening");
 
     let mut clients: Vec<_> = (0..3).map(|_| line_client(&addr)).collect();
@@ -550,31 +479,8 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
             assert_eq!(ask(c, &line, STEP).as_deref(), Some("OK"));
         }
     }
-    primary.lock().unwrap().kill();
-    reap(&mut primary.lock().unwrap());
-    stop.store(true, Ordering::Release);
-    drain.join().expect("the drainer");
-    let records = std::mem::take(&mut *log.lock().unwrap());
-    let mut replica = Program::replica(
-        &start,
-        &Output {
-            file: Some(work.path().join("replica.out")),
-        },
-    )
-    .expect("start the replica");
-    replica.feed(&records).expect("feed the replica");
-    let base = replica.fed();
-    replica
-        .go_live(base, false, STEP)
-        .unwrap_or_else(|e| panic!("go live: {e}"));
-    let replica = Arc::new(Mutex::new(replica));
-    let _guard_replica = KillOnDrop(replica.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let drain = drainer(
-        replica.clone(),
-        Arc::new(Mutex::new(Vec::new())),
-        stop.clone(),
-    );
+    let records = primary.kill();
+    let replica = Live::take_over(&start, &work.path().join("replica.out"), &records);
 
     let mut c = line_client(&addr);
     for i in 0..3 {
@@ -590,8 +496,5 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
     assert_eq!(ask(&mut c, "SET new yes\n", STEP).as_deref(), Some("OK"));
     assert_eq!(ask(&mut c, "GET new\n", STEP).as_deref(), Some("yes"));
 
-    replica.lock().unwrap().kill();
-    reap(&mut replica.lock().unwrap());
-    stop.store(true, Ordering::Release);
-    drain.join().expect("the drainer");
+    replica.kill();
 }
