@@ -199,14 +199,17 @@ impl AnswerCounters {
         };
         let mut rules = format!("table bridge {TABLE} {{\n");
         for (name, _) in &counters.hosts {
-            rules.push_str(&format!("\tcounter answers_{name} {{ }}\n"));
+            rules.push_str(&format!(
+                "\tcounter answers_{name} {{ }}\n\tcounter refusals_{name} {{ }}\n"
+            ));
         }
         rules.push_str(
             "\tchain forward {\n\t\ttype filter hook forward priority 0; policy accept;\n",
         );
         for (name, port) in &counters.hosts {
             rules.push_str(&format!(
-                "\t\tiifname \"{port}\" tcp sport {service_port} tcp flags & psh == psh counter name \"answers_{name}\"\n"
+                "\t\tiifname \"{port}\" tcp sport {service_port} tcp flags & psh == psh counter name \"answers_{name}\"\n\
+                 \t\tiifname \"{port}\" tcp sport {service_port} tcp flags & rst == rst counter name \"refusals_{name}\"\n"
             ));
         }
         rules.push_str("\t}\n}\n");
@@ -225,6 +228,16 @@ impl AnswerCounters {
 
     /// Answers from each host so far.
     pub fn read(&self) -> Result<BTreeMap<String, u64>, FaultError> {
+        self.read_kind("answers")
+    }
+
+    /// Resets (RST) from the service port that each host sent so far: a
+    /// host that has the service address but no server behind it.
+    pub fn refusals(&self) -> Result<BTreeMap<String, u64>, FaultError> {
+        self.read_kind("refusals")
+    }
+
+    fn read_kind(&self, kind: &str) -> Result<BTreeMap<String, u64>, FaultError> {
         let out = cmd::run(
             &mut nft_in(&self.bridge_ns, &["list", "table", "bridge", TABLE]),
             QUICK,
@@ -238,7 +251,7 @@ impl AnswerCounters {
         let mut counts = BTreeMap::new();
         for (name, _) in &self.hosts {
             let n = found
-                .get(&format!("answers_{name}"))
+                .get(&format!("{kind}_{name}"))
                 .ok_or_else(|| FaultError::Parse {
                     what: "nft list table".into(),
                     host: "the bridge".into(),
@@ -294,6 +307,10 @@ mod tests {
 		packets 0 bytes 0
 	}
 
+	counter refusals_n1 {
+		packets 3 bytes 120
+	}
+
 	chain forward {
 		type filter hook forward priority filter; policy accept;
 		iifname "v-n1" tcp sport 7070 tcp flags & psh == psh counter name "answers_n1"
@@ -301,7 +318,8 @@ mod tests {
 	}
 }"#;
         let c = parse_counters(text);
-        assert_eq!(c.len(), 2, "{c:?}");
+        assert_eq!(c.len(), 3, "{c:?}");
+        assert_eq!(c["refusals_n1"], 3);
         assert_eq!(c["answers_n1"], 12);
         assert_eq!(c["answers_n2"], 0);
         assert!(parse_counters("").is_empty());

@@ -443,6 +443,19 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
         thread::sleep(Duration::from_millis(50));
     }
     let obs = monitor.finish();
+    if let Ok(refusals) = cluster.answer_counters().refusals() {
+        let who: Vec<String> = refusals
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(h, n)| format!("{h} {n}"))
+            .collect();
+        if !who.is_empty() {
+            run.note(format!(
+                "connections refused (RST from the service port) by: {}",
+                who.join(", ")
+            ));
+        }
+    }
     let workload = if writers.is_finished() {
         writers.join().ok()
     } else {

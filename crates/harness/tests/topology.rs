@@ -290,8 +290,24 @@ fn the_answer_counters_count_what_each_host_sends_to_the_network() {
     let counts = counters.read().unwrap();
     assert!(counts["n1"] >= 10, "{counts:?}");
     assert_eq!(counts["client"], 0, "the client sends no answers");
+    assert_eq!(counters.refusals().unwrap()["n1"], 0);
+    // Once nobody listens on the port, connections are refused, and counted.
+    kv.kill().unwrap();
+    kv.wait().unwrap();
+    let refused = netns::run_in(&client, || {
+        std::net::TcpStream::connect_timeout(
+            &"10.99.0.1:7070".parse().unwrap(),
+            Duration::from_secs(2),
+        )
+        .map_err(|e| e.kind())
+        .err()
+    })
+    .unwrap();
+    assert_eq!(refused, Some(std::io::ErrorKind::ConnectionRefused));
+    let refusals = counters.refusals().unwrap();
+    assert!(refusals["n1"] >= 1, "{refusals:?}");
+    assert_eq!(refusals["client"], 0);
     drop(topo);
-    let _ = kv.wait();
 }
 
 #[test]
