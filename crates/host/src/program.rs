@@ -67,8 +67,9 @@ pub enum ProgramError {
     /// is the shim's one line.
     #[error("the replica stopped: {0}")]
     Stopped(String),
-    /// The replica did not reach the end of what it was fed in time.
-    #[error("the replica replayed up to gseq {replayed} but not to {base} within {waited:?}")]
+    /// The replica stopped making progress before the end of what it was
+    /// fed.
+    #[error("the replica replayed up to gseq {replayed} but not to {base}, and made no progress for {waited:?}")]
     NotCaughtUp {
         /// Where it is.
         replayed: u64,
@@ -451,7 +452,7 @@ impl Program {
     }
 
     /// Replica: replay every record fed up to `base` (all of them must have
-    /// been fed), then go live: the program's calls run for real from here,
+    /// been fed; `timeout` bounds a wait without progress), then go live: the program's calls run for real from here,
     /// logged from gseq `base + 1` for [`Program::drain`], with placeholder
     /// listening sockets bound again and connections of the old primary
     /// ended. The program becomes a primary, gated when `gated`.
@@ -469,14 +470,19 @@ impl Program {
             )));
         }
         let r = self.region();
-        let started = Instant::now();
+        // A replica that fell behind (a busy host) may need long to catch
+        // up: give up only when it stops making progress for `timeout`.
+        let mut progress = (self.replayed(), Instant::now());
         while r.head() != r.tail() {
             if let Some(msg) = self.failure() {
                 return Err(ProgramError::Stopped(msg));
             }
-            if started.elapsed() > timeout {
+            let replayed = self.replayed();
+            if replayed != progress.0 {
+                progress = (replayed, Instant::now());
+            } else if progress.1.elapsed() > timeout {
                 return Err(ProgramError::NotCaughtUp {
-                    replayed: self.replayed(),
+                    replayed,
                     base,
                     waited: timeout,
                 });
