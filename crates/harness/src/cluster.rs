@@ -466,29 +466,7 @@ impl Cluster {
         args: &[&str],
         timeout: Duration,
     ) -> Result<cmd::Output, ClusterError> {
-        let mut c = self.ferry(name, args)?;
-        let what = format!("{} (on {name})", cmd::describe(&c));
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = c.spawn().map_err(|source| ClusterError::Io {
-            what: what.clone(),
-            source,
-        })?;
-        let out = cmd::wait_output(child, &what, timeout).map_err(|source| ClusterError::Cmd {
-            what: what.clone(),
-            source,
-        })?;
-        if out.status.success() {
-            Ok(out)
-        } else {
-            Err(ClusterError::Cmd {
-                what,
-                source: CmdError::Failed {
-                    what: cmd::describe(&c),
-                    status: out.status,
-                    stderr: out.stderr.trim().to_owned(),
-                },
-            })
-        }
+        run_on(self.ferry(name, args)?, name, timeout)
     }
 
     /// `ferry status --json` of node `name`, bounded by the step timeout.
@@ -929,26 +907,7 @@ impl StatusReader {
         // Every application, not `status APP`: a node that does not know the
         // application yet (before `ferry run`, or just started) answers too.
         c.arg("--control").arg(control).args(["status", "--json"]);
-        let what = format!("{} (on {name})", cmd::describe(&c));
-        c.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let child = c.spawn().map_err(|source| ClusterError::Io {
-            what: what.clone(),
-            source,
-        })?;
-        let out = cmd::wait_output(child, &what, timeout).map_err(|source| ClusterError::Cmd {
-            what: what.clone(),
-            source,
-        })?;
-        if !out.status.success() {
-            return Err(ClusterError::Cmd {
-                what: what.clone(),
-                source: CmdError::Failed {
-                    what,
-                    status: out.status,
-                    stderr: out.stderr.trim().to_owned(),
-                },
-            });
-        }
+        let out = run_on(c, name, timeout)?;
         status::parse(&out.stdout).map_err(|source| ClusterError::Status {
             node: name.to_owned(),
             source,
@@ -960,6 +919,33 @@ impl StatusReader {
         self.status(name, timeout)
             .ok()
             .and_then(|s| s.app(&self.app).cloned())
+    }
+}
+
+/// Run `c` (a command inside node `name`'s host) within `timeout`; its
+/// output, or an error naming it, with its stderr when it failed.
+fn run_on(mut c: Command, name: &str, timeout: Duration) -> Result<cmd::Output, ClusterError> {
+    let what = format!("{} (on {name})", cmd::describe(&c));
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = c.spawn().map_err(|source| ClusterError::Io {
+        what: what.clone(),
+        source,
+    })?;
+    let out = cmd::wait_output(child, &what, timeout).map_err(|source| ClusterError::Cmd {
+        what: what.clone(),
+        source,
+    })?;
+    if out.status.success() {
+        Ok(out)
+    } else {
+        Err(ClusterError::Cmd {
+            what,
+            source: CmdError::Failed {
+                what: cmd::describe(&c),
+                status: out.status,
+                stderr: out.stderr.trim().to_owned(),
+            },
+        })
     }
 }
 
