@@ -923,30 +923,12 @@ impl StatusReader {
 }
 
 /// Run `c` (a command inside node `name`'s host) within `timeout`; its
-/// output, or an error naming it, with its stderr when it failed.
+/// output, or an error naming it and the host, with its stderr when it failed.
 fn run_on(mut c: Command, name: &str, timeout: Duration) -> Result<cmd::Output, ClusterError> {
-    let what = format!("{} (on {name})", cmd::describe(&c));
-    c.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = c.spawn().map_err(|source| ClusterError::Io {
-        what: what.clone(),
+    cmd::run(&mut c, timeout).map_err(|source| ClusterError::Cmd {
+        what: format!("{} (on {name})", cmd::describe(&c)),
         source,
-    })?;
-    let out = cmd::wait_output(child, &what, timeout).map_err(|source| ClusterError::Cmd {
-        what: what.clone(),
-        source,
-    })?;
-    if out.status.success() {
-        Ok(out)
-    } else {
-        Err(ClusterError::Cmd {
-            what,
-            source: CmdError::Failed {
-                what: cmd::describe(&c),
-                status: out.status,
-                stderr: out.stderr.trim().to_owned(),
-            },
-        })
-    }
+    })
 }
 
 impl Drop for Node {

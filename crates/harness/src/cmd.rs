@@ -62,11 +62,14 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, CmdError> {
     }
 }
 
-/// Like [`run`], but any exit status is returned as it is.
-pub fn run_status(cmd: &mut Command, timeout: Duration) -> Result<Output, CmdError> {
+/// Spawn `cmd` with stdout and stderr captured and stdin as given.
+fn spawn_captured(
+    cmd: &mut Command,
+    stdin: Stdio,
+) -> Result<(std::process::Child, String), CmdError> {
     let what = describe(cmd);
     let child = cmd
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -74,21 +77,18 @@ pub fn run_status(cmd: &mut Command, timeout: Duration) -> Result<Output, CmdErr
             what: what.clone(),
             source,
         })?;
+    Ok((child, what))
+}
+
+/// Like [`run`], but any exit status is returned as it is.
+pub fn run_status(cmd: &mut Command, timeout: Duration) -> Result<Output, CmdError> {
+    let (child, what) = spawn_captured(cmd, Stdio::null())?;
     wait_output(child, &what, timeout)
 }
 
 /// Like [`run`], with `input` written to the command's stdin.
 pub fn run_input(cmd: &mut Command, input: &str, timeout: Duration) -> Result<Output, CmdError> {
-    let what = describe(cmd);
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| CmdError::Spawn {
-            what: what.clone(),
-            source,
-        })?;
+    let (mut child, what) = spawn_captured(cmd, Stdio::piped())?;
     if let Some(mut stdin) = child.stdin.take() {
         let input = input.to_owned();
         thread::spawn(move || {
