@@ -35,6 +35,7 @@ extern "C" fn ferry_init() {
         // Not started by ferry: stay out of the way entirely.
         Err(_) => return,
     };
+    state::init_tls_offset();
     let pid = sys::getpid();
     let slot = match r.slot_of_real_pid(pid) {
         Some(s) => s,

@@ -8,7 +8,7 @@
 use crate::sys::{self, GateFutex};
 use core::cell::Cell;
 use core::fmt::Write as _;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicIsize, AtomicU32, AtomicUsize, Ordering};
 use ferry_proto::{calls, Kind, RecordHeader};
 use ferry_ring::{Mode, Region, CTL_DIVERGED, CTL_END_OF_LOG, CTL_FAILED, REGION_ADDR};
 
@@ -62,12 +62,63 @@ thread_local! {
     };
 }
 
-/// The calling thread's state.
+/// Where `THREAD` sits relative to the thread pointer, once measured
+/// (0: not yet). A library loaded at program start, as `LD_PRELOAD` loads
+/// the shim, has its thread-locals in the static TLS block, at one fixed
+/// offset from every thread's thread pointer: the initial-exec model,
+/// which rustc does not offer a `cdylib` on stable. With the offset known,
+/// `me()` is two instructions instead of a call to `__tls_get_addr` (the
+/// record path looks itself up about ten times per call).
+static TLS_OFFSET: AtomicIsize = AtomicIsize::new(0);
+
+/// The thread pointer: on x86_64 glibc keeps the TCB's address at `%fs:0`.
 #[inline(always)]
-pub fn me() -> &'static Thread {
+fn thread_pointer() -> isize {
+    let tp: isize;
+    // SAFETY: reads one word at %fs:0, which glibc sets to the thread's own
+    // TCB before any code of the thread runs; no memory is written.
+    unsafe {
+        core::arch::asm!("mov {}, qword ptr fs:[0]", out(reg) tp,
+            options(nostack, readonly, preserves_flags, pure));
+    }
+    tp
+}
+
+/// `THREAD` looked up through `__tls_get_addr`.
+fn me_slow() -> &'static Thread {
     // SAFETY: the thread-local lives as long as its thread, and the
     // reference never leaves the thread (Thread is not Sync).
     THREAD.with(|t| unsafe { &*(t as *const Thread) })
+}
+
+/// Measure `TLS_OFFSET` (at init, in the program's first thread).
+pub fn init_tls_offset() {
+    let off = me_slow() as *const Thread as isize - thread_pointer();
+    TLS_OFFSET.store(off, Ordering::Relaxed);
+}
+
+/// A new thread checks that its thread-locals are where `TLS_OFFSET` says;
+/// were they elsewhere (the shim loaded with dynamic TLS), every lookup
+/// would touch another thread's state, so the shim stops the program.
+pub fn check_tls_offset() {
+    let off = TLS_OFFSET.load(Ordering::Relaxed);
+    if off != 0 && me_slow() as *const Thread as isize - thread_pointer() != off {
+        fail(b"the shim's thread-locals are not in static TLS (load it with LD_PRELOAD)");
+    }
+}
+
+/// The calling thread's state.
+#[inline(always)]
+pub fn me() -> &'static Thread {
+    let off = TLS_OFFSET.load(Ordering::Relaxed);
+    if off != 0 {
+        // SAFETY: `off` was measured as THREAD's offset from the thread
+        // pointer, the same in every thread of the process (static TLS,
+        // checked by each thread at its start); the reference never leaves
+        // the thread.
+        return unsafe { &*((thread_pointer() + off) as *const Thread) };
+    }
+    me_slow()
 }
 
 /// The region, if the shim is active.

@@ -63,6 +63,7 @@ extern "C" fn thread_start(slot: *mut c_void) -> *mut c_void {
     let arg = s.arg.load(Ordering::Relaxed);
     let vtid = s.vtid.load(Ordering::Relaxed);
     s.busy.store(0, Ordering::Release);
+    state::check_tls_offset();
     state::me().vtid.set(vtid);
     sud::enable_thread();
     // SAFETY: `func` is the start routine the program passed to

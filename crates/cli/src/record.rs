@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ferry_proto::log::{end_record, start_record, LogWriter, StartInfo};
-use ferry_proto::{MAX_PAYLOAD, RECORD_HEADER_LEN};
+use ferry_proto::{padded, RecordHeader, MAX_PAYLOAD, RECORD_HEADER_LEN};
 use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_FAILED};
 
 use crate::exit::{report, report_error, ExitCodeOf, BAD_INPUT, PROGRAM_FAILED, SUCCESS};
@@ -111,7 +111,8 @@ fn record(args: &RecordArgs) -> Result<u8, RecordError> {
         source,
     };
     let file = File::create(&args.log).map_err(create_err)?;
-    let mut writer = LogWriter::new(BufWriter::new(file), now_ns()).map_err(create_err)?;
+    let mut writer =
+        LogWriter::new(BufWriter::with_capacity(LOG_BUFFER, file), now_ns()).map_err(create_err)?;
     let start = StartInfo {
         argv,
         env,
@@ -197,6 +198,14 @@ fn finish_file(writer: &mut LogWriter<BufWriter<File>>) -> io::Result<()> {
     writer.get_mut().get_ref().sync_all()
 }
 
+/// Bytes of log gathered before a write: the records of a batch are written
+/// from the ring at once when there are at least this many.
+const LOG_BUFFER: usize = 64 << 10;
+
+/// Bytes of records the consumer seals and writes before it releases their
+/// room in the ring.
+const DRAIN_BATCH: usize = 1 << 20;
+
 /// The consumer side of the ring in record mode.
 struct Drain {
     region: Region,
@@ -250,47 +259,78 @@ impl Drain {
         }
     }
 
-    /// Move every published record from the ring to the log.
+    /// Move every published record from the ring to the log. The records
+    /// are sealed in the ring, where they lie (the shim leaves the checksum
+    /// to its consumer: it would cost the program's thread on every call),
+    /// written to the log straight from there, and released from the ring a
+    /// batch at a time.
     fn drain_ring(&mut self) {
         // Read the producer's position once per batch, not once per record.
-        let mut head = self.region.head();
-        while !self.stopped {
-            let h = match self.region.peek_below(head) {
-                Some(h) => h,
-                None => {
-                    head = self.region.head();
-                    match self.region.peek_below(head) {
-                        Some(h) => h,
-                        None => return,
-                    }
+        let region = self.region;
+        let head = region.head();
+        let mut pos = region.consume_pos();
+        while !self.stopped && pos < head {
+            let start = pos;
+            let lap_end = Region::lap_end(pos).min(head);
+            let mut batch = 0u64;
+            let mut wraps = None;
+            while pos < head && pos - start < DRAIN_BATCH as u64 {
+                let Some(h) = self.region.header_at(pos, head) else {
+                    break;
+                };
+                let payload_len = h.payload_len as usize;
+                if payload_len > MAX_PAYLOAD || h.len as usize != RECORD_HEADER_LEN + payload_len {
+                    // The ring cannot be walked past a record of unknown size.
+                    let index = self.records + batch + 1;
+                    self.fail(&format!(
+                        "the shim published record #{index} (gseq {}) with impossible lengths (len {}, payload {})",
+                        h.gseq, h.len, h.payload_len
+                    ));
+                    self.stopped = true;
+                    self.region.raise(CTL_CONSUMER_GONE, &SysFutex);
+                    break;
                 }
-            };
-            let index = self.records + 1;
-            let payload_len = h.payload_len as usize;
-            if payload_len > MAX_PAYLOAD || h.len as usize != RECORD_HEADER_LEN + payload_len {
-                // The ring cannot be walked past a record of unknown size.
-                self.fail(&format!(
-                    "the shim published record #{index} (gseq {}) with impossible lengths (len {}, payload {})",
-                    h.gseq, h.len, h.payload_len
-                ));
-                self.stopped = true;
-                self.region.raise(CTL_CONSUMER_GONE, &SysFutex);
-                return;
-            }
-            self.buf.resize(payload_len, 0);
-            self.region.read_payload(&h, 0, &mut self.buf);
-            // The shim leaves the checksum to its consumer (it would cost the
-            // program's thread on every call): seal the record as it is
-            // persisted.
-            let mut h = h;
-            h.crc = h.compute_crc(&self.buf);
-            if self.write_error.is_none() {
-                if let Err(e) = self.writer.append(&h, &self.buf) {
-                    self.log_failed(e);
+                let len = h.len as usize;
+                if pos + padded(len) as u64 > lap_end {
+                    // This record wraps around the end of the ring.
+                    wraps = Some(len);
+                    break;
                 }
+                // SAFETY: the consumer's own published bytes, inside one lap,
+                // released only below (consume_to), after the last use.
+                let rec = unsafe { region.unconsumed_mut(pos, padded(len)) };
+                rec[len..].fill(0);
+                RecordHeader::seal_bytes(&mut rec[..len]);
+                pos += padded(len) as u64;
+                batch += 1;
             }
-            self.region.consume(&h, &SysFutex);
-            self.records += 1;
+            if pos > start {
+                // SAFETY: as above: the bytes just sealed, not yet released.
+                let bytes = unsafe { region.unconsumed_mut(start, (pos - start) as usize) };
+                self.write_sealed(bytes);
+            }
+            if let Some(len) = wraps {
+                self.buf.clear();
+                self.buf.resize(padded(len), 0);
+                self.region.copy_record(pos, &mut self.buf[..len]);
+                RecordHeader::seal_bytes(&mut self.buf[..len]);
+                let buf = std::mem::take(&mut self.buf);
+                self.write_sealed(&buf);
+                self.buf = buf;
+                pos += padded(len) as u64;
+                batch += 1;
+            }
+            self.region.consume_to(pos, batch, &SysFutex);
+            self.records += batch;
+        }
+    }
+
+    /// Append sealed, padded records to the log (nothing once writing failed).
+    fn write_sealed(&mut self, bytes: &[u8]) {
+        if self.write_error.is_none() {
+            if let Err(e) = self.writer.append_sealed(bytes) {
+                self.log_failed(e);
+            }
         }
     }
 

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use ferry_proto::log::StartInfo;
 use ferry_proto::{padded, Kind, RecordHeader, MAX_PAYLOAD, RECORD_HEADER_LEN};
 use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_DIVERGED, CTL_END_OF_LOG, CTL_FAILED};
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::FromBytes;
 
 use crate::region::{self, PollFutex, RegionError, SharedRegion, SysFutex};
 use crate::resolve::{env_value, resolve, ResolveError};
@@ -282,29 +282,53 @@ impl Program {
         self.need(Side::Primary)?;
         let r = self.region();
         let head = r.head();
+        let start = r.consume_pos();
         let start_len = out.len();
+        let mut pos = start;
         let mut last = None;
-        while out.len() - start_len < max_bytes.max(1) {
-            let Some(mut h) = r.peek_below(head) else {
+        let mut bad = None;
+        // Walk the records in place, then copy them out with one copy per
+        // lap of the ring, seal them there (the shim leaves checksums and
+        // padding to its consumer), and release them with one store.
+        while pos < head && ((pos - start) as usize) < max_bytes.max(1) {
+            let Some(h) = r.header_at(pos, head) else {
                 break;
             };
             let payload_len = h.payload_len as usize;
             if payload_len > MAX_PAYLOAD || h.len as usize != RECORD_HEADER_LEN + payload_len {
-                return Err(ProgramError::BadRecord {
+                bad = Some(ProgramError::BadRecord {
                     gseq: h.gseq,
                     len: h.len,
                     payload_len: h.payload_len,
                 });
+                break;
             }
-            let at = out.len();
-            out.extend_from_slice(h.as_bytes());
-            out.resize(at + padded(h.len as usize), 0);
-            r.read_payload(&h, 0, &mut out[at + RECORD_HEADER_LEN..at + h.len as usize]);
-            h.seal(&out[at + RECORD_HEADER_LEN..at + h.len as usize]);
-            out[at..at + RECORD_HEADER_LEN].copy_from_slice(h.as_bytes());
-            r.consume(&h, &PollFutex);
-            self.drained = h.gseq;
+            pos += padded(h.len as usize) as u64;
             last = Some(h.gseq);
+        }
+        let n = (pos - start) as usize;
+        out.resize(start_len + n, 0);
+        let lap = (Region::lap_end(start) - start).min(n as u64) as usize;
+        r.copy_record(start, &mut out[start_len..start_len + lap]);
+        if lap < n {
+            r.copy_record(start + lap as u64, &mut out[start_len + lap..]);
+        }
+        let mut at = start_len;
+        let mut records = 0u64;
+        while at < out.len() {
+            let len = u32::from_le_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]) as usize;
+            let end = at + padded(len);
+            out[at + len..end].fill(0);
+            RecordHeader::seal_bytes(&mut out[at..at + len]);
+            at = end;
+            records += 1;
+        }
+        r.consume_to(pos, records, &PollFutex);
+        if let Some(e) = bad {
+            return Err(e);
+        }
+        if let Some(g) = last {
+            self.drained = g;
         }
         Ok(last)
     }

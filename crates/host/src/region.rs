@@ -54,6 +54,11 @@ impl SharedRegion {
                 "mapping shorter than the region",
             )));
         }
+        // Allocate every page of the region now, on this side: otherwise the
+        // program's threads take a page fault (allocating and zeroing a page)
+        // every 4 KiB of records during the ring's first lap. Best effort: a
+        // kernel without MADV_POPULATE_WRITE (before 5.14) faults them later.
+        let _ = map.advise(memmap2::Advice::PopulateWrite);
         // SAFETY: map is a live, writable, page-aligned shared mapping of
         // REGION_LEN bytes, kept alive by `self` as long as the Region is used
         // (callers only use the Region while they hold the SharedRegion).

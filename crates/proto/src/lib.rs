@@ -151,6 +151,20 @@ impl RecordHeader {
         crc32c::crc32c_append(c, payload)
     }
 
+    /// Seal a whole record in place: `bytes` is its header followed by its
+    /// payload (`len` bytes); the checksum is computed over both in one
+    /// pass, with the header's `crc` field taken as zero, and stored. The
+    /// result is the one [`RecordHeader::seal`] gives.
+    pub fn seal_bytes(bytes: &mut [u8]) {
+        const CRC_AT: usize = core::mem::offset_of!(RecordHeader, crc);
+        if bytes.len() < RECORD_HEADER_LEN {
+            return;
+        }
+        bytes[CRC_AT..CRC_AT + 4].fill(0);
+        let crc = crc32c::crc32c(bytes);
+        bytes[CRC_AT..CRC_AT + 4].copy_from_slice(&crc.to_le_bytes());
+    }
+
     /// As [`RecordHeader::compute_crc`] for a payload in several parts.
     pub fn compute_crc_parts(&self, parts: &[&[u8]]) -> u32 {
         let mut h = *self;
@@ -170,6 +184,7 @@ impl RecordHeader {
 
     /// Set `len` and `payload_len` for a payload in several parts, leaving
     /// `crc` zero: the shim's records are sealed by their consumer.
+    #[inline]
     pub fn size_parts(&mut self, parts: &[&[u8]]) {
         let n: usize = parts.iter().map(|p| p.len()).sum();
         self.payload_len = n as u32;

@@ -281,6 +281,39 @@ unsafe impl Send for Region {}
 // SAFETY: as for Send.
 unsafe impl Sync for Region {}
 
+/// Copy `src` to `dst`: inline for up to 16 bytes, `memcpy` beyond.
+///
+/// # Safety
+/// `dst` must be valid for writing `src.len()` bytes that do not overlap
+/// `src`.
+#[inline(always)]
+unsafe fn small_copy(src: &[u8], dst: *mut u8) {
+    let n = src.len();
+    let s = src.as_ptr();
+    // SAFETY: every access below stays within the first n bytes of `src`
+    // and `dst` (two possibly overlapping halves of the same length cover
+    // n exactly), which the caller guarantees.
+    unsafe {
+        if n >= 8 && n <= 16 {
+            let a = core::ptr::read_unaligned(s as *const u64);
+            let b = core::ptr::read_unaligned(s.add(n - 8) as *const u64);
+            core::ptr::write_unaligned(dst as *mut u64, a);
+            core::ptr::write_unaligned(dst.add(n - 8) as *mut u64, b);
+        } else if n >= 4 && n < 8 {
+            let a = core::ptr::read_unaligned(s as *const u32);
+            let b = core::ptr::read_unaligned(s.add(n - 4) as *const u32);
+            core::ptr::write_unaligned(dst as *mut u32, a);
+            core::ptr::write_unaligned(dst.add(n - 4) as *mut u32, b);
+        } else if n < 4 {
+            for i in 0..n {
+                *dst.add(i) = *s.add(i);
+            }
+        } else {
+            core::ptr::copy_nonoverlapping(s, dst, n);
+        }
+    }
+}
+
 impl Region {
     /// Wrap a mapping of [`REGION_LEN`] bytes.
     ///
@@ -495,14 +528,33 @@ impl Region {
                 c.tail_waiters.fetch_sub(1, Ordering::SeqCst);
             }
         }
-        // SAFETY: [head, head + need) is free (checked above) and only this
-        // producer writes it until head is published.
-        unsafe {
-            self.copy_in(head, header.as_bytes());
-            let mut at = head + RECORD_HEADER_LEN as u64;
-            for p in parts {
-                self.copy_in(at, p);
-                at += p.len() as u64;
+        let at = (head as usize) & (RING_CAP - 1);
+        if at + need as usize <= RING_CAP {
+            // The common case, a record that does not wrap: written in place
+            // with copies the compiler can inline (most payloads are a few
+            // bytes: a length and a clock reading).
+            // SAFETY: [at, at + need) is inside the ring, free (checked
+            // above), and only this producer writes it until head is
+            // published; the parts are the caller's live slices.
+            unsafe {
+                let dst = self.ring().add(at);
+                core::ptr::write_unaligned(dst as *mut RecordHeader, *header);
+                let mut off = RECORD_HEADER_LEN;
+                for p in parts {
+                    small_copy(p, dst.add(off));
+                    off += p.len();
+                }
+            }
+        } else {
+            // SAFETY: [head, head + need) is free (checked above) and only
+            // this producer writes it until head is published.
+            unsafe {
+                self.copy_in(head, header.as_bytes());
+                let mut at = head + RECORD_HEADER_LEN as u64;
+                for p in parts {
+                    self.copy_in(at, p);
+                    at += p.len() as u64;
+                }
             }
         }
         // A sleeper registers, then looks at head, then sleeps on head_seq;
@@ -624,6 +676,77 @@ impl Region {
         c.consumed.fetch_add(1, Ordering::Relaxed);
         c.tail
             .store(tail + header.padded_len() as u64, Ordering::SeqCst);
+        if c.tail_waiters.load(Ordering::SeqCst) != 0 {
+            c.tail_seq.fetch_add(1, Ordering::SeqCst);
+            futex.wake_all(&c.tail_seq);
+        }
+    }
+
+    /// A consumer that drains many records at once (record mode): the
+    /// position of the first unconsumed record. Walk the records from there
+    /// with [`Region::header_at`] and [`Region::copy_record`], then release
+    /// them all with one [`Region::consume_to`].
+    pub fn consume_pos(&self) -> u64 {
+        self.control().tail.load(Ordering::Acquire)
+    }
+
+    /// The header of the record at byte counter `pos`, if `pos` is below
+    /// `head` (a value [`Region::head`] returned). Its lengths are the
+    /// producer's: check them before using them.
+    pub fn header_at(&self, pos: u64, head: u64) -> Option<RecordHeader> {
+        if head <= pos {
+            return None;
+        }
+        let mut h = [0u8; RECORD_HEADER_LEN];
+        // SAFETY: the record at pos is published (pos < head) and, as the
+        // caller walks from `consume_pos`, not yet consumed.
+        unsafe { self.copy_out(pos, &mut h) };
+        RecordHeader::read_from_bytes(&h).ok()
+    }
+
+    /// Copy the first `out.len()` bytes of the record at `pos` (header and
+    /// payload; `out.len()` must not exceed the record's padded length).
+    pub fn copy_record(&self, pos: u64, out: &mut [u8]) {
+        // SAFETY: the caller found a record at pos with `header_at` and
+        // keeps within it; it is published and not consumed.
+        unsafe { self.copy_out(pos, out) };
+    }
+
+    /// Where the ring wraps next after byte counter `pos`: bytes from `pos`
+    /// up to there are contiguous in memory.
+    pub fn lap_end(pos: u64) -> u64 {
+        (pos / RING_CAP as u64 + 1) * RING_CAP as u64
+    }
+
+    /// The published, unconsumed ring bytes `[pos, pos + len)`, which must
+    /// not wrap (`pos + len <= Region::lap_end(pos)`), for the consumer to
+    /// seal records in place (checksum, zero padding) and write them out
+    /// without copying them first.
+    ///
+    /// # Safety
+    /// Only the one consumer may call this, for bytes below `head` and at or
+    /// above `tail` (the producer never touches those again until they are
+    /// released), and the slice must not be used after
+    /// [`Region::consume_to`] released them or alongside another slice over
+    /// the same bytes.
+    #[allow(clippy::mut_from_ref)]
+    pub unsafe fn unconsumed_mut(&self, pos: u64, len: usize) -> &mut [u8] {
+        let at = (pos as usize) & (RING_CAP - 1);
+        debug_assert!(at + len <= RING_CAP);
+        // SAFETY: [at, at + len) is inside the ring (no wrap), and by the
+        // caller's promise no one else reads or writes it meanwhile.
+        unsafe { core::slice::from_raw_parts_mut(self.ring().add(at), len) }
+    }
+
+    /// Release every record below byte counter `pos` (`records` of them),
+    /// as [`Region::consume`] would one by one.
+    pub fn consume_to(&self, pos: u64, records: u64, futex: &impl Futex) {
+        let c = self.control();
+        if pos == c.tail.load(Ordering::Relaxed) {
+            return;
+        }
+        c.consumed.fetch_add(records, Ordering::Relaxed);
+        c.tail.store(pos, Ordering::SeqCst);
         if c.tail_waiters.load(Ordering::SeqCst) != 0 {
             c.tail_seq.fetch_add(1, Ordering::SeqCst);
             futex.wake_all(&c.tail_seq);
