@@ -11,7 +11,7 @@
 //! them through [`RunnerCmd`] and [`WriterMsg`].
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -342,12 +342,17 @@ enum Side {
 pub struct Runner {
     /// Commands.
     pub tx: std_mpsc::Sender<RunnerCmd>,
+    /// Bumped and woken with every command, so that a primary sleeping
+    /// while its ring is empty acts on it at once.
+    wake: Arc<AtomicU32>,
 }
 
 impl Runner {
     /// Start the runner thread of `shared`.
     pub fn spawn(shared: Arc<AppShared>, events: mpsc::UnboundedSender<AppEvent>) -> Runner {
         let (tx, rx) = std_mpsc::channel();
+        let wake = Arc::new(AtomicU32::new(0));
+        let thread_wake = wake.clone();
         let name = format!("run-{}", shared.name);
         std::thread::Builder::new()
             .name(name.chars().take(15).collect())
@@ -363,18 +368,20 @@ impl Runner {
                     pending_pause: false,
                     gated: false,
                     gate_up_to: 0,
+                    wake: thread_wake,
                     pids: Vec::new(),
                     pids_checked: Instant::now(),
                 }
                 .run()
             })
             .expect("spawn a runner thread");
-        Runner { tx }
+        Runner { tx, wake }
     }
 
     /// Send a command (the thread lives as long as the app).
     pub fn send(&self, cmd: RunnerCmd) {
         let _ = self.tx.send(cmd);
+        ferry_host::region::wake_private(&self.wake);
     }
 }
 
@@ -391,6 +398,8 @@ struct RunnerThread {
     gated: bool,
     /// The gate's last `up_to`.
     gate_up_to: u64,
+    /// Bumped (and woken) by the core with every command.
+    wake: Arc<AtomicU32>,
     /// The program's processes as last written to the pids file.
     pids: Vec<i32>,
     pids_checked: Instant,
@@ -413,6 +422,9 @@ impl RunnerThread {
 
     fn run(mut self) {
         loop {
+            // Read before looking for a command: a command sent after this
+            // ends the primary's wait below at once.
+            let wake_seen = self.wake.load(Ordering::SeqCst);
             let wait = match &self.side {
                 Side::Idle => Duration::from_millis(200),
                 _ => Duration::ZERO,
@@ -438,7 +450,7 @@ impl RunnerThread {
             }
             match &self.side {
                 Side::Idle => {}
-                Side::Primary(_) => self.primary_step(),
+                Side::Primary(_) => self.primary_step(wake_seen),
                 Side::Replica(_) => self.replica_step(),
             }
             self.note_pids(false);
@@ -672,17 +684,18 @@ impl RunnerThread {
         self.last_sync = Instant::now();
     }
 
-    fn primary_step(&mut self) {
+    fn primary_step(&mut self, wake_seen: u32) {
         if !self.drain_once() {
-            // With records past the gate, the program may be waiting for
-            // it to open: look for the command that opens it more often.
+            // Sleep until the shim publishes a record (it wakes a consumer
+            // that sleeps, and only then) or a command arrives (the gate
+            // opening: the core wakes us). The timeout is a backstop.
             let wait = if self.gated && self.drained() > self.gate_up_to {
-                Duration::from_micros(100)
+                Duration::from_millis(1)
             } else {
                 Duration::from_millis(2)
             };
             if let Side::Primary(p) = &self.side {
-                p.wait_records(wait);
+                p.wait_records(&self.wake, wake_seen, wait);
             }
         }
         if self.last_sync.elapsed() > Duration::from_millis(20) {

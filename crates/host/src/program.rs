@@ -21,7 +21,7 @@
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use ferry_proto::log::StartInfo;
@@ -338,12 +338,21 @@ impl Program {
         self.drained
     }
 
-    /// Primary: wait up to `timeout` for the shim to publish a record.
-    pub fn wait_records(&self, timeout: Duration) {
+    /// Primary: wait up to `timeout` for the shim to publish a record, or
+    /// for `wake` to differ from `seen` (see [`region::wake_private`]).
+    /// While it waits the shim wakes it at its next record, which costs that
+    /// record's thread a system call.
+    pub fn wait_records(&self, wake: &AtomicU32, seen: u32, timeout: Duration) {
         let r = self.region();
         if r.peek().is_none() {
-            let ms = timeout.as_millis().min(u128::from(u32::MAX)) as u32;
-            r.wait_published(&PollFutex, Some(ms));
+            let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
+            r.wait_published(
+                &region::EitherFutex {
+                    other: wake,
+                    other_seen: seen,
+                },
+                Some(ms),
+            );
         }
     }
 

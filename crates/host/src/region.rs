@@ -135,6 +135,109 @@ pub struct SysFutex;
 /// publish or consume up to a million records a second).
 pub struct PollFutex;
 
+/// A consumer's sleep that ends when the producer publishes (the shim wakes a
+/// consumer that registered as a sleeper) or when a word of the consumer's
+/// own process changes (`other`, bumped by whoever has a command for it):
+/// both at once, with `futex_waitv` (Linux 5.16). Where that call is
+/// missing it sleeps briefly, as [`PollFutex`] does.
+pub struct EitherFutex<'a> {
+    /// The process-private word whose change also ends the wait.
+    pub other: &'a AtomicU32,
+    /// Its value before the caller looked for work.
+    pub other_seen: u32,
+}
+
+/// `struct futex_waitv` (include/uapi/linux/futex.h).
+#[repr(C)]
+struct FutexWaitv {
+    val: u64,
+    uaddr: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+/// `FUTEX2_SIZE_U32`: a 32-bit futex word.
+const FUTEX2_SIZE_U32: u32 = 0x02;
+/// `FUTEX2_PRIVATE`: a word of this process only.
+const FUTEX2_PRIVATE: u32 = 128;
+
+impl Futex for EitherFutex<'_> {
+    fn wait(&self, word: &AtomicU32, expected: u32, timeout_ms: Option<u32>) {
+        let waiters = [
+            FutexWaitv {
+                val: u64::from(expected),
+                uaddr: word.as_ptr() as u64,
+                flags: FUTEX2_SIZE_U32,
+                reserved: 0,
+            },
+            FutexWaitv {
+                val: u64::from(self.other_seen),
+                uaddr: self.other.as_ptr() as u64,
+                flags: FUTEX2_SIZE_U32 | FUTEX2_PRIVATE,
+                reserved: 0,
+            },
+        ];
+        // futex_waitv takes an absolute CLOCK_MONOTONIC deadline.
+        let deadline = timeout_ms.map(|ms| {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: `now` is a valid timespec to fill.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+            let ns = now.tv_nsec + i64::from(ms % 1000) * 1_000_000;
+            libc::timespec {
+                tv_sec: now.tv_sec
+                    + (ms / 1000) as libc::time_t
+                    + (ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+            }
+        });
+        let dp = deadline
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `waiters` is an array of two valid futex_waitv entries
+        // naming live, aligned u32 words (one in the shared mapping, one of
+        // this process); dp is null or points to `deadline`, alive for the
+        // call. A spurious or failed wait is allowed by the trait.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_futex_waitv,
+                waiters.as_ptr(),
+                2u32,
+                0u32,
+                dp,
+                libc::CLOCK_MONOTONIC,
+            )
+        };
+        if r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+    }
+    fn wake_all(&self, word: &AtomicU32) {
+        SysFutex.wake_all(word)
+    }
+}
+
+/// Bump `word` and wake whoever sleeps on it in an [`EitherFutex`] (its
+/// `other`).
+pub fn wake_private(word: &AtomicU32) {
+    word.fetch_add(1, Ordering::SeqCst);
+    // SAFETY: word points to a live, aligned u32 of this process;
+    // FUTEX_WAKE_PRIVATE reads no other memory.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+            i32::MAX,
+            0usize,
+            0usize,
+            0u32,
+        );
+    }
+}
+
 impl Futex for PollFutex {
     fn wait(&self, _word: &AtomicU32, _expected: u32, _timeout_ms: Option<u32>) {
         std::thread::sleep(std::time::Duration::from_micros(200));
@@ -184,6 +287,55 @@ impl Futex for SysFutex {
                 0usize,
                 0usize,
                 0u32,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    /// A sleeper in an `EitherFutex` wakes for either word: the shared one
+    /// (woken by a publisher) and its own (woken by `wake_private`), long
+    /// before its timeout.
+    #[test]
+    fn an_either_futex_wakes_for_either_word() {
+        for which in ["shared", "private"] {
+            let shared = Arc::new(AtomicU32::new(7));
+            let private = Arc::new(AtomicU32::new(3));
+            let (s2, p2) = (shared.clone(), private.clone());
+            let waker = std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(50));
+                match which {
+                    "shared" => {
+                        s2.fetch_add(1, Ordering::SeqCst);
+                        SysFutex.wake_all(&s2);
+                    }
+                    _ => wake_private(&p2),
+                }
+            });
+            let start = Instant::now();
+            let f = EitherFutex {
+                other: &private,
+                other_seen: 3,
+            };
+            let timeout_ms = 3000;
+            // A spurious return is allowed: wait until a word changed or the
+            // timeout passed.
+            while shared.load(Ordering::SeqCst) == 7
+                && private.load(Ordering::SeqCst) == 3
+                && start.elapsed() < Duration::from_millis(timeout_ms)
+            {
+                f.wait(&shared, 7, Some(timeout_ms as u32));
+            }
+            let took = start.elapsed();
+            waker.join().unwrap();
+            assert!(
+                took < Duration::from_millis(2000),
+                "{which}: woke after {took:?}"
             );
         }
     }

@@ -294,12 +294,12 @@ unsafe fn small_copy(src: &[u8], dst: *mut u8) {
     // and `dst` (two possibly overlapping halves of the same length cover
     // n exactly), which the caller guarantees.
     unsafe {
-        if n >= 8 && n <= 16 {
+        if (8..=16).contains(&n) {
             let a = core::ptr::read_unaligned(s as *const u64);
             let b = core::ptr::read_unaligned(s.add(n - 8) as *const u64);
             core::ptr::write_unaligned(dst as *mut u64, a);
             core::ptr::write_unaligned(dst.add(n - 8) as *mut u64, b);
-        } else if n >= 4 && n < 8 {
+        } else if (4..8).contains(&n) {
             let a = core::ptr::read_unaligned(s as *const u32);
             let b = core::ptr::read_unaligned(s.add(n - 4) as *const u32);
             core::ptr::write_unaligned(dst as *mut u32, a);
