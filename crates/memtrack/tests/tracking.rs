@@ -5,7 +5,9 @@ mod common;
 
 use common::{in_child, pages_of, Anon, Rng, PAGE};
 use ferry_memtrack::maps::{self, Change, OwnedMaps};
-use ferry_memtrack::{PageRegion, Range, ScanError, ScanTotals, Source, Syscalls, TrackError, Tracker};
+use ferry_memtrack::{
+    PageRegion, Range, ScanError, ScanTotals, Source, Syscalls, TrackError, Tracker,
+};
 use std::collections::BTreeSet;
 use std::ops::ControlFlow;
 
@@ -52,7 +54,10 @@ fn exactly_the_pages_written_are_reported_then_exactly_the_next_set() {
         let t = tracker();
         t.track(mem.range()).unwrap_or_else(|e| panic!("{e}"));
         let (none, _) = dirty(&t, mem.range(), false, 64);
-        assert!(none.is_empty(), "seed {seed}: pages reported before any write: {none:?}");
+        assert!(
+            none.is_empty(),
+            "seed {seed}: pages reported before any write: {none:?}"
+        );
 
         for round in 0..3 {
             let set = rng.set(n, 600);
@@ -62,9 +67,15 @@ fn exactly_the_pages_written_are_reported_then_exactly_the_next_set() {
             // A small buffer makes the scan loop.
             let (got, totals) = dirty(&t, mem.range(), true, 16);
             assert_eq!(got, set, "seed {seed} round {round}");
-            assert!(totals.calls > 1, "seed {seed}: a 16-region buffer should fill ({totals:?})");
+            assert!(
+                totals.calls > 1,
+                "seed {seed}: a 16-region buffer should fill ({totals:?})"
+            );
             let (again, _) = dirty(&t, mem.range(), false, 1024);
-            assert!(again.is_empty(), "seed {seed} round {round}: re-protect left {again:?}");
+            assert!(
+                again.is_empty(),
+                "seed {seed} round {round}: re-protect left {again:?}"
+            );
         }
     });
 }
@@ -81,9 +92,17 @@ fn a_scan_without_reprotect_reports_the_same_set_twice() {
             mem.write(p, 7, 1);
         }
         assert_eq!(dirty(&t, mem.range(), false, 8).0, set, "seed {}", rng.seed);
-        assert_eq!(dirty(&t, mem.range(), false, 4096).0, set, "seed {}", rng.seed);
+        assert_eq!(
+            dirty(&t, mem.range(), false, 4096).0,
+            set,
+            "seed {}",
+            rng.seed
+        );
         t.reset(mem.range()).unwrap();
-        assert!(dirty(&t, mem.range(), false, 64).0.is_empty(), "reset left pages written");
+        assert!(
+            dirty(&t, mem.range(), false, 64).0.is_empty(),
+            "reset left pages written"
+        );
         mem.write(3, 0, 1);
         assert_eq!(dirty(&t, mem.range(), false, 64).0, BTreeSet::from([3]));
     });
@@ -109,7 +128,12 @@ fn writes_by_other_threads_are_seen() {
             }
         });
         let want: BTreeSet<usize> = sets.iter().flatten().copied().collect();
-        assert_eq!(dirty(&t, mem.range(), true, 64).0, want, "seed {}", rng.seed);
+        assert_eq!(
+            dirty(&t, mem.range(), true, 64).0,
+            want,
+            "seed {}",
+            rng.seed
+        );
     });
 }
 
@@ -130,7 +154,10 @@ fn reads_do_not_mark_pages() {
         let (got, _) = dirty(&t, mem.range(), false, 64);
         assert!(got.is_empty(), "reads marked pages {got:?}");
         mem.write(mem.pages() - 1, 0, 1);
-        assert_eq!(dirty(&t, mem.range(), false, 64).0, BTreeSet::from([mem.pages() - 1]));
+        assert_eq!(
+            dirty(&t, mem.range(), false, 64).0,
+            BTreeSet::from([mem.pages() - 1])
+        );
     });
 }
 
@@ -144,7 +171,8 @@ fn writes_by_the_kernel_are_seen() {
         // SAFETY: an int[2] for pipe to fill.
         assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
         // SAFETY: writing 5 bytes from a static buffer.
-        assert_eq!(unsafe { libc::write(fds[1], b"hello".as_ptr().cast(), 5) }, 5);
+        let r = unsafe { libc::write(fds[1], b"hello".as_ptr().cast(), 5) };
+        assert_eq!(r, 5);
         // SAFETY: the kernel copies into page 17 of our writable mapping.
         let got = unsafe { libc::read(fds[0], mem.page(17).add(100).cast(), 5) };
         assert_eq!(got, 5, "read: {}", std::io::Error::last_os_error());
@@ -162,10 +190,14 @@ fn dropped_pages_are_reported_as_written() {
         let t = tracker();
         t.track(mem.range()).unwrap();
         // SAFETY: dropping pages 5 and 6 of our own mapping.
-        assert_eq!(unsafe { libc::madvise(mem.page(5).cast(), 2 * PAGE, libc::MADV_DONTNEED) }, 0);
+        let r = unsafe { libc::madvise(mem.page(5).cast(), 2 * PAGE, libc::MADV_DONTNEED) };
+        assert_eq!(r, 0);
         assert_eq!(dirty(&t, mem.range(), true, 64).0, BTreeSet::from([5, 6]));
         assert_eq!(mem.read(5, 0), 0);
-        assert!(dirty(&t, mem.range(), false, 64).0.is_empty(), "a read after re-protect marked the page");
+        assert!(
+            dirty(&t, mem.range(), false, 64).0.is_empty(),
+            "a read after re-protect marked the page"
+        );
     });
 }
 
@@ -173,7 +205,13 @@ fn dropped_pages_are_reported_as_written() {
 fn private_file_mappings_are_tracked() {
     in_child(|| {
         let path = format!("/dev/shm/ferry-memtrack-private-{}", std::process::id());
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
         file.set_len(64 * PAGE as u64).unwrap();
         std::fs::remove_file(&path).unwrap();
         use std::os::fd::AsRawFd;
@@ -218,7 +256,14 @@ fn shared_memory_written_through_another_mapping_is_not_seen() {
         let map = || {
             // SAFETY: a fresh shared mapping of our memfd.
             let p = unsafe {
-                libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, fd, 0)
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    fd,
+                    0,
+                )
             };
             assert_ne!(p, libc::MAP_FAILED);
             p as *mut u8
@@ -231,7 +276,10 @@ fn shared_memory_written_through_another_mapping_is_not_seen() {
         unsafe { std::ptr::write_volatile(b.add(3 * PAGE), 7) };
         // SAFETY: inside the tracked mapping.
         assert_eq!(unsafe { std::ptr::read_volatile(a.add(3 * PAGE)) }, 7);
-        assert!(dirty(&t, range, false, 8).0.is_empty(), "the other mapping's write was seen after all");
+        assert!(
+            dirty(&t, range, false, 8).0.is_empty(),
+            "the other mapping's write was seen after all"
+        );
         // SAFETY: inside the tracked mapping.
         unsafe { std::ptr::write_volatile(a.add(5 * PAGE), 7) };
         assert_eq!(dirty(&t, range, false, 8).0, BTreeSet::from([5]));
@@ -248,7 +296,8 @@ fn mappings_made_after_tracking_started_are_noticed() {
         let tracked = Range::from_len(base, 32 * PAGE);
         let later = Range::from_len(base + 32 * PAGE, 32 * PAGE);
         // SAFETY: unmapping the upper half of our own mapping.
-        assert_eq!(unsafe { libc::munmap(later.start as *mut _, later.len()) }, 0);
+        let r = unsafe { libc::munmap(later.start as *mut _, later.len()) };
+        assert_eq!(r, 0);
         t.track(tracked).unwrap();
         let before = OwnedMaps::read_self(SYS).unwrap();
 
@@ -294,7 +343,10 @@ fn mappings_made_after_tracking_started_are_noticed() {
                 added.push(m.range());
             }
         });
-        assert!(added.contains(&later), "diff did not report {later}: {added:?}");
+        assert!(
+            added.contains(&later),
+            "diff did not report {later}: {added:?}"
+        );
 
         // Once tracked it is scanned like the rest.
         t.track(later).unwrap();
@@ -324,7 +376,10 @@ fn a_mapping_moved_or_remade_in_place_is_untracked() {
             )
         };
         assert_eq!(p as usize, a.ptr as usize);
-        assert!(!t.is_tracked(a.range()).unwrap(), "a mapping made again in place still reads as tracked");
+        assert!(
+            !t.is_tracked(a.range()).unwrap(),
+            "a mapping made again in place still reads as tracked"
+        );
         let after = OwnedMaps::read_self(SYS).unwrap();
         let (b, c) = (before.mappings().unwrap(), after.mappings().unwrap());
         let mut changes = 0;
@@ -345,8 +400,11 @@ fn a_mapping_moved_or_remade_in_place_is_untracked() {
         let moved = unsafe { libc::mremap(b2.ptr.cast(), b2.len, 32 * PAGE, libc::MREMAP_MAYMOVE) };
         assert_ne!(moved, libc::MAP_FAILED);
         let moved_range = Range::from_len(moved as usize, 32 * PAGE);
-        if moved as usize != b2.ptr as usize {
-            assert!(!t.is_tracked(moved_range).unwrap(), "a moved mapping still reads as tracked");
+        if !std::ptr::eq(moved, b2.ptr.cast()) {
+            assert!(
+                !t.is_tracked(moved_range).unwrap(),
+                "a moved mapping still reads as tracked"
+            );
         }
         // SAFETY: our moved mapping; b2's drop unmaps whatever is at its old place.
         unsafe { libc::munmap(moved, 32 * PAGE) };
@@ -362,7 +420,9 @@ fn heap_growth_after_tracking_started_is_noticed() {
         let heap_start = {
             let maps = OwnedMaps::read_self(SYS).unwrap();
             let ms = maps.mappings().unwrap();
-            ms.iter().find(|m| m.kind == maps::Kind::Heap).map(|m| m.start)
+            ms.iter()
+                .find(|m| m.kind == maps::Kind::Heap)
+                .map(|m| m.start)
         };
         // A heap exists once malloc has used brk; make sure it has.
         // SAFETY: growing the break by 64 pages.
@@ -375,7 +435,10 @@ fn heap_growth_after_tracking_started_is_noticed() {
         let grown = unsafe { libc::sbrk(64 * PAGE as isize) } as usize;
         assert_ne!(grown as isize, -1);
         let all = Range::new(start, (grown + 64 * PAGE) & !(PAGE - 1));
-        assert!(!t.is_tracked(all).unwrap(), "the grown heap reads as tracked");
+        assert!(
+            !t.is_tracked(all).unwrap(),
+            "the grown heap reads as tracked"
+        );
         assert!(t.is_tracked(tracked).unwrap());
     });
 }
@@ -386,18 +449,27 @@ fn untrackable_mappings_are_refused_naming_the_operation() {
         let t = tracker();
         let maps = OwnedMaps::read_self(SYS).unwrap();
         let ms = maps.mappings().unwrap();
-        let vdso = ms.iter().find(|m| m.kind == maps::Kind::Vdso).expect("no [vdso] mapping");
+        let vdso = ms
+            .iter()
+            .find(|m| m.kind == maps::Kind::Vdso)
+            .expect("no [vdso] mapping");
         assert!(!vdso.trackable());
         match t.track(vdso.range()) {
             Err(e @ TrackError::Register { source, .. }) => {
                 assert_eq!(source.errno.0, libc::EINVAL);
                 let msg = e.to_string();
-                assert!(msg.contains("ioctl(UFFDIO_REGISTER)") && msg.contains("EINVAL"), "{msg}");
+                assert!(
+                    msg.contains("ioctl(UFFDIO_REGISTER)") && msg.contains("EINVAL"),
+                    "{msg}"
+                );
                 assert!(!msg.contains('\n'), "{msg}");
             }
             other => panic!("tracking [vdso]: {other:?}"),
         }
-        assert!(matches!(t.track(Range::new(4096, 4097)), Err(TrackError::BadRange { .. })));
+        assert!(matches!(
+            t.track(Range::new(4096, 4097)),
+            Err(TrackError::BadRange { .. })
+        ));
     });
 }
 
@@ -409,7 +481,11 @@ fn both_ways_of_opening_a_userfaultfd_work() {
             let mem = Anon::new(16 * PAGE);
             t.track(mem.range()).unwrap();
             mem.write(4, 0, 1);
-            assert_eq!(dirty(&t, mem.range(), true, 8).0, BTreeSet::from([4]), "{source:?}");
+            assert_eq!(
+                dirty(&t, mem.range(), true, 8).0,
+                BTreeSet::from([4]),
+                "{source:?}"
+            );
         }
     });
 }
@@ -433,9 +509,16 @@ fn tracking_ends_with_the_tracker_and_is_not_inherited() {
         unsafe { libc::waitpid(pid, &mut st, 0) };
         assert_eq!(st, 0, "a forked child inherited tracking");
         mem.write(2, 0, 1);
-        assert_eq!(dirty(&t, mem.range(), false, 8).0, BTreeSet::from([2]), "fork disturbed the parent's tracking");
+        assert_eq!(
+            dirty(&t, mem.range(), false, 8).0,
+            BTreeSet::from([2]),
+            "fork disturbed the parent's tracking"
+        );
         drop(t);
         let t3 = tracker();
-        assert!(!t3.is_tracked(mem.range()).unwrap(), "tracking outlived its tracker");
+        assert!(
+            !t3.is_tracked(mem.range()).unwrap(),
+            "tracking outlived its tracker"
+        );
     });
 }

@@ -46,7 +46,8 @@ pub fn in_child(f: impl FnOnce()) {
     install_hook();
     let mut fds = [0i32; 2];
     // SAFETY: `fds` is an int[2] for pipe2 to fill.
-    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0, "pipe2");
+    let r = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) };
+    assert_eq!(r, 0, "pipe2");
     let [rd, wr] = fds;
     // SAFETY: the child runs only `f` and exits with _exit; the parent waits.
     let pid = unsafe { libc::fork() };
@@ -68,7 +69,11 @@ pub fn in_child(f: impl FnOnce()) {
     let mut msg = Vec::new();
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let mut pfd = libc::pollfd { fd: rd, events: libc::POLLIN, revents: 0 };
+        let mut pfd = libc::pollfd {
+            fd: rd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
         // SAFETY: one pollfd on the stack.
         let r = unsafe { libc::poll(&mut pfd, 1, left.as_millis() as i32) };
         if r == 0 {
@@ -76,7 +81,10 @@ pub fn in_child(f: impl FnOnce()) {
             unsafe { libc::kill(pid, libc::SIGKILL) };
             // SAFETY: reaping it.
             unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
-            panic!("child did not finish in {CHILD_TIMEOUT:?}: {}", String::from_utf8_lossy(&msg));
+            panic!(
+                "child did not finish in {CHILD_TIMEOUT:?}: {}",
+                String::from_utf8_lossy(&msg)
+            );
         }
         let mut chunk = [0u8; 4096];
         match pipe.read(&mut chunk) {
@@ -89,7 +97,8 @@ pub fn in_child(f: impl FnOnce()) {
     let msg = String::from_utf8_lossy(&msg);
     let mut status = 0;
     // SAFETY: waiting for our own child.
-    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid, "waitpid");
+    let r = unsafe { libc::waitpid(pid, &mut status, 0) };
+    assert_eq!(r, pid, "waitpid");
     assert!(
         libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         "child failed (status {status:#x}): {msg}"
@@ -104,15 +113,30 @@ pub struct Anon {
 
 impl Anon {
     pub fn new(len: usize) -> Anon {
-        Self::with(len, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
+        Self::with(
+            len,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+        )
     }
 
     pub fn with(len: usize, flags: i32) -> Anon {
         // SAFETY: a fresh mapping at an address the kernel chooses.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, flags, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                flags,
+                -1,
+                0,
+            )
         };
-        assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+        assert_ne!(
+            p,
+            libc::MAP_FAILED,
+            "mmap: {}",
+            std::io::Error::last_os_error()
+        );
         Anon { ptr: p.cast(), len }
     }
 
@@ -164,9 +188,16 @@ pub struct Rng {
 
 impl Rng {
     pub fn new() -> Rng {
-        let seed = std::env::var("MEMTRACK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-        }) | 1;
+        let seed = std::env::var("MEMTRACK_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            })
+            | 1;
         Rng { seed, s: seed }
     }
 
