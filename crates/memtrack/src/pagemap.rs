@@ -322,16 +322,21 @@ impl Pagemap {
             if !filled.is_empty() && f(filled).is_break() {
                 break;
             }
-            if arg.walk_end <= at {
-                if filled.is_empty() {
-                    return Err(ScanError::NoProgress { range, at });
-                }
-                // The walk ended inside the region just reported: go on
-                // from its end.
-                at = filled.last().map_or(end, |r| r.end);
-            } else {
-                at = arg.walk_end;
+            // A buffer with room left means the walk is over (or reached
+            // `max_pages`): `walk_end` cannot be trusted then. The kernel
+            // sets it only where its own 512-region buffer or ours ran
+            // full, so after a walk that flushed its buffer and went on to
+            // the end it is stale, short of regions already reported.
+            if n < buf.len() {
+                break;
             }
+            // Ours ran full: go on from where the walk stopped, and never
+            // from before the last region reported.
+            let next = arg.walk_end.max(filled.last().map_or(0, |r| r.end));
+            if next <= at {
+                return Err(ScanError::NoProgress { range, at });
+            }
+            at = next;
         }
         Ok(totals)
     }

@@ -108,6 +108,29 @@ fn a_scan_without_reprotect_reports_the_same_set_twice() {
     });
 }
 
+/// More regions than the kernel's own buffer (512) and fewer than ours: the
+/// kernel then reports a `walk_end` short of the end although it walked it
+/// all; continuing from there would report regions twice.
+#[test]
+fn a_scan_longer_than_the_kernels_buffer_reports_each_page_once() {
+    in_child(|| {
+        let mut rng = Rng::new();
+        let mem = Anon::new(64 << 20);
+        let t = tracker();
+        t.track(mem.range()).unwrap();
+        // Every other page at most: 2000 separate regions.
+        let set: BTreeSet<usize> = rng.set(mem.pages() / 2, 2000).into_iter().map(|p| 2 * p).collect();
+        for &p in &set {
+            mem.write(p, 1, 1);
+        }
+        for reprotect in [false, true] {
+            let (got, totals) = dirty(&t, mem.range(), reprotect, 4096);
+            assert_eq!(got, set, "seed {} reprotect {reprotect}", rng.seed);
+            assert_eq!((totals.regions, totals.pages), (2000, 2000), "{totals:?}");
+        }
+    });
+}
+
 #[test]
 fn writes_by_other_threads_are_seen() {
     in_child(|| {
