@@ -105,6 +105,14 @@ fn a_scan_without_reprotect_reports_the_same_set_twice() {
         );
         mem.write(3, 0, 1);
         assert_eq!(dirty(&t, mem.range(), false, 64).0, BTreeSet::from([3]));
+        // UFFDIO_WRITEPROTECT of the whole range cleans as well.
+        t.protect(mem.range()).unwrap();
+        assert!(
+            dirty(&t, mem.range(), false, 64).0.is_empty(),
+            "protect left pages written"
+        );
+        mem.write(9, 0, 1);
+        assert_eq!(dirty(&t, mem.range(), false, 64).0, BTreeSet::from([9]));
     });
 }
 
@@ -119,7 +127,11 @@ fn a_scan_longer_than_the_kernels_buffer_reports_each_page_once() {
         let t = tracker();
         t.track(mem.range()).unwrap();
         // Every other page at most: 2000 separate regions.
-        let set: BTreeSet<usize> = rng.set(mem.pages() / 2, 2000).into_iter().map(|p| 2 * p).collect();
+        let set: BTreeSet<usize> = rng
+            .set(mem.pages() / 2, 2000)
+            .into_iter()
+            .map(|p| 2 * p)
+            .collect();
         for &p in &set {
             mem.write(p, 1, 1);
         }
