@@ -376,6 +376,33 @@ fn main() {
         });
         inc_copy.push(d);
     }
+    // The same copy from memory that is not tracked: what the memory
+    // system costs, without userfaultfd.
+    let plain_heap = Anon::new(a.size);
+    for i in 0..pages {
+        plain_heap.touch(i, 1);
+    }
+    let mut untracked_copy = Vec::new();
+    for _ in 0..a.rounds {
+        let picks: Vec<usize> = (0..dirty)
+            .map(|_| rng.below(pages))
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let bytes = plain_heap.bytes();
+        let mut at = 0usize;
+        let (d, _) = time(|| {
+            for &p in &picks {
+                if at + PAGE > ring.len() {
+                    at = 0;
+                }
+                ring[at..at + PAGE].copy_from_slice(&bytes[p * PAGE..(p + 1) * PAGE]);
+                at += PAGE;
+            }
+        });
+        untracked_copy.push(d);
+    }
+    drop(plain_heap);
     std::hint::black_box(&ring);
     table.row(
         "**incremental: scan + re-protect + copy the dirty pages to memory** (median)",
@@ -391,6 +418,11 @@ fn main() {
         "  of which copying the scattered dirty pages (median)",
         ms(median(&mut inc_copy)),
         "cold pages and page-table walks, 4 KiB at a time",
+    );
+    table.row(
+        "  the same number of random pages copied from untracked memory (median)",
+        ms(median(&mut untracked_copy)),
+        "for comparison: the memory system's cost",
     );
 
     // The same with another return mask: the kernel's slow path.

@@ -219,38 +219,48 @@ pub fn read_pid<'a>(
     out: &mut [Mapping<'a>],
 ) -> Result<usize, MapsError> {
     let mut path = [0u8; 32];
-    let p = proc_path(pid, b"maps", &mut path);
+    let p = proc_path(pid, b"maps", &mut path).ok_or(MapsError::Read(SysError {
+        op: "format /proc/<pid>/maps",
+        errno: crate::Errno(libc::ENAMETOOLONG),
+    }))?;
     let len = read_file(sys, p, text)?;
     let text: &'a [u8] = text;
     parse(text.get(..len).unwrap_or(text), out)
 }
 
-/// `/proc/<pid>/<leaf>` NUL-terminated in `buf`.
-fn proc_path<'b>(pid: u32, leaf: &[u8], buf: &'b mut [u8; 32]) -> &'b core::ffi::CStr {
+/// `/proc/<pid>/<leaf>` NUL-terminated in `buf`; `None` if it does not fit.
+fn proc_path<'b>(pid: u32, leaf: &[u8], buf: &'b mut [u8; 32]) -> Option<&'b core::ffi::CStr> {
     let mut w = Writer {
         buf: &mut buf[..],
         len: 0,
+        overflow: false,
     };
     let _ = fmt::write(&mut w, format_args!("/proc/{pid}/"));
     for &b in leaf {
         w.push(b);
     }
     w.push(0);
+    if w.overflow {
+        return None;
+    }
     let len = w.len;
-    core::ffi::CStr::from_bytes_until_nul(buf.get(..len).unwrap_or(&[0]))
-        .unwrap_or(c"/proc/self/maps")
+    core::ffi::CStr::from_bytes_until_nul(buf.get(..len)?).ok()
 }
 
 struct Writer<'b> {
     buf: &'b mut [u8],
     len: usize,
+    overflow: bool,
 }
 
 impl Writer<'_> {
     fn push(&mut self, b: u8) {
-        if let Some(slot) = self.buf.get_mut(self.len) {
-            *slot = b;
-            self.len = self.len.saturating_add(1);
+        match self.buf.get_mut(self.len) {
+            Some(slot) => {
+                *slot = b;
+                self.len = self.len.saturating_add(1);
+            }
+            None => self.overflow = true,
         }
     }
 }
