@@ -282,7 +282,8 @@ impl Pagemap {
     /// Report the pages of `range` that match `query` into `buf`, calling
     /// `f` with each batch the kernel filled, until the range is walked,
     /// `max_pages` is reached or `f` breaks. A region may be split in two
-    /// where one batch ends.
+    /// where one batch ends. With `PM_SCAN_WP_MATCHING`, what was reported
+    /// has been protected and what the walk did not reach has not.
     pub fn scan(
         &self,
         range: Range,

@@ -15,6 +15,7 @@
 //! them.
 
 use crate::error::SysError;
+use crate::maps::Mapping;
 use crate::pagemap::{ioc, IOC_READ, IOC_WRITE};
 use crate::pagemap::{PageRegion, Pagemap, Query, ScanError, ScanTotals, PM_SCAN_WP_MATCHING};
 use crate::sys_unsafe::{Fd, Syscalls};
@@ -406,6 +407,48 @@ impl Tracker {
         f: impl FnMut(&[PageRegion]) -> ControlFlow<()>,
     ) -> Result<ScanTotals, ScanError> {
         self.pagemap.scan(range, &Query::untracked(), buf, f)
+    }
+
+    /// Track every part of the [`Mapping::trackable`] mappings of `maps`
+    /// that is not tracked yet — all of them the first time; afterwards the
+    /// mappings made, moved or re-made since — calling `f` with each part
+    /// and whether tracking it worked. A checkpoint saves each such part
+    /// whole; a part that could not be tracked is reported again next time.
+    /// `buf` holds the untracked regions of one mapping at a time. Returns
+    /// how many parts were found.
+    pub fn track_new(
+        &self,
+        maps: &[Mapping<'_>],
+        buf: &mut [PageRegion],
+        mut f: impl FnMut(Range, Result<(), TrackError>),
+    ) -> Result<usize, ScanError> {
+        let mut parts = 0usize;
+        for m in maps.iter().filter(|m| m.trackable()) {
+            let mut at = m.start;
+            // Each batch is tracked before the next is asked for: what was
+            // tracked is no longer reported, so the scan goes on from where
+            // it stopped.
+            loop {
+                let mut full = false;
+                let mut last = at;
+                self.pagemap
+                    .scan(Range::new(at, m.end), &Query::untracked(), buf, |regions| {
+                        for r in regions {
+                            let part = r.range();
+                            parts = parts.saturating_add(1);
+                            f(part, self.track(part));
+                            last = part.end;
+                        }
+                        full = true;
+                        ControlFlow::Break(())
+                    })?;
+                if !full || last >= m.end || last <= at {
+                    break;
+                }
+                at = last;
+            }
+        }
+        Ok(parts)
     }
 
     /// True when every mapped page of `range` is tracked.

@@ -557,3 +557,51 @@ fn tracking_ends_with_the_tracker_and_is_not_inherited() {
         );
     });
 }
+
+#[test]
+fn track_new_tracks_the_whole_process_once_then_only_what_is_new() {
+    in_child(|| {
+        let t = tracker();
+        let mut buf = [PageRegion::default(); 4];
+        let maps = OwnedMaps::read_self(SYS).unwrap();
+        let ms = maps.mappings().unwrap();
+        let mut first = Vec::new();
+        let n = t
+            .track_new(&ms, &mut buf, |r, res| first.push((r, res)))
+            .unwrap();
+        assert!(n >= 5, "only {n} parts: {first:?}");
+        let failed: Vec<_> = first.iter().filter(|(_, r)| r.is_err()).collect();
+        assert!(failed.is_empty(), "could not track {failed:?}");
+        for m in ms.iter().filter(|m| m.trackable()) {
+            assert!(
+                t.is_tracked(m.range()).unwrap(),
+                "{:?} {:x?}",
+                m.kind,
+                m.range()
+            );
+        }
+        // Then only what is new: our mapping (and whatever else came since,
+        // such as a malloc arena grown by mprotect inside its reservation).
+        let mem = Anon::new(8 * PAGE);
+        let maps = OwnedMaps::read_self(SYS).unwrap();
+        let ms = maps.mappings().unwrap();
+        let mut second = Vec::new();
+        t.track_new(&ms, &mut buf, |r, res| second.push((r, res.is_ok())))
+            .unwrap();
+        assert!(second.contains(&(mem.range(), true)), "{second:x?}");
+        assert!(second.iter().all(|&(_, ok)| ok), "{second:x?}");
+        mem.write(1, 0, 1);
+        assert_eq!(dirty(&t, mem.range(), false, 8).0, BTreeSet::from([1]));
+        let mut third = Vec::new();
+        t.track_new(&ms, &mut buf, |r, _| third.push(r)).unwrap();
+        assert!(
+            !third.contains(&mem.range()),
+            "a tracked mapping reported as new"
+        );
+        assert_eq!(
+            dirty(&t, mem.range(), false, 8).0,
+            BTreeSet::from([1]),
+            "track_new re-protected a tracked mapping"
+        );
+    });
+}
