@@ -230,7 +230,11 @@ fn this_process_maps() {
     let mut buf = vec![0u8; 1 << 20];
     let mut out = vec![Mapping::default(); 4096];
     let n = maps::read_pid(SYS, std::process::id(), &mut buf, &mut out).unwrap();
-    assert!(n.abs_diff(m.len()) < 8, "{n} vs {}", m.len());
+    // Other test threads come and go; the fixed mappings are the same.
+    assert!(n > 10);
+    let vdso = |ms: &[Mapping<'_>]| ms.iter().find(|x| x.kind == Kind::Vdso).map(|x| x.range());
+    assert_eq!(vdso(&out[..n]), vdso(&m));
+    assert!(out[..n].iter().any(|x| x.same_as(text)));
 }
 
 #[test]
