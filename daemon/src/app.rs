@@ -223,6 +223,9 @@ impl AppShared {
         if from >= log.next_gseq() {
             return Ok((out, None));
         }
+        if let Some((bytes, last)) = log.read_recent(from, max_bytes) {
+            return Ok((bytes, Some(last)));
+        }
         for rec in log.read_from(from)? {
             let rec = rec?;
             rec.write_to(&mut out);

@@ -194,6 +194,79 @@ pub struct SegmentLog {
     dir_dirty: bool,
     /// A write or sync failed: refuse everything but `reset`.
     failed: bool,
+    /// The latest appended batches, kept in memory: the readers that follow
+    /// the log closely (record streams, the live replica) take them from
+    /// here instead of reading back from the files what was just written.
+    recent: Recent,
+}
+
+/// The latest batches appended, oldest first, contiguous in `gseq`, at most
+/// [`RECENT_BYTES`] in all (the newest is kept whatever its size).
+#[derive(Default)]
+struct Recent {
+    batches: std::collections::VecDeque<RecentBatch>,
+    bytes: usize,
+}
+
+struct RecentBatch {
+    first_gseq: u64,
+    /// One past the last record's gseq.
+    end_gseq: u64,
+    /// Whole sealed, padded records.
+    bytes: Vec<u8>,
+}
+
+/// How much of the log's latest records [`SegmentLog`] keeps in memory.
+pub const RECENT_BYTES: usize = 8 << 20;
+
+impl Recent {
+    fn push(&mut self, first_gseq: u64, end_gseq: u64, bytes: &[u8]) {
+        if self.batches.back().is_some_and(|b| b.end_gseq != first_gseq) {
+            self.clear();
+        }
+        self.bytes += bytes.len();
+        self.batches.push_back(RecentBatch {
+            first_gseq,
+            end_gseq,
+            bytes: bytes.to_vec(),
+        });
+        while self.bytes > RECENT_BYTES && self.batches.len() > 1 {
+            let old = self.batches.pop_front().expect("more than one batch");
+            self.bytes -= old.bytes.len();
+        }
+    }
+
+    fn clear(&mut self) {
+        self.batches.clear();
+        self.bytes = 0;
+    }
+
+    /// The records from `gseq` on, as whole records, about `max_bytes` of
+    /// them (at least one), and the last one's gseq; `None` when `gseq` is
+    /// not among the batches kept.
+    fn read(&self, gseq: u64, max_bytes: usize) -> Option<(Vec<u8>, u64)> {
+        let i = self
+            .batches
+            .iter()
+            .position(|b| b.first_gseq <= gseq && gseq < b.end_gseq)?;
+        let mut out = Vec::new();
+        let mut last = gseq;
+        for b in self.batches.iter().skip(i) {
+            let mut at = 0;
+            let mut g = b.first_gseq;
+            // Skip the batch's records before `gseq` (lengths only).
+            while g < gseq {
+                at += ferry_proto::padded(read_header(&b.bytes[at..]).ok()?.len as usize);
+                g += 1;
+            }
+            out.extend_from_slice(&b.bytes[at..]);
+            last = b.end_gseq - 1;
+            if out.len() >= max_bytes {
+                break;
+            }
+        }
+        Some((out, last))
+    }
 }
 
 impl std::fmt::Debug for SegmentLog {
@@ -357,6 +430,7 @@ impl SegmentLog {
             segments,
             active,
             pending: Vec::new(),
+            recent: Recent::default(),
             next_gseq,
             durable_next: next_gseq,
             dir_dirty: false,
@@ -442,8 +516,24 @@ impl SegmentLog {
     pub fn append(&mut self, batch: &[u8]) -> Result<(), LogError> {
         self.usable()?;
         self.check_batch(batch)?;
+        let first = self.next_gseq;
         let r = self.append_checked(batch);
+        if r.is_ok() && self.next_gseq > first {
+            self.recent.push(first, self.next_gseq, batch);
+        }
         self.poison_on_io(r)
+    }
+
+    /// The latest records from `gseq` on, from memory, in the log encoding
+    /// (whole sealed, padded records), about `max_bytes` of them (whole
+    /// batches as appended, at least one record), and the last one's gseq.
+    /// `None` when they are no longer (or not) in memory: read them with
+    /// [`SegmentLog::read_from`].
+    pub fn read_recent(&self, gseq: u64, max_bytes: usize) -> Option<(Vec<u8>, u64)> {
+        if self.failed || gseq >= self.next_gseq {
+            return None;
+        }
+        self.recent.read(gseq, max_bytes)
     }
 
     fn check_batch(&self, batch: &[u8]) -> Result<(), LogError> {
@@ -659,6 +749,7 @@ impl SegmentLog {
     }
 
     fn truncate_inner(&mut self, cut: u64) -> Result<(), LogError> {
+        self.recent.clear();
         self.write_pending()?;
         let keep = self.segments.partition_point(|s| s.first_gseq <= cut);
         // Newest first, and durably before the cut: a crash part-way leaves
@@ -694,6 +785,7 @@ impl SegmentLog {
     /// by the next [`SegmentLog::open`]. Allowed after a failed write.
     pub fn reset(&mut self, first_gseq: u64) -> Result<(), LogError> {
         self.pending.clear();
+        self.recent.clear();
         let r = self.reset_inner(first_gseq);
         self.poison_on_io(r)
     }

@@ -261,3 +261,52 @@ proptest! {
         }
     }
 }
+
+/// The latest records, kept in memory for the readers that follow the log,
+/// are the same bytes the files give back, from any gseq among them; once
+/// they are cut (truncate, reset) or older than what is kept, they come
+/// from the files only.
+#[test]
+fn recent_records_from_memory_match_the_files() {
+    let dir = tempdir();
+    let (mut log, _) = open(dir.path(), 4096);
+    let mut g = 0;
+    for size in [1, 5, 2, 40, 1, 9] {
+        log.append(&batch(g..g + size)).unwrap();
+        g += size;
+    }
+    let file_bytes = |log: &mut ferry_log::SegmentLog, from: u64| -> Vec<u8> {
+        read_all(log, from).iter().flat_map(|r| r.to_bytes()).collect()
+    };
+    for from in 0..g {
+        let (bytes, last) = log.read_recent(from, usize::MAX).expect("kept in memory");
+        assert_eq!(last, g - 1, "from {from}");
+        assert_eq!(bytes, file_bytes(&mut log, from), "from {from}");
+        // A small limit still gives whole records, at least one.
+        let (some, last) = log.read_recent(from, 1).unwrap();
+        assert!(last >= from && !some.is_empty());
+        assert_eq!(some[..], file_bytes(&mut log, from)[..some.len()]);
+    }
+    assert_eq!(log.read_recent(g, usize::MAX), None, "nothing past the end");
+
+    log.truncate_after(20).unwrap();
+    assert_eq!(log.read_recent(5, usize::MAX), None, "cut: from the files only");
+    log.append(&batch(21..30)).unwrap();
+    let (bytes, last) = log.read_recent(21, usize::MAX).unwrap();
+    assert_eq!((last, bytes), (29, file_bytes(&mut log, 21)));
+    assert_eq!(log.read_recent(20, usize::MAX), None, "before the cut");
+
+    // Far more than is kept: the oldest batches are dropped from memory.
+    let mut g = 30;
+    let big = ferry_log::RECENT_BYTES / 180;
+    for _ in 0..3 {
+        log.append(&batch(g..g + big as u64)).unwrap();
+        g += big as u64;
+    }
+    assert_eq!(log.read_recent(30, usize::MAX), None);
+    let (bytes, _) = log.read_recent(g - 1, usize::MAX).unwrap();
+    assert_eq!(bytes, file_bytes(&mut log, g - 1));
+
+    log.reset(1000).unwrap();
+    assert_eq!(log.read_recent(g - 1, usize::MAX), None);
+}
