@@ -166,12 +166,14 @@ pub enum ImageError {
         kind: u16,
     },
     /// A page run that is not page-aligned or not inside its mapping.
-    #[error("{}: offset {offset}: page run at {addr:#x}: {why} (mapping {start:#x}-{end:#x})", path.display())]
+    #[error("{}: offset {offset}: pages section: run at offset {run_offset}, address {addr:#x}: {why} (mapping {start:#x}-{end:#x})", path.display())]
     BadPageAddress {
         /// The file.
         path: PathBuf,
-        /// Start of the run.
+        /// Start of the pages section.
         offset: u64,
+        /// Start of the run.
+        run_offset: u64,
         /// The run's address.
         addr: u64,
         /// The mapping's start.
@@ -694,10 +696,10 @@ impl<R: Read> ProcessReader<R> {
     fn take(&mut self, p: &mut Payload, buf: &mut [u8], what: &str) -> Result<(), ImageError> {
         if buf.len() as u64 > p.left {
             return Err(self.invalid(
-                self.pos,
+                p.section,
                 format!(
-                    "section #{} ({}): payload too short for {what}",
-                    p.index, p.kind
+                    "section #{} ({}): payload too short for {what} at offset {}",
+                    p.index, p.kind, self.pos
                 ),
             ));
         }
@@ -718,10 +720,10 @@ impl<R: Read> ProcessReader<R> {
     ) -> Result<(), ImageError> {
         if n > p.left {
             return Err(self.invalid(
-                self.pos,
+                p.section,
                 format!(
-                    "section #{} ({}): payload too short for {what}",
-                    p.index, p.kind
+                    "section #{} ({}): payload too short for {what} at offset {}",
+                    p.index, p.kind, self.pos
                 ),
             ));
         }
@@ -1151,12 +1153,13 @@ impl<R: Read> ProcessReader<R> {
             let mut rb = [0u8; PageRun::LEN];
             self.take(p, &mut rb, "a page run")?;
             let Ok(run) = PageRun::read_from_bytes(&rb) else {
-                return Err(self.invalid(run_at, "page run unreadable".into()));
+                return Err(self.invalid(offset, "page run unreadable".into()));
             };
             if let Some(why) = run_problem(&run, next, m.end) {
                 return Err(ImageError::BadPageAddress {
                     path: self.path.clone(),
-                    offset: run_at,
+                    offset,
+                    run_offset: run_at,
                     addr: run.addr,
                     start: m.start,
                     end: m.end,
