@@ -308,11 +308,13 @@ fn manifest_bytes() -> Vec<u8> {
     out
 }
 
+type Mutation = fn(&mut ManifestHeader);
+
 #[test]
 fn manifest_lengths_over_their_caps_are_refused() {
     let good = manifest_bytes();
     assert!(Manifest::parse(&good, Path::new("manifest.fimg")).is_ok());
-    let mutations: Vec<(fn(&mut ManifestHeader), &str)> = vec![
+    let mutations: Vec<(Mutation, &str)> = vec![
         (|h| h.process_count = u32::MAX, "process count"),
         (|h| h.process_count = 0, "process count"),
         (|h| h.entry_len = u32::MAX, "entry length"),

@@ -44,7 +44,10 @@ impl Rng {
     /// A value of a plain struct with every byte random.
     pub fn fill<T: FromBytes>(&mut self) -> T {
         let b = self.bytes(std::mem::size_of::<T>());
-        T::read_from_bytes(&b).ok().expect("size matches")
+        match T::read_from_bytes(&b) {
+            Ok(v) => v,
+            Err(_) => unreachable!("the size matches"),
+        }
     }
 }
 
