@@ -477,6 +477,8 @@ struct Seen {
     fds: HashSet<u32>,
     timers: HashSet<i32>,
     mapping: Option<MappingInfo>,
+    /// Lowest address the next page run of that mapping may start at.
+    pages_next: u64,
 }
 
 /// The payload being read.
@@ -865,8 +867,17 @@ impl<R: Read> ProcessReader<R> {
             ));
         }
         let section = match kind {
-            Kind::Pages => self.pages(&mut p, v)?,
-            Kind::Fd => self.fd(&mut p, v)?,
+            // Streamed: checked as they are read, the checksum at the end.
+            Kind::Pages | Kind::Fd => {
+                let section = if kind == Kind::Pages {
+                    self.pages(&mut p, v)?
+                } else {
+                    self.fd(&mut p, v)?
+                };
+                self.finish_payload(p)?;
+                section
+            }
+            // Read whole: the checksum first, then the contents.
             _ => {
                 if h.payload_len > MAX_SMALL_PAYLOAD {
                     return Err(self.too_long(
@@ -878,12 +889,10 @@ impl<R: Read> ProcessReader<R> {
                 }
                 let mut payload = vec![0u8; h.payload_len as usize];
                 self.take(&mut p, &mut payload, "its payload")?;
-                let section = self.small(kind, offset, &payload, running_before)?;
-                drop(payload);
-                section
+                self.finish_payload(p)?;
+                self.small(kind, offset, &payload, running_before)?
             }
         };
-        self.finish_payload(p)?;
         self.index += 1;
         if kind == Kind::End {
             if self.pos != self.file_len {
@@ -897,8 +906,7 @@ impl<R: Read> ProcessReader<R> {
         Ok(Some(section))
     }
 
-    /// Parse a section held in memory (its checksum is checked after, by
-    /// the caller; a damaged payload fails one or the other).
+    /// Parse a section held in memory, its checksum already checked.
     fn small(
         &mut self,
         kind: Kind,
@@ -1073,6 +1081,7 @@ impl<R: Read> ProcessReader<R> {
                     .take(info.path_len as usize)
                     .ok_or_else(|| short("its path"))?;
                 self.seen.mapping = Some(info);
+                self.seen.pages_next = info.start;
                 Section::Mapping(Mapping {
                     info,
                     path: path.to_vec(),
@@ -1147,7 +1156,7 @@ impl<R: Read> ProcessReader<R> {
             data_pages: 0,
             zero_pages: 0,
         };
-        let mut next = m.start;
+        let mut next = self.seen.pages_next;
         for _ in 0..info.run_count {
             let run_at = self.pos;
             let mut rb = [0u8; PageRun::LEN];
@@ -1168,6 +1177,7 @@ impl<R: Read> ProcessReader<R> {
             }
             let count = run.count as u64;
             next = run.addr + count * PAGE_SIZE;
+            self.seen.pages_next = next;
             if run.kind == RUN_DATA {
                 summary.data_pages += count;
                 let addr = run.addr;

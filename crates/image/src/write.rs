@@ -140,6 +140,9 @@ struct LastMapping {
     start: u64,
     end: u64,
     special: bool,
+    /// Lowest address the next page run may start at (runs increase across
+    /// the mapping's pages sections).
+    next_addr: u64,
 }
 
 /// Writes one process file to a [`Sink`].
@@ -473,6 +476,7 @@ impl<S: Sink> ImageWriter<S> {
             start: m.start,
             end: m.end,
             special: m.special != SPECIAL_NONE,
+            next_addr: m.start,
         });
         Ok(())
     }
@@ -523,7 +527,7 @@ impl<S: Sink> ImageWriter<S> {
             open.pages = Some(PagesState {
                 runs_left: runs,
                 run_bytes_left: 0,
-                next_addr: m.start,
+                next_addr: m.next_addr,
             });
         }
         Ok(())
@@ -562,6 +566,9 @@ impl<S: Sink> ImageWriter<S> {
         };
         if let Some(o) = self.open.as_mut() {
             o.pages = Some(p);
+        }
+        if let Some(last) = self.mapping.as_mut() {
+            last.next_addr = p.next_addr;
         }
         Ok(())
     }
@@ -666,7 +673,13 @@ impl<S: Sink> ImageWriter<S> {
         self.check_start(Some(Kind::Fd))?;
         let mut fixed = [0u8; 64];
         let (f, fixed_len, var) = self.fd_prelude(info, body, data_len, &mut fixed)?;
-        let len = FdInfo::LEN as u64 + f.body_len as u64 + data_len;
+        let Some(len) = (FdInfo::LEN as u64 + f.body_len as u64).checked_add(data_len) else {
+            return Err(WriteError::TooLong {
+                what: "descriptor data",
+                len: data_len,
+                max: u64::MAX - FdInfo::LEN as u64 - f.body_len as u64,
+            });
+        };
         self.begin(Kind::Fd, len)?;
         self.stream(f.as_bytes())?;
         self.stream(&fixed[..fixed_len])?;

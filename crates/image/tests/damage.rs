@@ -489,3 +489,61 @@ fn a_descriptor_number_appears_once() {
     let e = err(&raw_file(&header(1), &[], &s));
     assert!(e.to_string().contains("descriptor 4 appears twice"), "{e}");
 }
+
+#[test]
+fn page_runs_increase_across_a_mappings_pages_sections() {
+    let m = mapping(0x10000, 8, MAP_PRIVATE | MAP_ANON, SPECIAL_NONE);
+    let run = |addr| PageRun {
+        addr,
+        count: 2,
+        kind: RUN_DATA,
+    };
+    let file = |first: u64, second: u64| {
+        let mut s = minimal_sections(1);
+        s.push((Kind::Mapping as u16, 0, mapping_payload(&m)));
+        s.push((Kind::Pages as u16, 0, pages_payload(m.start, &[run(first)])));
+        s.push((
+            Kind::Pages as u16,
+            FLAG_TRAILING_CRC,
+            pages_payload(m.start, &[run(second)]),
+        ));
+        raw_file(&header(1), &[], &s)
+    };
+    let got = read(&file(0x10000, 0x14000)).unwrap();
+    assert_eq!(got.pages.len(), 4);
+    let e = err(&file(0x14000, 0x11000));
+    assert!(
+        matches!(e, ImageError::BadPageAddress { addr: 0x11000, .. }),
+        "{e}"
+    );
+    // The writer keeps the same rule.
+    let mut w = ferry_image::write::ImageWriter::new(Vec::new(), 1, 1, 0, 0).unwrap();
+    w.process(
+        &ProcessInfo {
+            vpid: 1,
+            ..ProcessInfo::new_zeroed()
+        },
+        b"",
+        b"",
+        None,
+        None,
+    )
+    .unwrap();
+    w.mapping(&m, b"").unwrap();
+    w.begin_pages(m.start, 1, 0).unwrap();
+    w.page_run(&PageRun {
+        addr: 0x14000,
+        count: 1,
+        kind: RUN_ZERO,
+    })
+    .unwrap();
+    w.end_section().unwrap();
+    w.begin_pages(m.start, 1, 0).unwrap();
+    assert!(w
+        .page_run(&PageRun {
+            addr: 0x11000,
+            count: 1,
+            kind: RUN_ZERO
+        })
+        .is_err());
+}
