@@ -12,9 +12,8 @@ use crate::manifest::{write_manifest, Manifest, ManifestEntry, MAX_MANIFEST_LEN,
 use crate::read::{Check, ImageError, ProcessReader, ProcessSummary, Visitor, CHUNK};
 use crate::write::{Finished, ImageWriter, IoSink, WriteError};
 use crate::MAX_PATH;
-use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{self, BufWriter, Read};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::string::String;
@@ -252,37 +251,10 @@ impl CheckpointWriter {
     /// directory, write the manifest through its temporary name, rename
     /// it, fsync the directory. Returns the manifest's path.
     pub fn finish(self) -> Result<PathBuf, CheckpointError> {
-        let vpids: HashSet<u32> = self.entries.iter().map(|e| e.vpid).collect();
-        if self.entries.is_empty() {
-            return Err(CheckpointError::Processes {
-                dir: self.dir.clone(),
-                why: "an image holds at least one process".into(),
-            });
-        }
-        if let Some(e) = self
-            .entries
-            .iter()
-            .find(|e| e.parent_vpid != 0 && !vpids.contains(&e.parent_vpid))
-        {
-            return Err(CheckpointError::Processes {
-                dir: self.dir.clone(),
-                why: format!(
-                    "process {}'s parent {} is not in the image (0 means outside it)",
-                    e.vpid, e.parent_vpid
-                ),
-            });
-        }
-        for e in &self.entries {
-            let from = self.tmp_path(e.vpid);
-            let to = self.dir.join(process_file_name(e.vpid));
-            fs::rename(&from, &to).map_err(io_err(&from, "rename"))?;
-        }
-        sync_dir(&self.dir)?;
-        let tmp = self.dir.join(format!("{MANIFEST_NAME}.tmp"));
-        let file = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
-        let mut sink = IoSink(BufWriter::new(file));
+        let manifest = self.dir.join(MANIFEST_NAME);
+        let mut bytes = Vec::new();
         write_manifest(
-            &mut sink,
+            &mut bytes,
             self.seq,
             self.parent_seq,
             self.created_ns,
@@ -290,15 +262,22 @@ impl CheckpointWriter {
             &self.entries,
         )
         .map_err(|source| CheckpointError::Write {
-            path: tmp.clone(),
+            path: manifest.clone(),
             source,
         })?;
-        let file = sink
-            .0
-            .into_inner()
-            .map_err(|e| io_err(&tmp, "write")(e.into_error()))?;
+        // The manifest is checked as a reader will check it (the process
+        // tree above all) before anything is renamed.
+        Manifest::parse(&bytes, &manifest)?;
+        for e in &self.entries {
+            let from = self.tmp_path(e.vpid);
+            let to = self.dir.join(process_file_name(e.vpid));
+            fs::rename(&from, &to).map_err(io_err(&from, "rename"))?;
+        }
+        sync_dir(&self.dir)?;
+        let tmp = self.dir.join(format!("{MANIFEST_NAME}.tmp"));
+        let mut file = File::create(&tmp).map_err(io_err(&tmp, "create"))?;
+        file.write_all(&bytes).map_err(io_err(&tmp, "write"))?;
         file.sync_all().map_err(io_err(&tmp, "fsync"))?;
-        let manifest = self.dir.join(MANIFEST_NAME);
         fs::rename(&tmp, &manifest).map_err(io_err(&tmp, "rename"))?;
         sync_dir(&self.dir)?;
         Ok(manifest)

@@ -300,6 +300,16 @@ fn the_process_tree_is_checked() {
         "{e}"
     );
     assert!(!tmp.path().join(MANIFEST_NAME).exists());
+    // Nor a cycle, and nothing is renamed.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut w = CheckpointWriter::create(tmp.path(), 1, 0, None).unwrap();
+    for (vpid, parent) in [(2, 3), (3, 2)] {
+        let m = process(vpid, parent, 1);
+        w.write_process(vpid, |iw| write_sections(iw, &m)).unwrap();
+    }
+    let e = w.finish().unwrap_err();
+    assert!(e.to_string().contains("its own ancestor"), "{e}");
+    assert_eq!(names(tmp.path()), ["2.fimg.tmp", "3.fimg.tmp"]);
 }
 
 #[test]
