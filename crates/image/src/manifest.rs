@@ -56,7 +56,8 @@ pub struct ManifestHeader {
     pub parent_dir_len: u32,
     /// Zero.
     pub reserved: u32,
-    /// CRC-32C of everything after the header (parent path and entries).
+    /// CRC-32C of everything after the 64 fixed bytes: a newer minor's
+    /// header extension, the parent path and the entries.
     pub body_crc: u32,
     /// CRC-32C of the 64 header bytes with this field zero.
     pub crc: u32,
@@ -284,10 +285,10 @@ mod parse {
                     offset: total as u64,
                 });
             }
-            if crc32c::crc32c(&bytes[header_len..]) != h.body_crc {
+            if crc32c::crc32c(&bytes[MANIFEST_HEADER_LEN..]) != h.body_crc {
                 return Err(ImageError::BadPayloadChecksum {
                     path: p(),
-                    offset: header_len as u64,
+                    offset: MANIFEST_HEADER_LEN as u64,
                     what: "manifest body",
                 });
             }

@@ -507,3 +507,49 @@ fn an_incremental_image_chains_to_its_parent() {
     let e = image.chain().unwrap_err();
     assert!(matches!(e, ImageError::NoManifest { .. }), "{e}");
 }
+
+#[test]
+fn a_foreign_or_newer_manifest() {
+    let entry = ManifestEntry {
+        vpid: 1,
+        parent_vpid: 0,
+        file_len: 9,
+        file_crc: 0,
+        reserved: 0,
+    };
+    let mut good = Vec::new();
+    write_manifest(&mut good, 1, 0, 0, &[], &[entry]).unwrap();
+    let path = Path::new("d/manifest.fimg");
+    let mut bad = good.clone();
+    bad[..8].copy_from_slice(b"FERRYIMG");
+    let e = Manifest::parse(&bad, path).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "d/manifest.fimg: offset 0: not a Ferry manifest (bad magic)"
+    );
+    let mut bad = good.clone();
+    bad[8] = 2;
+    let e = Manifest::parse(&bad, path).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "d/manifest.fimg: offset 8: manifest format version 2.0 is not supported (this reader reads version 1.x)"
+    );
+    // A newer minor with a longer header and longer entries is read.
+    use ferry_image::manifest::ManifestHeader;
+    use zerocopy::{FromBytes, IntoBytes};
+    let (mut h, _) = ManifestHeader::read_from_prefix(&good).unwrap();
+    h.minor = 4;
+    h.header_len = 64 + 8;
+    h.entry_len = 24 + 8;
+    let mut body = vec![0xcc; 8];
+    body.extend_from_slice(entry.as_bytes());
+    body.extend_from_slice(&[0xdd; 8]);
+    h.body_crc = crc32c::crc32c(&body);
+    h.crc = h.compute_crc();
+    let mut newer = h.as_bytes().to_vec();
+    newer.extend_from_slice(&body);
+    // The body checksum covers everything after the 64 fixed bytes, the
+    // header extension included.
+    let m = Manifest::parse(&newer, path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.entries, [entry]);
+}
