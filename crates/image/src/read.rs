@@ -921,13 +921,6 @@ impl<R: Read> ProcessReader<R> {
                 format!("{} section: payload too short for {what}", kind.name()),
             )
         };
-        let once = |seen: &mut bool, this: &Self| {
-            if std::mem::replace(seen, true) {
-                Err(this.invalid(offset, format!("a second {} section", kind.name())))
-            } else {
-                Ok(())
-            }
-        };
         Ok(match kind {
             Kind::Process => {
                 let info: ProcessInfo = c.fixed().ok_or_else(|| short("its fixed part"))?;
@@ -981,23 +974,23 @@ impl<R: Read> ProcessReader<R> {
             }
             Kind::Rlimits => {
                 let r: Rlimits = c.fixed().ok_or_else(|| short("the limits"))?;
-                let mut seen = self.seen.rlimits;
-                once(&mut seen, self)?;
-                self.seen.rlimits = seen;
+                if std::mem::replace(&mut self.seen.rlimits, true) {
+                    return Err(self.invalid(offset, format!("a second {} section", kind.name())));
+                }
                 Section::Rlimits(r)
             }
             Kind::SigActions => {
                 let a: SigActions = c.fixed().ok_or_else(|| short("the actions"))?;
-                let mut seen = self.seen.sigactions;
-                once(&mut seen, self)?;
-                self.seen.sigactions = seen;
+                if std::mem::replace(&mut self.seen.sigactions, true) {
+                    return Err(self.invalid(offset, format!("a second {} section", kind.name())));
+                }
                 Section::SigActions(a)
             }
             Kind::Itimers => {
                 let t: Itimers = c.fixed().ok_or_else(|| short("the timers"))?;
-                let mut seen = self.seen.itimers;
-                once(&mut seen, self)?;
-                self.seen.itimers = seen;
+                if std::mem::replace(&mut self.seen.itimers, true) {
+                    return Err(self.invalid(offset, format!("a second {} section", kind.name())));
+                }
                 Section::Itimers(t)
             }
             Kind::Thread => {
