@@ -2,6 +2,8 @@
 //! a fix-up that gives random input valid checksums so the fuzzer gets past
 //! them to the length, kind, order and start-record checks.
 
+pub mod image;
+
 use ferry_proto::log::{validate, LogError, LogHeader, LogReader, StartInfo, LOG_HEADER_LEN};
 use ferry_proto::{padded, RecordHeader, MAX_PAYLOAD, RECORD_HEADER_LEN};
 use zerocopy::{FromBytes, IntoBytes};
