@@ -221,7 +221,11 @@ pub const RECENT_BYTES: usize = 8 << 20;
 
 impl Recent {
     fn push(&mut self, first_gseq: u64, end_gseq: u64, bytes: &[u8]) {
-        if self.batches.back().is_some_and(|b| b.end_gseq != first_gseq) {
+        if self
+            .batches
+            .back()
+            .is_some_and(|b| b.end_gseq != first_gseq)
+        {
             self.clear();
         }
         self.bytes += bytes.len();

@@ -276,7 +276,10 @@ fn recent_records_from_memory_match_the_files() {
         g += size;
     }
     let file_bytes = |log: &mut ferry_log::SegmentLog, from: u64| -> Vec<u8> {
-        read_all(log, from).iter().flat_map(|r| r.to_bytes()).collect()
+        read_all(log, from)
+            .iter()
+            .flat_map(|r| r.to_bytes())
+            .collect()
     };
     for from in 0..g {
         let (bytes, last) = log.read_recent(from, usize::MAX).expect("kept in memory");
@@ -290,7 +293,11 @@ fn recent_records_from_memory_match_the_files() {
     assert_eq!(log.read_recent(g, usize::MAX), None, "nothing past the end");
 
     log.truncate_after(20).unwrap();
-    assert_eq!(log.read_recent(5, usize::MAX), None, "cut: from the files only");
+    assert_eq!(
+        log.read_recent(5, usize::MAX),
+        None,
+        "cut: from the files only"
+    );
     log.append(&batch(21..30)).unwrap();
     let (bytes, last) = log.read_recent(21, usize::MAX).unwrap();
     assert_eq!((last, bytes), (29, file_bytes(&mut log, 21)));
