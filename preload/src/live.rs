@@ -16,19 +16,20 @@
 //! - a connection of the old primary becomes a socket whose peer has gone:
 //!   reads see end of file, writes fail, as after a reset; clients
 //!   reconnect;
-//! - the program's own pipes and socket pairs are real in a live replica
-//!   already, with the bytes the primary's held: writes to them run in
-//!   replay too ([`mirror_write`]), and reads take their bytes out
-//!   ([`mirror_drain`]).
+//! - the program's own pipes, socket pairs and eventfds are real in a live
+//!   replica already, with the bytes (the counter) the primary's held:
+//!   writes to them run in replay too ([`mirror_write`]), and reads take
+//!   their bytes out ([`mirror_drain`]).
 //!
 //! Then the process's mode becomes record: its calls run and are logged,
 //! from the gseq `ferryd` stored.
 //!
 //! The table is per process and is not carried across `exec`; a socket
-//! bound before an `exec` is not bound again. Known limits: eventfds and
-//! timerfds keep the state replay gave them (none), and a connection of the
-//! old primary that sat in an epoll set is never reported by it (it stays
-//! open, unused).
+//! bound before an `exec` is not bound again. Known limits: timerfds keep
+//! the state replay gave them (disarmed), an eventfd written from outside
+//! the program (another program, the kernel's AIO) is not followed, and a
+//! connection of the old primary that sat in an epoll set is never
+//! reported by it (it stays open, unused).
 
 use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicU32, Ordering};
@@ -51,7 +52,8 @@ const S_BOUND: u8 = 1;
 const S_LISTENING: u8 = 2;
 /// A connection (accepted or connected): dies with the old primary.
 const S_CONNECTION: u8 = 3;
-/// One end of a pipe or socket pair the program made itself.
+/// One end of a pipe or socket pair the program made itself, or one of its
+/// eventfds.
 const S_PAIR: u8 = 4;
 
 #[derive(Clone, Copy)]
@@ -96,6 +98,8 @@ pub fn tracks(nr: i64) -> bool {
     matches!(
         nr,
         SYS_socket
+            | SYS_eventfd
+            | SYS_eventfd2
             | SYS_bind
             | SYS_listen
             | SYS_connect
@@ -119,6 +123,17 @@ pub fn tracks(nr: i64) -> bool {
 pub fn note(nr: i64, a: &[usize; 6], ret: isize, rec: bool) {
     match nr {
         SYS_socket if ret >= 0 => set(ret as i32, EMPTY),
+        // An eventfd is the program's own, like its pipes: writes to it stay
+        // inside (no output gate), and a live replica's counter follows
+        // the primary's (writes run for real in replay, reads take out
+        // what the log says they took).
+        SYS_eventfd | SYS_eventfd2 if ret >= 0 => set(
+            ret as i32,
+            Sock {
+                state: S_PAIR,
+                ..EMPTY
+            },
+        ),
         SYS_bind if ret == 0 => {
             if let Some(s) = entry(a[0] as i32) {
                 let len = a[2].min(128);
@@ -293,8 +308,9 @@ fn without_sigpipe(f: impl FnOnce() -> isize) -> isize {
     ret
 }
 
-/// Wait until `fd` is ready for `events`, or 100 ms.
-fn wait_ready(fd: i32, events: i16) {
+/// Wait up to 100 ms until `fd` is ready for `events` (or hung up, or in
+/// error); whether it is.
+fn wait_ready(fd: i32, events: i16) -> bool {
     let mut p = pollfd {
         fd,
         events,
@@ -304,7 +320,7 @@ fn wait_ready(fd: i32, events: i16) {
         tv_sec: 0,
         tv_nsec: 100_000_000,
     };
-    raw(
+    let n = raw(
         SYS_ppoll,
         [
             &mut p as *mut pollfd as usize,
@@ -315,6 +331,7 @@ fn wait_ready(fd: i32, events: i16) {
             0,
         ],
     );
+    n > 0 && p.revents & (events | POLLHUP | POLLERR | POLLNVAL) != 0
 }
 
 fn stopped() -> bool {
@@ -353,6 +370,11 @@ pub fn mirror_write(nr: i64, a: [usize; 6]) -> isize {
 pub fn mirror_drain(fd: i32, mut n: usize) {
     let mut buf = [0u8; 4096];
     while n > 0 && !stopped() {
+        // Never block in the read (a blocking pipe or eventfd with nothing
+        // in it yet): wait for data in steps, looking at the flags between.
+        if !wait_ready(fd, POLLIN) {
+            continue;
+        }
         let want = n.min(buf.len());
         let got = sys3(SYS_read, fd as usize, buf.as_mut_ptr() as usize, want);
         if got > 0 {

@@ -498,3 +498,81 @@ fn an_asyncio_server_takes_over_with_its_epoll_set() {
 
     replica.kill();
 }
+
+/// A server whose state is partly an eventfd's counter: `ADD n` adds n to
+/// it, `TAKE` reads (and so empties) it.
+const EVENTFD_SERVER: &str = r#"
+import os, socket, sys
+efd = os.eventfd(0, os.EFD_NONBLOCK)
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+s.listen(8)
+print("listening", flush=True)
+def serve(f):
+    for line in f:
+        words = line.split()
+        if words[0] == b"ADD":
+            os.eventfd_write(efd, int(words[1]))
+            f.write(b"OK\n")
+        elif words[0] == b"TAKE":
+            try:
+                f.write(b"%d\n" % os.eventfd_read(efd))
+            except BlockingIOError:
+                f.write(b"EMPTY\n")
+while True:
+    c, _ = s.accept()
+    try:
+        serve(c.makefile("rwb", buffering=0))
+    except OSError:
+        # A client gone, or after a takeover a connection of the old
+        # primary (an answer the primary sent but had not logged yet is
+        # sent again, to a connection that is dead).
+        pass
+    c.close()
+"#;
+
+#[test]
+fn an_eventfds_counter_survives_a_takeover() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let script = work.path().join("server.py");
+    std::fs::write(&script, EVENTFD_SERVER).expect("write the script");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let python = std::process::Command::new("sh")
+        .args(["-c", "command -v python3"])
+        .output()
+        .expect("sh");
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    assert!(!python.is_empty(), "python3 is needed for this test");
+    let start = StartInfo {
+        argv: vec![
+            python.into_bytes(),
+            script.as_os_str().as_bytes().to_vec(),
+            port.to_string().into_bytes(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Live::primary(&start, &out, false);
+    wait_for_line(&out, "listening");
+    let mut c = line_client(&addr);
+    assert_eq!(ask(&mut c, "ADD 5\n", STEP).as_deref(), Some("OK"));
+    assert_eq!(ask(&mut c, "TAKE\n", STEP).as_deref(), Some("5"));
+    assert_eq!(ask(&mut c, "TAKE\n", STEP).as_deref(), Some("EMPTY"));
+    assert_eq!(ask(&mut c, "ADD 3\n", STEP).as_deref(), Some("OK"));
+    assert_eq!(ask(&mut c, "ADD 4\n", STEP).as_deref(), Some("OK"));
+    drop(c);
+    let records = primary.kill();
+    let replica = Live::take_over(&start, &work.path().join("replica.out"), &records);
+
+    let mut c = line_client(&addr);
+    assert_eq!(
+        ask(&mut c, "TAKE\n", STEP).as_deref(),
+        Some("7"),
+        "the eventfd's counter after takeover"
+    );
+    assert_eq!(ask(&mut c, "TAKE\n", STEP).as_deref(), Some("EMPTY"));
+    replica.kill();
+}
