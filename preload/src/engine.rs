@@ -787,6 +787,9 @@ fn read_like(nr: i64, a: [usize; 6], rec: bool) -> isize {
     if !rec && ret > 0 && live::mirrored(a[0] as i32) {
         live::mirror_drain(a[0] as i32, ret as usize);
     }
+    if !rec && ret > 0 && live::timer(a[0] as i32) {
+        live::drain_timer(a[0] as i32);
+    }
     if !rec && ret > 0 && matches!(nr, SYS_read | SYS_readv) && fds::kind(a[0] as i32) == FD_REAL {
         // Keep the real descriptor's offset where the recorded one was.
         raw(SYS_lseek, [a[0], ret as usize, SEEK_CUR as usize, 0, 0, 0]);

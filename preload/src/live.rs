@@ -25,8 +25,10 @@
 //! from the gseq `ferryd` stored.
 //!
 //! The table is per process and is not carried across `exec`; a socket
-//! bound before an `exec` is not bound again. Known limits: timerfds keep
-//! the state replay gave them (disarmed), an eventfd written from outside
+//! bound before an `exec` is not bound again. A live replica arms its
+//! timerfds as the program did and resets their count when the program
+//! read them. Known limits: a timerfd set to an absolute time of a clock
+//! other than the wall clock stays disarmed, an eventfd written from outside
 //! the program (another program, the kernel's AIO) is not followed, and a
 //! connection of the old primary that sat in an epoll set is never
 //! reported by it (it stays open, unused).
@@ -55,12 +57,16 @@ const S_CONNECTION: u8 = 3;
 /// One end of a pipe or socket pair the program made itself, or one of its
 /// eventfds.
 const S_PAIR: u8 = 4;
+/// A timerfd (`clock` is its clock).
+const S_TIMER: u8 = 5;
 
 #[derive(Clone, Copy)]
 struct Sock {
     state: u8,
     addr_len: u32,
     backlog: i32,
+    /// A timerfd's clock.
+    clock: i32,
     addr: [u8; 128],
 }
 
@@ -68,6 +74,7 @@ const EMPTY: Sock = Sock {
     state: S_NONE,
     addr_len: 0,
     backlog: 0,
+    clock: 0,
     addr: [0; 128],
 };
 
@@ -100,6 +107,8 @@ pub fn tracks(nr: i64) -> bool {
         SYS_socket
             | SYS_eventfd
             | SYS_eventfd2
+            | SYS_timerfd_create
+            | SYS_timerfd_settime
             | SYS_bind
             | SYS_listen
             | SYS_connect
@@ -182,6 +191,29 @@ pub fn note(nr: i64, a: &[usize; 6], ret: isize, rec: bool) {
                         ..EMPTY
                     },
                 );
+            }
+        }
+        SYS_timerfd_create if ret >= 0 => set(
+            ret as i32,
+            Sock {
+                state: S_TIMER,
+                clock: a[0] as i32,
+                ..EMPTY
+            },
+        ),
+        // A live replica arms its timerfds as the program did, so that they
+        // still fire after a takeover (the replica runs a few milliseconds
+        // behind, so do its timers). The old value is the logged one, not
+        // written again. An absolute time on a clock that is not the wall
+        // clock is the primary host's (its monotonic clock, not this one's):
+        // such a timer is left disarmed.
+        SYS_timerfd_settime if !rec && ret == 0 && reg().has(ferry_ring::CTL_LIVE_REPLICA) => {
+            let clock = entry(a[0] as i32)
+                .filter(|s| s.state == S_TIMER)
+                .map(|s| s.clock);
+            let wall = matches!(clock, Some(CLOCK_REALTIME) | Some(CLOCK_REALTIME_ALARM));
+            if clock.is_some() && (a[1] as i32 & TFD_TIMER_ABSTIME == 0 || wall) {
+                raw(nr, [a[0], a[1], a[2], 0, 0, 0]);
             }
         }
         // Replay keeps the real (unbound) socket's options as the
@@ -362,6 +394,41 @@ pub fn mirror_write(nr: i64, a: [usize; 6]) -> isize {
             return if rest >= 0 { ret + rest } else { ret };
         }
         return ret;
+    }
+}
+
+/// Replay in a live replica: whether `fd` is a timerfd.
+pub fn timer(fd: i32) -> bool {
+    reg().has(ferry_ring::CTL_LIVE_REPLICA) && state_of(fd) == S_TIMER
+}
+
+/// Replay in a live replica: the program read its timerfd (answered from
+/// the log), which reset the primary's count of expirations: reset the real
+/// one's too, if it has any, without waiting.
+pub fn drain_timer(fd: i32) {
+    let mut p = pollfd {
+        fd,
+        events: POLLIN,
+        revents: 0,
+    };
+    let zero = timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    let n = raw(
+        SYS_ppoll,
+        [
+            &mut p as *mut pollfd as usize,
+            1,
+            &zero as *const timespec as usize,
+            0,
+            8,
+            0,
+        ],
+    );
+    if n > 0 && p.revents & POLLIN != 0 {
+        let mut count = 0u64;
+        sys3(SYS_read, fd as usize, &mut count as *mut u64 as usize, 8);
     }
 }
 

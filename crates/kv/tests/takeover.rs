@@ -576,3 +576,112 @@ fn an_eventfds_counter_survives_a_takeover() {
     assert_eq!(ask(&mut c, "TAKE\n", STEP).as_deref(), Some("EMPTY"));
     replica.kill();
 }
+
+/// A server that counts the expirations of a periodic timerfd (every 20
+/// ms) in an epoll loop and answers `TICKS` with the count.
+const TIMERFD_SERVER: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <stdint.h>
+#include <netinet/in.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/timerfd.h>
+int main(int argc, char **argv) {
+    int tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK);
+    struct itimerspec its = {{0, 20000000}, {0, 20000000}};
+    timerfd_settime(tfd, 0, &its, NULL);
+    int s = socket(AF_INET, SOCK_STREAM, 0), one = 1;
+    setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in a = {0};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(atoi(argv[1]));
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (bind(s, (struct sockaddr *)&a, sizeof a) || listen(s, 8)) return 1;
+    printf("listening\n");
+    fflush(stdout);
+    int ep = epoll_create1(0);
+    struct epoll_event ev = {.events = EPOLLIN, .data.fd = tfd};
+    epoll_ctl(ep, EPOLL_CTL_ADD, tfd, &ev);
+    ev.data.fd = s;
+    epoll_ctl(ep, EPOLL_CTL_ADD, s, &ev);
+    uint64_t ticks = 0;
+    int c = -1;
+    for (;;) {
+        struct epoll_event got[4];
+        int n = epoll_wait(ep, got, 4, -1);
+        for (int i = 0; i < n; i++) {
+            int fd = got[i].data.fd;
+            if (fd == tfd) {
+                uint64_t k;
+                if (read(tfd, &k, 8) == 8) ticks += k;
+            } else if (fd == s) {
+                if (c >= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, c, NULL); close(c); }
+                c = accept(s, NULL, NULL);
+                ev.data.fd = c;
+                if (c >= 0) epoll_ctl(ep, EPOLL_CTL_ADD, c, &ev);
+            } else {
+                char buf[64];
+                ssize_t r = read(fd, buf, sizeof buf);
+                if (r <= 0) { epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL); close(fd); c = -1; continue; }
+                char out[32];
+                int len = snprintf(out, sizeof out, "%llu\n", (unsigned long long)ticks);
+                if (write(fd, out, len) < 0) { epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL); close(fd); c = -1; }
+            }
+        }
+    }
+}
+"#;
+
+fn ticks(addr: &str) -> u64 {
+    let mut c = line_client(addr);
+    let got = ask(&mut c, "TICKS\n", STEP).expect("an answer to TICKS");
+    got.parse()
+        .unwrap_or_else(|_| panic!("not a count: {got:?}"))
+}
+
+#[test]
+fn a_periodic_timerfd_still_fires_after_a_takeover() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let source = work.path().join("timer.c");
+    let binary = work.path().join("timer");
+    std::fs::write(&source, TIMERFD_SERVER).expect("write the source");
+    let cc = std::process::Command::new("cc")
+        .arg("-O1")
+        .arg("-o")
+        .arg(&binary)
+        .arg(&source)
+        .status()
+        .expect("cc is needed for this test");
+    assert!(cc.success(), "cannot compile the timerfd server");
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let start = StartInfo {
+        argv: vec![
+            binary.as_os_str().as_bytes().to_vec(),
+            port.to_string().into_bytes(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: work.path().as_os_str().as_bytes().to_vec(),
+    };
+    let out = work.path().join("primary.out");
+    let primary = Live::primary(&start, &out, false);
+    wait_for_line(&out, "listening");
+    thread::sleep(Duration::from_millis(200));
+    let before = ticks(&addr);
+    assert!(before > 0, "the timer did not fire on the primary");
+    let records = primary.kill();
+    let replica = Live::take_over(&start, &work.path().join("replica.out"), &records);
+
+    let first = ticks(&addr);
+    assert!(first >= before, "ticks went back: {before} then {first}");
+    thread::sleep(Duration::from_millis(300));
+    let later = ticks(&addr);
+    assert!(
+        later > first,
+        "the timerfd no longer fires after the takeover: {first} then {later} ticks"
+    );
+    replica.kill();
+}
