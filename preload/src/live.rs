@@ -343,6 +343,12 @@ fn without_sigpipe(f: impl FnOnce() -> isize) -> isize {
 /// Wait up to 100 ms until `fd` is ready for `events` (or hung up, or in
 /// error); whether it is.
 fn wait_ready(fd: i32, events: i16) -> bool {
+    ready_within(fd, events, 100_000_000)
+}
+
+/// Whether `fd` is ready for `events` (or hung up, or in error) within
+/// `ns` nanoseconds (0: now).
+fn ready_within(fd: i32, events: i16, ns: i64) -> bool {
     let mut p = pollfd {
         fd,
         events,
@@ -350,7 +356,7 @@ fn wait_ready(fd: i32, events: i16) -> bool {
     };
     let ts = timespec {
         tv_sec: 0,
-        tv_nsec: 100_000_000,
+        tv_nsec: ns,
     };
     let n = raw(
         SYS_ppoll,
@@ -406,27 +412,7 @@ pub fn timer(fd: i32) -> bool {
 /// the log), which reset the primary's count of expirations: reset the real
 /// one's too, if it has any, without waiting.
 pub fn drain_timer(fd: i32) {
-    let mut p = pollfd {
-        fd,
-        events: POLLIN,
-        revents: 0,
-    };
-    let zero = timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    let n = raw(
-        SYS_ppoll,
-        [
-            &mut p as *mut pollfd as usize,
-            1,
-            &zero as *const timespec as usize,
-            0,
-            8,
-            0,
-        ],
-    );
-    if n > 0 && p.revents & POLLIN != 0 {
+    if ready_within(fd, POLLIN, 0) {
         let mut count = 0u64;
         sys3(SYS_read, fd as usize, &mut count as *mut u64 as usize, 8);
     }

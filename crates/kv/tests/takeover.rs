@@ -433,6 +433,31 @@ async def main():
 asyncio.run(main())
 "#;
 
+/// The Python program `script`, listening on a free port of 127.0.0.1
+/// (its first argument), under the shim, in `dir`: its start info and
+/// address.
+fn python_server(dir: &Path, script: &str) -> (StartInfo, String) {
+    let path = dir.join("server.py");
+    std::fs::write(&path, script).expect("write the script");
+    let port = free_port();
+    let python = std::process::Command::new("sh")
+        .args(["-c", "command -v python3"])
+        .output()
+        .expect("sh");
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    assert!(!python.is_empty(), "python3 is needed for this test");
+    let start = StartInfo {
+        argv: vec![
+            python.into_bytes(),
+            path.as_os_str().as_bytes().to_vec(),
+            port.to_string().into_bytes(),
+        ],
+        env: program_env(&shim(), std::env::vars_os()),
+        cwd: dir.as_os_str().as_bytes().to_vec(),
+    };
+    (start, format!("127.0.0.1:{port}"))
+}
+
 fn line_client(addr: &str) -> std::net::TcpStream {
     let started = Instant::now();
     loop {
@@ -449,25 +474,7 @@ fn line_client(addr: &str) -> std::net::TcpStream {
 #[test]
 fn an_asyncio_server_takes_over_with_its_epoll_set() {
     let work = tempfile::tempdir().expect("tempdir");
-    let script = work.path().join("server.py");
-    std::fs::write(&script, ASYNCIO_SERVER).expect("write the script");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let python = std::process::Command::new("sh")
-        .args(["-c", "command -v python3"])
-        .output()
-        .expect("sh");
-    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
-    assert!(!python.is_empty(), "python3 is needed for this test");
-    let start = StartInfo {
-        argv: vec![
-            python.into_bytes(),
-            script.as_os_str().as_bytes().to_vec(),
-            port.to_string().into_bytes(),
-        ],
-        env: program_env(&shim(), std::env::vars_os()),
-        cwd: work.path().as_os_str().as_bytes().to_vec(),
-    };
+    let (start, addr) = python_server(work.path(), ASYNCIO_SERVER);
     let out = work.path().join("primary.out");
     let primary = Live::primary(&start, &out, false);
     wait_for_line(&out, "listening");
@@ -535,25 +542,7 @@ while True:
 #[test]
 fn an_eventfds_counter_survives_a_takeover() {
     let work = tempfile::tempdir().expect("tempdir");
-    let script = work.path().join("server.py");
-    std::fs::write(&script, EVENTFD_SERVER).expect("write the script");
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let python = std::process::Command::new("sh")
-        .args(["-c", "command -v python3"])
-        .output()
-        .expect("sh");
-    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
-    assert!(!python.is_empty(), "python3 is needed for this test");
-    let start = StartInfo {
-        argv: vec![
-            python.into_bytes(),
-            script.as_os_str().as_bytes().to_vec(),
-            port.to_string().into_bytes(),
-        ],
-        env: program_env(&shim(), std::env::vars_os()),
-        cwd: work.path().as_os_str().as_bytes().to_vec(),
-    };
+    let (start, addr) = python_server(work.path(), EVENTFD_SERVER);
     let out = work.path().join("primary.out");
     let primary = Live::primary(&start, &out, false);
     wait_for_line(&out, "listening");

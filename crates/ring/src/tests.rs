@@ -295,25 +295,31 @@ fn records_stream_through_the_ring_to_a_polling_side() {
     stream(TestFutex::polling());
 }
 
+/// `n` payload sizes in a fixed pseudo-random order (xorshift from `seed`),
+/// each chosen by `pick` from the next random number.
+fn payload_sizes(seed: u64, n: usize, pick: impl Fn(u64) -> usize) -> Vec<usize> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            pick(x)
+        })
+        .collect()
+}
+
 /// A producer thread and a consumer move records of assorted sizes, more
 /// than three times the ring's capacity, through the ring.
 fn stream(f: TestFutex) {
     let mem = Mem::new();
     let r = mem.region();
     // Sizes from small to the largest, in a fixed pseudo-random order.
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    let sizes: Vec<usize> = (0..400)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            match x % 10 {
-                0 => MAX_PAYLOAD - (x >> 8) as usize % 4096,
-                1..=4 => (x >> 8) as usize % 200_000,
-                _ => (x >> 8) as usize % 300,
-            }
-        })
-        .collect();
+    let sizes = payload_sizes(0x2545_f491_4f6c_dd1d, 400, |x| match x % 10 {
+        0 => MAX_PAYLOAD - (x >> 8) as usize % 4096,
+        1..=4 => (x >> 8) as usize % 200_000,
+        _ => (x >> 8) as usize % 300,
+    });
     let total: usize = sizes.iter().map(|&n| padded(RECORD_HEADER_LEN + n)).sum();
     assert!(total > 3 * RING_CAP, "{total}");
 
@@ -528,19 +534,11 @@ fn a_batch_consumer_takes_every_record_whole() {
     let mem = Mem::new();
     let r = mem.region();
     let f = TestFutex::default();
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let sizes: Vec<usize> = (0..3000)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            match x % 20 {
-                0 => MAX_PAYLOAD - (x >> 8) as usize % 4096,
-                1..=3 => (x >> 8) as usize % 100_000,
-                _ => (x >> 8) as usize % 40,
-            }
-        })
-        .collect();
+    let sizes = payload_sizes(0x9e37_79b9_7f4a_7c15, 3000, |x| match x % 20 {
+        0 => MAX_PAYLOAD - (x >> 8) as usize % 4096,
+        1..=3 => (x >> 8) as usize % 100_000,
+        _ => (x >> 8) as usize % 40,
+    });
     let total: usize = sizes.iter().map(|&n| padded(RECORD_HEADER_LEN + n)).sum();
     assert!(total > 3 * RING_CAP, "{total}");
     let (cut, in_place) = thread::scope(|s| {
