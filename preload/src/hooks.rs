@@ -72,6 +72,45 @@ wrap!(sendmsg, SYS_sendmsg, (fd: c_int, msg: *const msghdr, fl: c_int) -> ssize_
 wrap!(close, SYS_close, (fd: c_int) -> c_int);
 wrap!(getrandom, SYS_getrandom, (buf: *mut c_void, n: size_t, fl: c_uint) -> ssize_t);
 
+/// Calls that only the safety net can handle, because it has the whole
+/// register state of the instruction that made them: a new thread's or a
+/// child's stack (`clone`, `vfork`…), a signal's return. `syscall()` leaves
+/// them to libc's, whose `syscall` instruction the net catches.
+fn needs_context(nr: c_long) -> bool {
+    matches!(
+        nr,
+        SYS_clone | SYS_clone3 | SYS_fork | SYS_vfork | SYS_rt_sigreturn
+    )
+}
+
+/// `syscall(2)`, as the other wrappers: without it every call a program
+/// makes through `syscall()` (Rust's and Go's locks wait on futexes this
+/// way) would reach the shim as a trap, a signal delivered and returned
+/// from, some microseconds each. Declared with six arguments after the
+/// number: on x86_64 a variadic call passes integers in the same registers
+/// (the sixth on the stack), and the kernel ignores those a call does not
+/// take.
+#[no_mangle]
+pub extern "C" fn syscall(
+    nr: c_long,
+    a1: c_long,
+    a2: c_long,
+    a3: c_long,
+    a4: c_long,
+    a5: c_long,
+    a6: c_long,
+) -> c_long {
+    if needs_context(nr) {
+        let f = real!(
+            REAL_SYSCALL,
+            fn(c_long, c_long, c_long, c_long, c_long, c_long, c_long) -> c_long
+        );
+        return f(nr, a1, a2, a3, a4, a5, a6);
+    }
+    let a = [a1, a2, a3, a4, a5, a6].map(|v| v as usize);
+    syscall_hook(nr, a) as c_long
+}
+
 #[no_mangle]
 pub extern "C" fn recv(fd: c_int, buf: *mut c_void, n: size_t, fl: c_int) -> ssize_t {
     recvfrom(fd, buf, n, fl, core::ptr::null_mut(), core::ptr::null_mut())
@@ -152,6 +191,7 @@ impl Real {
 }
 
 pub static REAL_CLOCK_GETTIME: Real = Real::new(b"clock_gettime\0");
+static REAL_SYSCALL: Real = Real::new(b"syscall\0");
 pub static REAL_GETTIMEOFDAY: Real = Real::new(b"gettimeofday\0");
 pub static REAL_TIME: Real = Real::new(b"time\0");
 static REAL_MUTEX_LOCK: Real = Real::new(b"pthread_mutex_lock\0");
@@ -173,6 +213,7 @@ static REAL_SEM_TIMEDWAIT: Real = Real::new(b"sem_timedwait\0");
 pub fn resolve_all() {
     for r in [
         &REAL_CLOCK_GETTIME,
+        &REAL_SYSCALL,
         &REAL_GETTIMEOFDAY,
         &REAL_TIME,
         &REAL_MUTEX_LOCK,
