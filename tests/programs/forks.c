@@ -1,11 +1,12 @@
 /* Processes: two forked children that print and exit with distinct codes,
- * a child that sends random bytes to its parent through a pipe, and two
- * programs started with posix_spawn. */
+ * one more made through syscall(SYS_fork), a child that sends random bytes
+ * to its parent through a pipe, and two programs started with posix_spawn. */
 #define _GNU_SOURCE
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/random.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,6 +68,22 @@ int main(void) {
     report("child1", a, w, status);
     w = waitpid(b, &status, 0);
     report("child2", b, w, status);
+
+    /* syscall() itself: the child returns where the call was made. */
+    fflush(stdout);
+    pid_t f = (pid_t)syscall(SYS_fork);
+    if (f < 0) {
+        perror("syscall(SYS_fork)");
+        return 1;
+    }
+    if (f == 0) {
+        printf("raw child pid %d parent %d random %u\n", (int)getpid(), (int)getppid(),
+               random_u32());
+        fflush(stdout);
+        _exit(9);
+    }
+    w = waitpid(f, &status, 0);
+    report("raw child", f, w, status);
 
     int fds[2];
     if (pipe(fds) < 0) {

@@ -35,11 +35,17 @@ fn threads() {
     record_and_replay_program("threads", &[], 8, 3);
 }
 
-/// fork, waitpid, a pipe between processes, posix_spawn of /bin/echo and of
-/// /bin/date +%N.
+/// fork (also through syscall()), waitpid, a pipe between processes,
+/// posix_spawn of /bin/echo and of /bin/date +%N.
 #[test]
 fn forks() {
-    record_and_replay_program("forks", &[], 11, 1);
+    let out = record_and_replay_program("forks", &[], 13, 1);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("raw child pid=") && l.ends_with("exited 9")),
+        "the child made through syscall(SYS_fork) did not run and exit 9:\n{text}"
+    );
 }
 
 /// SIGALRM from alarm() and setitimer caught in pause() and in a blocking
