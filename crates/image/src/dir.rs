@@ -91,6 +91,44 @@ fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> Che
     }
 }
 
+/// The first of `checks` (what, in the file, in the manifest) whose two
+/// values differ, as an error at `offset` of `path`.
+fn must_match(
+    path: &Path,
+    offset: u64,
+    checks: &[(&'static str, u64, u64)],
+) -> Result<(), ImageError> {
+    match checks.iter().find(|(_, file, want)| file != want) {
+        Some(&(what, file, manifest)) => Err(ImageError::ManifestMismatch {
+            path: path.to_path_buf(),
+            offset,
+            what,
+            file,
+            manifest,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// A process file's header names the process and the checkpoint it should.
+fn header_matches(
+    path: &Path,
+    h: &crate::FileHeader,
+    vpid: u32,
+    seq: u64,
+    parent_seq: u64,
+) -> Result<(), ImageError> {
+    must_match(
+        path,
+        0,
+        &[
+            ("vpid", h.vpid as u64, vpid as u64),
+            ("sequence number", h.seq, seq),
+            ("parent sequence number", h.parent_seq, parent_seq),
+        ],
+    )
+}
+
 fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -216,23 +254,7 @@ impl CheckpointWriter {
         self.check_new(vpid)?;
         let path = self.tmp_path(vpid);
         let s: ProcessSummary = ProcessReader::open(&path)?.read_all(&mut Check)?;
-        let h = s.header;
-        for (what, file, want) in [
-            ("vpid", h.vpid as u64, vpid as u64),
-            ("sequence number", h.seq, self.seq),
-            ("parent sequence number", h.parent_seq, self.parent_seq),
-        ] {
-            if file != want {
-                return Err(ImageError::ManifestMismatch {
-                    path,
-                    offset: 0,
-                    what,
-                    file,
-                    manifest: want,
-                }
-                .into());
-            }
-        }
+        header_matches(&path, &s.header, vpid, self.seq, self.parent_seq)?;
         File::open(&path)
             .and_then(|f| f.sync_all())
             .map_err(io_err(&path, "fsync"))?;
@@ -332,15 +354,7 @@ impl Image {
         for e in &image.manifest.entries {
             let p = image.process_path(e.vpid);
             let got = fs::metadata(&p).map_err(|err| io(&p, "stat", err))?.len();
-            if got != e.file_len {
-                return Err(ImageError::ManifestMismatch {
-                    path: p,
-                    offset: 0,
-                    what: "file length",
-                    file: got,
-                    manifest: e.file_len,
-                });
-            }
+            must_match(&p, 0, &[("file length", got, e.file_len)])?;
         }
         Ok(image)
     }
@@ -382,43 +396,22 @@ impl Image {
             });
         };
         let mut r = ProcessReader::open(&path)?;
-        let h = *r.header();
         let m = &self.manifest.header;
-        for (what, file, want) in [
-            ("vpid", h.vpid as u64, vpid as u64),
-            ("sequence number", h.seq, m.seq),
-            ("parent sequence number", h.parent_seq, m.parent_seq),
-        ] {
-            if file != want {
-                return Err(ImageError::ManifestMismatch {
-                    path,
-                    offset: 0,
-                    what,
-                    file,
-                    manifest: want,
-                });
-            }
-        }
+        header_matches(&path, r.header(), vpid, m.seq, m.parent_seq)?;
         let s = r.read_all(v)?;
-        for (what, file, want) in [
-            (
-                "parent vpid",
-                s.parent_vpid as u64,
-                entry.parent_vpid as u64,
-            ),
-            ("file length", s.len, entry.file_len),
-            ("file checksum", s.crc as u64, entry.file_crc as u64),
-        ] {
-            if file != want {
-                return Err(ImageError::ManifestMismatch {
-                    path,
-                    offset: s.len,
-                    what,
-                    file,
-                    manifest: want,
-                });
-            }
-        }
+        must_match(
+            &path,
+            s.len,
+            &[
+                (
+                    "parent vpid",
+                    s.parent_vpid as u64,
+                    entry.parent_vpid as u64,
+                ),
+                ("file length", s.len, entry.file_len),
+                ("file checksum", s.crc as u64, entry.file_crc as u64),
+            ],
+        )?;
         Ok(s)
     }
 

@@ -137,15 +137,24 @@ impl FileHeader {
 
     /// CRC-32C of the 64 fixed bytes with `crc` taken as zero.
     pub fn compute_crc(&self) -> u32 {
-        let mut h = *self;
-        h.crc = 0;
-        crc32c::crc32c(h.as_bytes())
+        header_crc(self, |h| h.crc = 0)
     }
 
     /// Set `crc` for the current fields.
     pub fn seal(&mut self) {
         self.crc = self.compute_crc();
     }
+}
+
+/// CRC-32C of a fixed header with its own checksum field zeroed by `clear`:
+/// the checksum every header of the format carries.
+pub(crate) fn header_crc<T: IntoBytes + Immutable + Copy>(
+    h: &T,
+    clear: impl FnOnce(&mut T),
+) -> u32 {
+    let mut h = *h;
+    clear(&mut h);
+    crc32c::crc32c(h.as_bytes())
 }
 
 /// The fixed header of every section.
@@ -188,9 +197,7 @@ impl SectionHeader {
 
     /// CRC-32C of the 32 header bytes with `crc` taken as zero.
     pub fn compute_crc(&self) -> u32 {
-        let mut h = *self;
-        h.crc = 0;
-        crc32c::crc32c(h.as_bytes())
+        header_crc(self, |h| h.crc = 0)
     }
 
     /// Set `crc` for the current fields.

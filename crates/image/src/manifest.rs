@@ -68,9 +68,7 @@ const _: () = assert!(core::mem::size_of::<ManifestHeader>() == MANIFEST_HEADER_
 impl ManifestHeader {
     /// CRC-32C of the 64 fixed bytes with `crc` taken as zero.
     pub fn compute_crc(&self) -> u32 {
-        let mut h = *self;
-        h.crc = 0;
-        crc32c::crc32c(h.as_bytes())
+        crate::header_crc(self, |h| h.crc = 0)
     }
 }
 

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{in_child, PAGE};
+use common::{in_child, sized_file, PAGE};
 use ferry_memtrack::maps::{self, Change, Kind, Mapping, MapsError, OwnedMaps, Prot};
 use ferry_memtrack::Syscalls;
 use std::os::fd::AsRawFd;
@@ -241,14 +241,7 @@ fn this_process_maps() {
 fn a_file_with_spaces_in_its_name_deleted_while_mapped() {
     in_child(|| {
         let path = format!("/dev/shm/ferry memtrack {} two  spaces", std::process::id());
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        f.set_len(4 * PAGE as u64).unwrap();
+        let f = sized_file(&path, 4 * PAGE as u64);
         // SAFETY: a fresh shared mapping of our file.
         let p = unsafe {
             libc::mmap(

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{in_child, pages_of, Anon, Rng, PAGE};
+use common::{in_child, pages_of, sized_file, Anon, Rng, PAGE};
 use ferry_memtrack::maps::{self, Change, OwnedMaps};
 use ferry_memtrack::{
     PageRegion, Range, ScanError, ScanTotals, Source, Syscalls, TrackError, Tracker,
@@ -240,14 +240,7 @@ fn dropped_pages_are_reported_as_written() {
 fn private_file_mappings_are_tracked() {
     in_child(|| {
         let path = format!("/dev/shm/ferry-memtrack-private-{}", std::process::id());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .unwrap();
-        file.set_len(64 * PAGE as u64).unwrap();
+        let file = sized_file(&path, 64 * PAGE as u64);
         std::fs::remove_file(&path).unwrap();
         use std::os::fd::AsRawFd;
         // SAFETY: a fresh private mapping of our file.

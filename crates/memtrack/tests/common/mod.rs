@@ -234,3 +234,17 @@ pub fn pages_of(regions: &[PageRegion], base: usize) -> BTreeSet<usize> {
     }
     s
 }
+
+/// A new file at `path` (truncated if it was there), `len` bytes of zeros,
+/// open for reading and writing.
+pub fn sized_file(path: &str, len: u64) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .unwrap();
+    f.set_len(len).unwrap();
+    f
+}
