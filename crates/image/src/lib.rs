@@ -66,6 +66,8 @@ pub const MAX_DESCRIPTION: usize = 4096;
 pub const MAX_ARGS: usize = 4 << 20;
 /// Longest XSAVE area.
 pub const MAX_XSAVE: usize = 64 << 10;
+/// Bytes of an auxiliary vector, at most.
+pub const MAX_AUXV: usize = 4096;
 /// Most pending signals in one section.
 pub const MAX_PENDING: usize = 65536;
 /// Most socket options of one socket.
@@ -244,6 +246,10 @@ pub enum Kind {
     Itimers = 9,
     /// One POSIX timer ([`sections::PosixTimer`]).
     PosixTimer = 10,
+    /// The address space's bookkeeping, the CPU's register layout, the
+    /// vDSO's identity and the auxiliary vector
+    /// ([`sections::AddressSpace`]), at most once.
+    AddressSpace = 11,
     /// The last section: the count of sections before it and the running
     /// checksum ([`sections::End`]).
     End = 255,
@@ -263,6 +269,7 @@ impl Kind {
             8 => Kind::Fd,
             9 => Kind::Itimers,
             10 => Kind::PosixTimer,
+            11 => Kind::AddressSpace,
             255 => Kind::End,
             _ => return None,
         })
@@ -281,6 +288,7 @@ impl Kind {
             Kind::Fd => "descriptor",
             Kind::Itimers => "interval timers",
             Kind::PosixTimer => "POSIX timer",
+            Kind::AddressSpace => "address space",
             Kind::End => "end",
         }
     }

@@ -15,7 +15,7 @@ use crate::write::{mapping_problem, run_problem};
 use crate::{
     FileHeader, Kind, SectionHeader, FILE_HEADER_LEN, HEADER_LEN_OFFSET, IMAGE_MAGIC, IMAGE_MAJOR,
     MAJOR_OFFSET, MAX_ARGS, MAX_DESCRIPTION, MAX_EPOLL, MAX_FD_BODY, MAX_PATH, MAX_PENDING,
-    MAX_SMALL_PAYLOAD, MAX_SOCKOPTS, MAX_XSAVE, PAGE_SIZE, SECTION_HEADER_LEN, TRAILER_LEN,
+    MAX_AUXV, MAX_SMALL_PAYLOAD, MAX_SOCKOPTS, MAX_XSAVE, PAGE_SIZE, SECTION_HEADER_LEN, TRAILER_LEN,
 };
 use std::collections::HashSet;
 use std::format;
@@ -312,6 +312,15 @@ pub struct Thread {
     pub xsave: Vec<u8>,
 }
 
+/// An address-space section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressSpaceSection {
+    /// The fixed part.
+    pub info: AddressSpace,
+    /// The auxiliary vector, as `/proc/<pid>/auxv` gave it.
+    pub auxv: Vec<u8>,
+}
+
 /// A pending-signals section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
@@ -402,6 +411,8 @@ pub enum Section {
     Itimers(Itimers),
     /// A POSIX timer.
     PosixTimer(PosixTimer),
+    /// The address space's bookkeeping.
+    AddressSpace(AddressSpaceSection),
     /// An optional section of a kind this reader does not know, checked and
     /// skipped.
     Skipped {
@@ -473,6 +484,7 @@ struct Seen {
     rlimits: bool,
     sigactions: bool,
     itimers: bool,
+    address_space: bool,
     threads: HashSet<u32>,
     fds: HashSet<u32>,
     timers: HashSet<i32>,
@@ -985,6 +997,27 @@ impl<R: Read> ProcessReader<R> {
                     return Err(self.invalid(offset, format!("a second {} section", kind.name())));
                 }
                 Section::SigActions(a)
+            }
+            Kind::AddressSpace => {
+                let info: AddressSpace = c.fixed().ok_or_else(|| short("its fixed part"))?;
+                if info.auxv_len as usize > MAX_AUXV {
+                    return Err(self.too_long(
+                        offset,
+                        "auxiliary vector length",
+                        info.auxv_len as u64,
+                        MAX_AUXV as u64,
+                    ));
+                }
+                let auxv = c
+                    .take(info.auxv_len as usize)
+                    .ok_or_else(|| short("the auxiliary vector"))?;
+                if std::mem::replace(&mut self.seen.address_space, true) {
+                    return Err(self.invalid(offset, format!("a second {} section", kind.name())));
+                }
+                Section::AddressSpace(AddressSpaceSection {
+                    info,
+                    auxv: auxv.to_vec(),
+                })
             }
             Kind::Itimers => {
                 let t: Itimers = c.fixed().ok_or_else(|| short("the timers"))?;

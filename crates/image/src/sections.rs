@@ -28,6 +28,14 @@ pub const PROC_HAS_ARGV: u32 = 1 << 0;
 /// [`ProcessInfo::flags`]: the environment block is present.
 pub const PROC_HAS_ENV: u32 = 1 << 1;
 
+/// `ThreadInfo::flags`: the thread was stopped in the shim's checkpoint
+/// handler and resumes there (`resume_rip`, `resume_rsp`, `fs_base` of
+/// `regs`); returning from the handler restores `regs`, the XSAVE area, the
+/// mask and the alternate stack from the signal frame on its stack, which
+/// is part of the image's memory. `regs` and the XSAVE area are then the
+/// same state as the frame's, kept for checks and for tools.
+pub const THREAD_PARKED: u32 = 1 << 0;
+
 /// Number of resource limits (`RLIMIT_NLIMITS`).
 pub const RLIMIT_COUNT: usize = 16;
 /// Number of signal actions (signals 1 to 64).
@@ -205,7 +213,52 @@ layout! {
         pub robust_list_len: u64,
         /// `set_tid_address` (`clear_child_tid`; 0: none).
         pub clear_child_tid: u64,
-    } = 296;
+        /// With [`THREAD_PARKED`]: where the thread resumes, inside the
+        /// shim's checkpoint handler.
+        pub resume_rip: u64,
+        /// With [`THREAD_PARKED`]: its stack pointer there.
+        pub resume_rsp: u64,
+    } = 312;
+
+    /// The address space's bookkeeping in the kernel (`PR_SET_MM_MAP`'s
+    /// fields), the CPU's register-state layout and the vDSO's identity.
+    /// Followed by `auxv_len` bytes of the auxiliary vector.
+    pub struct AddressSpace {
+        /// Start of the executable's code.
+        pub start_code: u64,
+        /// End of its code.
+        pub end_code: u64,
+        /// Start of its data.
+        pub start_data: u64,
+        /// End of its data.
+        pub end_data: u64,
+        /// Start of the heap (`brk` area).
+        pub start_brk: u64,
+        /// The current `brk`.
+        pub brk: u64,
+        /// Start of the main thread's stack.
+        pub start_stack: u64,
+        /// Start of the argument strings.
+        pub arg_start: u64,
+        /// End of the argument strings.
+        pub arg_end: u64,
+        /// Start of the environment strings.
+        pub env_start: u64,
+        /// End of the environment strings.
+        pub env_end: u64,
+        /// `XCR0`: the register state the CPU saves (`xgetbv(0)`).
+        pub xcr0: u64,
+        /// Bytes of the XSAVE area this CPU writes in a signal frame.
+        pub xsave_size: u32,
+        /// CRC-32C of the `[vdso]` pages' content.
+        pub vdso_crc: u32,
+        /// Bytes of the `[vdso]` mapping.
+        pub vdso_len: u64,
+        /// Bytes of the auxiliary vector that follow.
+        pub auxv_len: u32,
+        /// Zero.
+        pub reserved: u32,
+    } = 120;
 
     /// One signal action (the kernel's `struct sigaction`).
     pub struct SigAction {

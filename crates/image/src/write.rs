@@ -13,7 +13,7 @@
 
 use crate::sections::*;
 use crate::{
-    is_zero_page, FileHeader, Kind, SectionHeader, FILE_HEADER_LEN, FLAG_TRAILING_CRC, MAX_ARGS,
+    is_zero_page, FileHeader, Kind, SectionHeader, FILE_HEADER_LEN, FLAG_TRAILING_CRC, MAX_ARGS, MAX_AUXV,
     MAX_DESCRIPTION, MAX_EPOLL, MAX_PATH, MAX_PENDING, MAX_SOCKOPTS, MAX_XSAVE, PAGE_SIZE,
 };
 use zerocopy::IntoBytes;
@@ -707,6 +707,13 @@ impl<S: Sink> ImageWriter<S> {
         f.body_len = (fixed_len + var.len()) as u32;
         f.data_len = data_len;
         Ok((f, fixed_len, var))
+    }
+
+    /// The address-space section; `auxv_len` is set from `auxv`.
+    pub fn address_space(&mut self, info: &AddressSpace, auxv: &[u8]) -> Result<(), WriteError> {
+        let mut a = *info;
+        a.auxv_len = cap("auxiliary vector", auxv.len(), MAX_AUXV)?;
+        self.whole(Kind::AddressSpace, &[a.as_bytes(), auxv])
     }
 
     /// The interval-timers section.

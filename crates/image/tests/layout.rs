@@ -99,7 +99,28 @@ fn code() -> BTreeMap<&'static str, (usize, Fields)> {
             rseq_sig,
             robust_list_head,
             robust_list_len,
-            clear_child_tid
+            clear_child_tid,
+            resume_rip,
+            resume_rsp
+        }),
+        fields!(AddressSpace {
+            start_code,
+            end_code,
+            start_data,
+            end_data,
+            start_brk,
+            brk,
+            start_stack,
+            arg_start,
+            arg_end,
+            env_start,
+            env_end,
+            xcr0,
+            xsave_size,
+            vdso_crc,
+            vdso_len,
+            auxv_len,
+            reserved
         }),
         fields!(UserRegs {
             r15,

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! 0            Control: mode, flags, the ordering lock, gseq, ring indices
+//! CKPT_OFFSET  CkptControl: a checkpoint asked of one process, and its answer
 //! PROCS_OFFSET process table: one ProcEntry per process of the program
 //! RING_OFFSET  the record ring (RING_CAP bytes, a power of two)
 //! ```
@@ -27,15 +28,17 @@ use zerocopy::{FromBytes, IntoBytes};
 /// `Control::magic`.
 pub const CONTROL_MAGIC: u64 = u64::from_le_bytes(*b"FERRYCTL");
 /// Version of this layout; the shim refuses a region of another version.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Processes one program may have alive or dead over its life.
 pub const MAX_PROCS: usize = 512;
 /// Descriptors whose kind the process table tracks.
 pub const MAX_FDS: usize = 4096;
 /// Bytes of one process-table entry.
 pub const PROC_ENTRY_LEN: usize = 8192;
+/// Where the checkpoint control block starts.
+pub const CKPT_OFFSET: usize = 4096;
 /// Where the process table starts.
-pub const PROCS_OFFSET: usize = 4096;
+pub const PROCS_OFFSET: usize = 8192;
 /// Where the ring starts.
 pub const RING_OFFSET: usize = PROCS_OFFSET + MAX_PROCS * PROC_ENTRY_LEN;
 /// Ring capacity in bytes.
@@ -197,7 +200,60 @@ pub struct Control {
     pub message: [AtomicU8; MESSAGE_LEN],
 }
 
-const _: () = assert!(core::mem::size_of::<Control>() <= PROCS_OFFSET);
+const _: () = assert!(core::mem::size_of::<Control>() <= CKPT_OFFSET);
+
+/// Bytes of `CkptControl::path`.
+pub const CKPT_PATH_LEN: usize = 2048;
+/// The signal with which a checkpoint is asked of a process and its threads
+/// are stopped: `SIGRTMAX`. The shim keeps it for itself (the program can
+/// neither handle nor block it).
+pub const CKPT_SIGNAL: i32 = 64;
+/// `CkptControl::status`: the image file was written.
+pub const CKPT_OK: u32 = 0;
+/// `CkptControl::status`: it failed; `message` says why.
+pub const CKPT_FAILED: u32 = 1;
+
+/// A checkpoint asked of one process of the program (DESIGN §6), and its
+/// answer. One request at a time: a requester takes `owner`, fills in the
+/// target and the path, bumps `request` and sends [`CKPT_SIGNAL`]; the shim
+/// in the target writes `<path>/<vpid>.fimg.tmp`, fills in the answer, sets
+/// `done` to `request` and wakes it (a futex on `done`).
+#[repr(C, align(64))]
+pub struct CkptControl {
+    /// The requester's pid while it holds the block; 0 when free.
+    pub owner: AtomicU32,
+    /// Requests made so far.
+    pub request: AtomicU32,
+    /// The last request answered.
+    pub done: AtomicU32,
+    /// [`CKPT_OK`] or [`CKPT_FAILED`].
+    pub status: AtomicU32,
+    /// The real pid of the process asked.
+    pub target_pid: AtomicU32,
+    /// Bytes of `path` used.
+    pub path_len: AtomicU32,
+    /// The checkpoint's sequence number (from 1).
+    pub seq: AtomicU64,
+    /// Answer: threads stopped.
+    pub threads: AtomicU32,
+    /// Answer: mappings saved.
+    pub mappings: AtomicU32,
+    /// Answer: bytes of memory saved (pages written to the image).
+    pub memory_bytes: AtomicU64,
+    /// Answer: nanoseconds from the stop of the first thread to the release
+    /// of the last (the program's freeze).
+    pub freeze_ns: AtomicU64,
+    /// Answer: bytes of the process file.
+    pub file_bytes: AtomicU64,
+    /// Bytes of `message` used.
+    pub message_len: AtomicU32,
+    /// The image directory, absolute.
+    pub path: [AtomicU8; CKPT_PATH_LEN],
+    /// Why it failed, one line.
+    pub message: [AtomicU8; MESSAGE_LEN],
+}
+
+const _: () = assert!(CKPT_OFFSET + core::mem::size_of::<CkptControl>() <= PROCS_OFFSET);
 
 /// `ProcEntry::state`: the slot is free.
 pub const PROC_FREE: u32 = 0;
@@ -335,6 +391,14 @@ impl Region {
         // SAFETY: from_raw's contract: the mapping is live and large enough;
         // Control is made of atomics, valid for any bytes (zero included).
         unsafe { &*(self.base as *const Control) }
+    }
+
+    /// The checkpoint control block.
+    pub fn ckpt(&self) -> &CkptControl {
+        // SAFETY: from_raw's contract: the mapping is live and large enough
+        // (the block lies below PROCS_OFFSET, checked at compile time);
+        // CkptControl is made of atomics, valid for any bytes.
+        unsafe { &*(self.base.add(CKPT_OFFSET) as *const CkptControl) }
     }
 
     /// Process-table entry `slot` (< MAX_PROCS).

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use ferry_image::read::{FdKind, ImageError, ProcessReader, Section, Visitor};
+use ferry_image::read::{AddressSpaceSection, FdKind, ImageError, ProcessReader, Section, Visitor};
 use ferry_image::sections::*;
 use ferry_image::write::{FdBody, ImageWriter, Sink, WriteError};
 use ferry_image::{FileHeader, Kind, SectionHeader, FLAG_TRAILING_CRC, PAGE_SIZE};
@@ -90,6 +90,7 @@ pub struct Model {
     pub mappings: Vec<MappingModel>,
     pub fds: Vec<FdModel>,
     pub itimers: Itimers,
+    pub address_space: AddressSpaceSection,
     pub timers: Vec<PosixTimer>,
 }
 
@@ -361,6 +362,12 @@ pub fn model(rng: &mut Rng, scale: usize) -> Model {
         mappings,
         fds,
         itimers: rng.fill(),
+        address_space: {
+            let mut info: AddressSpace = rng.fill();
+            let auxv = (0..rng.below(64) * 16).map(|i| i as u8).collect::<Vec<u8>>();
+            info.auxv_len = auxv.len() as u32;
+            AddressSpaceSection { info, auxv }
+        },
         timers,
     }
 }
@@ -433,6 +440,7 @@ pub fn write_sections<S: Sink>(w: &mut ImageWriter<S>, m: &Model) -> Result<(), 
         }
     }
     w.itimers(&m.itimers)?;
+    w.address_space(&m.address_space.info, &m.address_space.auxv)?;
     for t in &m.timers {
         w.posix_timer(t)?;
     }
@@ -602,6 +610,7 @@ pub fn expected_sections(m: &Model) -> Vec<Section> {
         out.push(Section::Fd(Fd { info, kind }));
     }
     out.push(Section::Itimers(m.itimers));
+    out.push(Section::AddressSpace(m.address_space.clone()));
     for t in &m.timers {
         out.push(Section::PosixTimer(*t));
     }
