@@ -500,6 +500,11 @@ fn restartable(nr: i64) -> bool {
 }
 
 fn passthrough(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
+    if crate::ckpt::shown_pid().is_some() {
+        if let Some(r) = restored_ids(nr, a) {
+            return r;
+        }
+    }
     match nr {
         SYS_clone | SYS_fork | SYS_vfork | SYS_clone3 => procs::fork_like(nr, a, ctx, None),
         SYS_rt_sigaction => signals::sigaction(a),
@@ -508,6 +513,29 @@ fn passthrough(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
         SYS_wait4 | SYS_waitid => procs::wait_passthrough(nr, a),
         _ => raw(nr, a),
     }
+}
+
+/// A process resumed from a checkpoint runs under new real ids; the
+/// program keeps the ones it had: they are shown to it, and translated
+/// where it names them.
+fn restored_ids(nr: i64, a: [usize; 6]) -> Option<isize> {
+    use crate::ckpt::{real_id, shown_pid, shown_tid};
+    let real = |v: usize| real_id(v as i32) as usize;
+    Some(match nr {
+        SYS_getpid => shown_pid()? as isize,
+        SYS_gettid => shown_tid() as isize,
+        SYS_set_tid_address => {
+            raw(nr, a);
+            shown_tid() as isize
+        }
+        SYS_kill | SYS_tkill | SYS_rt_sigqueueinfo => {
+            raw(nr, [real(a[0]), a[1], a[2], a[3], a[4], a[5]])
+        }
+        SYS_tgkill | SYS_rt_tgsigqueueinfo => {
+            raw(nr, [real(a[0]), real(a[1]), a[2], a[3], a[4], a[5]])
+        }
+        _ => return None,
+    })
 }
 
 /// Record (`rec`) or replay one call, keeping what a takeover needs to

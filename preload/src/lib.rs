@@ -13,6 +13,7 @@
 #![allow(clippy::missing_safety_doc)]
 #![allow(non_upper_case_globals)]
 
+mod ckpt;
 mod engine;
 mod fds;
 mod hooks;

@@ -88,7 +88,7 @@ fn terminates_by_default(sig: usize) -> bool {
 fn kernel_action(sig: usize, new: &KSigaction) -> KSigaction {
     // SIGSYS must never be blocked, not even while a handler runs: the
     // kernel kills a thread whose dispatch SIGSYS arrives while blocked.
-    let mask = new.mask & !bit(SIGSYS as usize);
+    let mask = new.mask & !reserved();
     let ours = KSigaction {
         handler: on_signal as *const () as usize,
         flags: (SA_SIGINFO | SA_RESTORER) as u64 | (new.flags & SA_ONSTACK as u64),
@@ -141,6 +141,7 @@ pub fn init() {
         }
     }
     crate::sud::install_handler();
+    crate::ckpt::install_handler();
 }
 
 /// In a forked child: nothing noted in the parent is the child's.
@@ -169,7 +170,7 @@ pub fn sigaction(a: [usize; 6]) -> isize {
     if a[1] != 0 {
         // SAFETY: the program passed a struct sigaction to the kernel call.
         let new = unsafe { core::ptr::read_unaligned(a[1] as *const KSigaction) };
-        if sig != SIGSYS as usize {
+        if bit(sig) & reserved() == 0 {
             let install = kernel_action(sig, &new);
             let r = raw(
                 SYS_rt_sigaction,
@@ -197,12 +198,12 @@ pub fn sigaction(a: [usize; 6]) -> isize {
 /// saved in the handler's context: `rt_sigreturn` installs that mask when
 /// the handler returns, so a change made to the live mask would be undone.
 pub fn sigprocmask(a: [usize; 6], ctx: *mut ucontext_t) -> isize {
-    let never = bit(SIGSYS as usize) | bit(SIGKILL as usize) | bit(SIGSTOP as usize);
+    let never = reserved() | bit(SIGKILL as usize) | bit(SIGSTOP as usize);
     if ctx.is_null() {
         if a[1] != 0 {
             // SAFETY: the program passed a sigset of at least 8 bytes.
             let set = unsafe { core::ptr::read_unaligned(a[1] as *const u64) };
-            let clean = set & !bit(SIGSYS as usize);
+            let clean = set & !reserved();
             let mut b = a;
             b[1] = &clean as *const u64 as usize;
             return raw(SYS_rt_sigprocmask, b);
@@ -234,6 +235,12 @@ pub fn sigprocmask(a: [usize; 6], ctx: *mut ucontext_t) -> isize {
         unsafe { core::ptr::write_unaligned(a[2] as *mut u64, cur) };
     }
     0
+}
+
+/// The signals the shim keeps for itself, which the program can neither
+/// block nor handle: SIGSYS (the safety net) and the checkpoint signal.
+pub fn reserved() -> u64 {
+    bit(SIGSYS as usize) | bit(ferry_ring::CKPT_SIGNAL as usize)
 }
 
 /// The handler the shim installs for every signal the program handles.
@@ -334,7 +341,7 @@ fn invoke(sig: usize, info: &mut [u8; SIGINFO_LEN]) -> bool {
     if flags & SA_NODEFER as u64 == 0 {
         block |= bit(sig);
     }
-    block &= !bit(SIGSYS as usize);
+    block &= !reserved();
     let mut old = 0u64;
     raw(
         SYS_rt_sigprocmask,

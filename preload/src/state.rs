@@ -36,6 +36,9 @@ pub struct Thread {
     pub vtid: Cell<u32>,
     /// Real tid, cached (0: unknown).
     real_tid: Cell<u32>,
+    /// The tid the program knows this thread by, when it is not the real
+    /// one (a thread resumed from a checkpoint); 0 otherwise.
+    pub shown_tid: Cell<u32>,
     /// Depth of the ordering lock held by this thread.
     lock_depth: Cell<u32>,
     /// Signals noted by the shim's handler, not yet delivered (bit n-1).
@@ -54,6 +57,7 @@ thread_local! {
             in_shim: Cell::new(0),
             vtid: Cell::new(0),
             real_tid: Cell::new(0),
+            shown_tid: Cell::new(0),
             lock_depth: Cell::new(0),
             pending: Cell::new(0),
             restart: Cell::new(false),
@@ -191,6 +195,14 @@ pub fn after_fork_child(vpid: u32, slot: usize) {
     MY_VPID.store(vpid, Ordering::Release);
     MY_SLOT.store(slot, Ordering::Release);
     t.vtid.set(vpid);
+}
+
+/// A thread resumed from a checkpoint runs under a new real tid; it is
+/// known to the program by `shown` (the tid it had).
+pub fn after_restore_thread(shown: u32) {
+    let t = me();
+    t.real_tid.set(0);
+    t.shown_tid.set(shown);
 }
 
 fn real_tid(t: &Thread) -> u32 {

@@ -7,6 +7,7 @@
 //! Exit codes are in [`exit`].
 
 mod cert;
+mod checkpoint;
 mod client;
 mod demo;
 mod exec;
@@ -135,6 +136,23 @@ enum Cmd {
         )
     )]
     Exec(exec::ExecArgs),
+    /// Checkpoint a process started with `ferry exec`; it keeps running.
+    #[command(
+        long_about = "Write an image of a running process, started with `ferry exec`, into DIR: \
+            its memory, threads, signal state and descriptors, taken from inside by the shim \
+            while every thread is stopped for a moment. The program keeps running. \
+            `ferry restore --image DIR` starts it again from that point, here or on another \
+            host with the same files. The image is whole only once DIR/manifest.fimg exists: \
+            an interrupted checkpoint leaves none. The format is docs/IMAGE-FORMAT.md.",
+        after_help = concat!(
+            "Example:\n  ferry exec -- ./server & ferry checkpoint $! --image /var/tmp/server.img\n\n",
+            "Exit codes:\n",
+            "  0  the image is written\n",
+            "  1  the checkpoint failed in the process, or the process died meanwhile\n",
+            "  2  bad usage, no such process, not under the shim, DIR already holds an image"
+        )
+    )]
+    Checkpoint(checkpoint::CheckpointArgs),
     /// The whole story on this machine: hosts, three ferryd, a protected
     /// key-value server, the primary host killed, nothing lost.
     #[command(
@@ -217,6 +235,7 @@ fn main() -> ExitCode {
         Cmd::Record(args) => record::run(args),
         Cmd::Replay(args) => replay::run(args),
         Cmd::Exec(args) => exec::run(args),
+        Cmd::Checkpoint(args) => checkpoint::run(args),
         Cmd::Cert(args) => cert::run(args),
         Cmd::Run(args) => client::run(&cli.control, args),
         Cmd::Status(args) => client::status(&cli.control, args),

@@ -26,6 +26,7 @@ pub mod dir;
 pub mod manifest;
 #[cfg(feature = "std")]
 pub mod read;
+pub mod resume;
 pub mod sections;
 pub mod write;
 

@@ -13,8 +13,9 @@
 
 use crate::sections::*;
 use crate::{
-    is_zero_page, FileHeader, Kind, SectionHeader, FILE_HEADER_LEN, FLAG_TRAILING_CRC, MAX_ARGS, MAX_AUXV,
-    MAX_DESCRIPTION, MAX_EPOLL, MAX_PATH, MAX_PENDING, MAX_SOCKOPTS, MAX_XSAVE, PAGE_SIZE,
+    is_zero_page, FileHeader, Kind, SectionHeader, FILE_HEADER_LEN, FLAG_TRAILING_CRC, MAX_ARGS,
+    MAX_AUXV, MAX_DESCRIPTION, MAX_EPOLL, MAX_PATH, MAX_PENDING, MAX_SOCKOPTS, MAX_XSAVE,
+    PAGE_SIZE,
 };
 use zerocopy::IntoBytes;
 

@@ -364,7 +364,9 @@ pub fn model(rng: &mut Rng, scale: usize) -> Model {
         itimers: rng.fill(),
         address_space: {
             let mut info: AddressSpace = rng.fill();
-            let auxv = (0..rng.below(64) * 16).map(|i| i as u8).collect::<Vec<u8>>();
+            let auxv = (0..rng.below(64) * 16)
+                .map(|i| i as u8)
+                .collect::<Vec<u8>>();
             info.auxv_len = auxv.len() as u32;
             AddressSpaceSection { info, auxv }
         },

@@ -1,0 +1,259 @@
+//! `ferry checkpoint PID --image DIR`: ask the shim inside a running
+//! program for a checkpoint of its process, and make the image whole.
+//!
+//! The request goes through the program's shared region (descriptor 1000
+//! in the program, opened here through `/proc/PID/fd/1000`): its checkpoint
+//! block takes the image directory, and the checkpoint signal starts it.
+//! The shim writes `DIR/<vpid>.fimg.tmp` from inside the process and says
+//! when it is done; this command then checks the file whole, renames it and
+//! writes the manifest last (`CheckpointWriter`), so an interrupted
+//! checkpoint leaves no image that looks whole. The program keeps running.
+
+use std::fs::OpenOptions;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_image::dir::{CheckpointError, CheckpointWriter};
+use ferry_ring::{Futex, Mode, Region, CKPT_OK, CKPT_PATH_LEN, CKPT_SIGNAL, REGION_FD, REGION_LEN};
+use memmap2::MmapMut;
+
+use crate::exit::{report, BAD_INPUT, PROGRAM_FAILED, SUCCESS};
+
+/// What `ferry checkpoint` was asked to do.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointArgs {
+    /// The process to checkpoint: started with `ferry exec`.
+    #[arg(value_name = "PID")]
+    pub pid: u32,
+    /// The directory the image is written to (created if missing; must not
+    /// hold an image already).
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+    /// Give up if the checkpoint has not finished after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600)]
+    pub timeout: u64,
+}
+
+/// Why a checkpoint could not be taken.
+#[derive(Debug, thiserror::Error)]
+enum Error {
+    #[error("no process {0}")]
+    NoProcess(u32),
+    #[error("process {pid} is not running under the shim (it has no region at descriptor {REGION_FD}): start it with `ferry exec -- CMD`")]
+    NotUnderShim { pid: u32 },
+    #[error("process {pid}: cannot open its region: {source}")]
+    Open { pid: u32, source: std::io::Error },
+    #[error("process {pid}: its region is from another version of Ferry")]
+    Version { pid: u32 },
+    #[error("process {pid} runs under `ferry {mode}`: only a program started with `ferry exec` can be checkpointed by `ferry checkpoint`")]
+    Mode { pid: u32, mode: &'static str },
+    #[error("process {pid} is not in its program's process table")]
+    NoSlot { pid: u32 },
+    #[error("{}: the path is longer than {CKPT_PATH_LEN} bytes", .0.display())]
+    PathTooLong(PathBuf),
+    #[error(transparent)]
+    Image(#[from] CheckpointError),
+    #[error("process {pid}: another checkpoint is in progress (by process {owner})")]
+    Busy { pid: u32, owner: u32 },
+    #[error("process {pid} died during the checkpoint; {} holds no image", .dir.display())]
+    Died { pid: u32, dir: PathBuf },
+    #[error("process {pid}: the checkpoint did not finish within {secs} s; {} holds no image", .dir.display())]
+    Timeout { pid: u32, secs: u64, dir: PathBuf },
+    #[error("process {pid}: the checkpoint failed: {why}")]
+    Failed { pid: u32, why: String },
+}
+
+impl Error {
+    fn code(&self) -> u8 {
+        match self {
+            Error::Died { .. } | Error::Timeout { .. } | Error::Failed { .. } => PROGRAM_FAILED,
+            _ => BAD_INPUT,
+        }
+    }
+}
+
+/// Run `ferry checkpoint`.
+pub fn run(args: CheckpointArgs) -> u8 {
+    match checkpoint(&args) {
+        Ok(line) => {
+            println!("{line}");
+            SUCCESS
+        }
+        Err(e) => report(e.code(), &e),
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as i32, 0) == 0 || *libc::__errno_location() == libc::EPERM }
+}
+
+/// Map the region of process `pid`.
+fn open_region(pid: u32) -> Result<MmapMut, Error> {
+    let path = format!("/proc/{pid}/fd/{REGION_FD}");
+    let file = match OpenOptions::new().read(true).write(true).open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(if alive(pid) {
+                Error::NotUnderShim { pid }
+            } else {
+                Error::NoProcess(pid)
+            })
+        }
+        Err(source) => return Err(Error::Open { pid, source }),
+    };
+    let link = std::fs::read_link(&path).unwrap_or_default();
+    if !link
+        .as_os_str()
+        .as_bytes()
+        .starts_with(b"/memfd:ferry-region")
+    {
+        return Err(Error::NotUnderShim { pid });
+    }
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    if len < REGION_LEN as u64 {
+        return Err(Error::Version { pid });
+    }
+    // SAFETY: the memfd is the program's region, shared memory accessed
+    // only through atomics (Region's contract); the mapping lives as long
+    // as the returned value.
+    unsafe { memmap2::MmapOptions::new().len(REGION_LEN).map_mut(&file) }
+        .map_err(|source| Error::Open { pid, source })
+}
+
+fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
+    let pid = args.pid;
+    if !alive(pid) {
+        return Err(Error::NoProcess(pid));
+    }
+    let mut map = open_region(pid)?;
+    // SAFETY: the mapping is REGION_LEN bytes, page aligned, and outlives
+    // `region` (both live until this function returns).
+    let region = unsafe { Region::from_raw(map.as_mut_ptr()) };
+    if !region.is_valid() {
+        return Err(Error::Version { pid });
+    }
+    match region.mode() {
+        Some(Mode::Passthrough) => {}
+        Some(Mode::Record) => {
+            return Err(Error::Mode {
+                pid,
+                mode: "record",
+            })
+        }
+        Some(Mode::Replay) => {
+            return Err(Error::Mode {
+                pid,
+                mode: "replay",
+            })
+        }
+        None => return Err(Error::Version { pid }),
+    }
+    let slot = region.slot_of_real_pid(pid).ok_or(Error::NoSlot { pid })?;
+    let vpid = region.proc(slot).vpid.load(Ordering::Acquire);
+
+    let created_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let mut writer = CheckpointWriter::create(&args.image, 1, created_ns, None)?;
+    let dir = std::fs::canonicalize(&args.image).unwrap_or_else(|_| args.image.clone());
+    let dir_bytes = dir.as_os_str().as_bytes();
+    if dir_bytes.len() > CKPT_PATH_LEN {
+        return Err(Error::PathTooLong(dir));
+    }
+
+    let c = region.ckpt();
+    let me = std::process::id();
+    if let Err(owner) = c
+        .owner
+        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
+    {
+        // A requester that died mid-request leaves the block held.
+        if alive(owner)
+            || c.owner
+                .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return Err(Error::Busy { pid, owner });
+        }
+    }
+    let result = ask(&region, pid, vpid, &dir, dir_bytes, args.timeout);
+    c.owner.store(0, Ordering::Release);
+    let started = result?;
+    writer.adopt(vpid)?;
+    let manifest = writer.finish()?;
+    let _ = manifest;
+    let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    Ok(format!(
+        "checkpoint of process {pid} in {}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; the program was stopped for {:.1} ms ({:.0} ms in all)",
+        dir.display(),
+        c.threads.load(Ordering::Acquire),
+        c.mappings.load(Ordering::Acquire),
+        mib(c.memory_bytes.load(Ordering::Acquire)),
+        mib(c.file_bytes.load(Ordering::Acquire)),
+        c.freeze_ns.load(Ordering::Acquire) as f64 / 1e6,
+        started.elapsed().as_secs_f64() * 1e3,
+    ))
+}
+
+/// Make the request and wait for the answer.
+fn ask(
+    region: &Region,
+    pid: u32,
+    vpid: u32,
+    dir: &Path,
+    dir_bytes: &[u8],
+    timeout: u64,
+) -> Result<Instant, Error> {
+    let c = region.ckpt();
+    c.target_pid.store(pid, Ordering::Relaxed);
+    for (d, s) in c.path.iter().zip(dir_bytes) {
+        d.store(*s, Ordering::Relaxed);
+    }
+    c.path_len.store(dir_bytes.len() as u32, Ordering::Relaxed);
+    c.seq.store(1, Ordering::Relaxed);
+    c.message_len.store(0, Ordering::Relaxed);
+    let request = c.request.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
+    let started = Instant::now();
+    // SAFETY: sends the checkpoint signal; no memory is involved.
+    if unsafe { libc::kill(pid as i32, CKPT_SIGNAL) } != 0 {
+        return Err(Error::NoProcess(pid));
+    }
+    let tmp = dir.join(format!("{vpid}.fimg.tmp"));
+    let deadline = started + Duration::from_secs(timeout);
+    loop {
+        let done = c.done.load(Ordering::Acquire);
+        if done == request {
+            break;
+        }
+        if !alive(pid) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::Died {
+                pid,
+                dir: dir.to_path_buf(),
+            });
+        }
+        if Instant::now() > deadline {
+            return Err(Error::Timeout {
+                pid,
+                secs: timeout,
+                dir: dir.to_path_buf(),
+            });
+        }
+        ferry_host::region::SysFutex.wait(&c.done, done, Some(50));
+    }
+    if c.status.load(Ordering::Acquire) != CKPT_OK {
+        let n = (c.message_len.load(Ordering::Acquire) as usize).min(c.message.len());
+        let bytes: Vec<u8> = c.message[..n]
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
+        return Err(Error::Failed {
+            pid,
+            why: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+    }
+    Ok(started)
+}
