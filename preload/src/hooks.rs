@@ -124,6 +124,9 @@ pub extern "C" fn send(fd: c_int, buf: *const c_void, n: size_t, fl: c_int) -> s
 #[no_mangle]
 pub extern "C" fn getpid() -> pid_t {
     if !active() || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
+        if let Some(shown) = crate::ckpt::shown_pid() {
+            return shown as pid_t;
+        }
         return raw(SYS_getpid, [0; 6]) as pid_t;
     }
     state::MY_VPID.load(Ordering::Relaxed) as pid_t
@@ -132,6 +135,9 @@ pub extern "C" fn getpid() -> pid_t {
 #[no_mangle]
 pub extern "C" fn gettid() -> pid_t {
     if !active() || !matches!(mode(), Some(Mode::Record) | Some(Mode::Replay)) {
+        if crate::ckpt::shown_pid().is_some() {
+            return crate::ckpt::shown_tid() as pid_t;
+        }
         return raw(SYS_gettid, [0; 6]) as pid_t;
     }
     state::vtid() as pid_t

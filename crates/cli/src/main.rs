@@ -14,6 +14,7 @@ mod exec;
 mod exit;
 mod record;
 mod replay;
+mod restore;
 mod standby;
 
 use std::process::ExitCode;
@@ -153,6 +154,24 @@ enum Cmd {
         )
     )]
     Checkpoint(checkpoint::CheckpointArgs),
+    /// Start a checkpointed process again from its image, in the foreground.
+    #[command(
+        long_about = "Restore the process checkpointed into DIR by `ferry checkpoint`: this \
+            command becomes it, with its memory at the same addresses, its threads, registers, \
+            signal state, descriptors, limits and timers, and carries on where the checkpoint \
+            was taken. The program keeps its virtual pid and tids. Descriptors 0 to 2 are this \
+            command's own; files the image names must exist here (regular files are reopened \
+            by path, unlinked ones come back from the image). The exit status is the \
+            program's. Works on this host or another one with the same kernel and files.",
+        after_help = concat!(
+            "Example:\n  ferry restore --image /var/tmp/server.img\n\n",
+            "Exit codes:\n",
+            "  the program's own, once it runs\n",
+            "  1  the restore failed after the point of no return (one line says at what)\n",
+            "  2  bad usage, a missing, corrupt or truncated image, state this host cannot give back"
+        )
+    )]
+    Restore(restore::RestoreArgs),
     /// The whole story on this machine: hosts, three ferryd, a protected
     /// key-value server, the primary host killed, nothing lost.
     #[command(
@@ -236,6 +255,7 @@ fn main() -> ExitCode {
         Cmd::Replay(args) => replay::run(args),
         Cmd::Exec(args) => exec::run(args),
         Cmd::Checkpoint(args) => checkpoint::run(args),
+        Cmd::Restore(args) => restore::run(args),
         Cmd::Cert(args) => cert::run(args),
         Cmd::Run(args) => client::run(&cli.control, args),
         Cmd::Status(args) => client::status(&cli.control, args),

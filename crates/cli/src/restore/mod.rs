@@ -1,0 +1,1098 @@
+//! `ferry restore --image DIR`: this process becomes the checkpointed one.
+//!
+//! The restore runs in two stages. The first is ordinary code: it reads the
+//! image (every checksum checked as it goes), puts the content of every
+//! mapping into a *staged* mapping in a window of the address space the
+//! image does not use, opens the descriptors at high numbers, and writes a
+//! plan of system calls into the restorer's area, next to a copy of a small
+//! interpreter ([`blob`]). Any error up to here leaves nothing changed and
+//! exits 2 with one line saying what and where.
+//!
+//! The second stage is the interpreter, which runs on its own stack in the
+//! area: it blocks every signal, unmaps everything of `ferry` outside the
+//! window, maps this kernel's vDSO where the image had it, moves each
+//! staged mapping to its address (`mremap`), gives the kernel the address
+//! space's bookkeeping (`PR_SET_MM_MAP`), sets the signal actions, moves the
+//! descriptors to their numbers, the limits and timers, then clones each
+//! thread onto its saved stack and jumps, as the main thread, into the
+//! shim's checkpoint handler where the checkpoint left it. The shim redoes
+//! each thread's kernel state (tid address, robust list, rseq, the safety
+//! net), unmaps the area, and returns from the signal into the program,
+//! whose registers come back from the signal frame.
+//!
+//! The process keeps this process's pid; the program goes on seeing its
+//! virtual pid and tids. Descriptors 0 to 2 are restore's own.
+
+mod blob;
+
+use std::collections::HashMap;
+use std::ffi::{CString, OsStr};
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use ferry_image::dir::Image;
+use ferry_image::read::{FdKind, Section, Visitor};
+use ferry_image::resume::{Restored, RESTORED_MAGIC};
+use ferry_image::sections::*;
+use ferry_memtrack::maps::{self, Kind as MapKind};
+
+use crate::exit::{report, BAD_INPUT};
+use blob::{Op, FATAL, IGNORE, JUMP, THREAD};
+
+/// What `ferry restore` was asked to do.
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    /// The image directory `ferry checkpoint` wrote.
+    #[arg(long, value_name = "DIR")]
+    pub image: PathBuf,
+}
+
+/// Run `ferry restore`. Returns only on an error found before the point of
+/// no return.
+pub fn run(args: RestoreArgs) -> u8 {
+    match prepare(&args.image) {
+        Ok(ready) => ready.go(),
+        Err(e) => report(BAD_INPUT, e),
+    }
+}
+
+/// Where staged mappings go: a window far from where programs map
+/// anything with address-space randomisation off (their binary near
+/// 0x5555_5555_0000, libraries and stacks near 0x7fff_f000_0000, the shim's
+/// region at 0x5f00_0000_0000).
+const WINDOW_START: usize = 0x1000_0000_0000;
+/// Its end.
+const WINDOW_END: usize = 0x3000_0000_0000;
+/// The top of a 47-bit user address space.
+const TASK_TOP: usize = 0x7fff_ffff_f000;
+const PAGE: usize = 4096;
+/// The interpreter's stack.
+const STACK_LEN: usize = 64 << 10;
+
+const ARCH_SET_FS: u64 = 0x1002;
+const ARCH_MAP_VDSO_64: u64 = 0x2003;
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_EXE_FILE: u64 = 13;
+const PR_SET_MM_MAP: u64 = 14;
+const PR_SET_NAME: u64 = 15;
+const RSEQ_FLAG_UNREGISTER: u64 = 1;
+
+/// A mapping of the image, staged in the window.
+struct Staged {
+    info: MappingInfo,
+    path: Vec<u8>,
+    /// Where its content is now (0: not staged, a vDSO or vvar).
+    at: usize,
+    /// Whether it is a file mapped privately (zero runs must be written).
+    private_file: bool,
+}
+
+/// The `struct prctl_mm_map` of `PR_SET_MM_MAP`.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct MmMap {
+    start_code: u64,
+    end_code: u64,
+    start_data: u64,
+    end_data: u64,
+    start_brk: u64,
+    brk: u64,
+    start_stack: u64,
+    arg_start: u64,
+    arg_end: u64,
+    env_start: u64,
+    env_end: u64,
+    auxv: u64,
+    auxv_size: u32,
+    exe_fd: u32,
+}
+
+/// What the first stage gathers from the image.
+#[derive(Default)]
+struct Gather {
+    process: Option<ferry_image::read::Process>,
+    rlimits: Option<Rlimits>,
+    threads: Vec<ferry_image::read::Thread>,
+    sigactions: Option<SigActions>,
+    itimers: Option<Itimers>,
+    address_space: Option<ferry_image::read::AddressSpaceSection>,
+    mappings: Vec<Staged>,
+    fds: Vec<ferry_image::read::Fd>,
+    fd_data: HashMap<u32, Vec<u8>>,
+    /// Next free address in the window.
+    next: usize,
+    /// Shared memory objects, by (device, inode, path): the memfd that
+    /// stands for each.
+    shared: HashMap<(u64, u64, Vec<u8>), OwnedFd>,
+    /// Descriptors opened for staging that must stay open until the
+    /// mappings are made (closed when the first stage ends).
+    keep: Vec<OwnedFd>,
+}
+
+fn io_err(msg: String) -> io::Error {
+    io::Error::other(msg)
+}
+
+fn errno() -> io::Error {
+    io::Error::last_os_error()
+}
+
+fn show(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// The path of a mapping or descriptor without the kernel's " (deleted)".
+fn undeleted(path: &[u8]) -> &[u8] {
+    path.strip_suffix(b" (deleted)").unwrap_or(path)
+}
+
+fn cstring(path: &[u8]) -> io::Result<CString> {
+    CString::new(path).map_err(|_| io_err(format!("path {:?} holds a NUL byte", show(path))))
+}
+
+/// mmap, with the error as io::Error.
+fn mmap(at: usize, len: usize, prot: i32, flags: i32, fd: RawFd, off: u64) -> io::Result<usize> {
+    // SAFETY: with MAP_FIXED_NOREPLACE (every caller passes it) the call
+    // cannot replace an existing mapping; otherwise the kernel picks.
+    let p = unsafe { libc::mmap(at as *mut _, len, prot, flags, fd, off as libc::off_t) };
+    if p == libc::MAP_FAILED {
+        return Err(errno());
+    }
+    Ok(p as usize)
+}
+
+fn is_memfd(path: &[u8]) -> bool {
+    path.starts_with(b"/memfd:")
+}
+
+impl Gather {
+    /// Stage mapping `m`: give it memory in the window that holds what
+    /// the program will find there before its pages are written.
+    fn stage(&mut self, info: &MappingInfo, path: &[u8]) -> io::Result<()> {
+        let len = (info.end - info.start) as usize;
+        if info.special != SPECIAL_NONE {
+            self.mappings.push(Staged {
+                info: *info,
+                path: path.to_vec(),
+                at: 0,
+                private_file: false,
+            });
+            return Ok(());
+        }
+        let at = self.next;
+        if at + len + PAGE > WINDOW_END {
+            return Err(io_err(format!(
+                "the image's mappings need more than the {} GiB the restorer stages them in",
+                (WINDOW_END - WINDOW_START) >> 30
+            )));
+        }
+        self.next = at + len + PAGE;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let fixed = libc::MAP_FIXED_NOREPLACE;
+        let shared = info.flags & MAP_SHARED != 0;
+        let deleted = info.flags & MAP_DELETED != 0;
+        let mut private_file = false;
+        let where_ = || format!("mapping {:#x}-{:#x} ({})", info.start, info.end, show(path));
+        let got = if info.flags & MAP_FILE != 0 && !deleted && !is_memfd(path) {
+            // The file itself: shared mappings write through to it, private
+            // ones get the saved pages over the file's.
+            let file = File::options()
+                .read(true)
+                .write(shared && info.prot & libc::PROT_WRITE as u32 != 0)
+                .open(OsStr::from_bytes(path))
+                .map_err(|e| io_err(format!("{}: cannot open the file: {e}", where_())))?;
+            let flags = if shared {
+                libc::MAP_SHARED
+            } else {
+                private_file = true;
+                libc::MAP_PRIVATE
+            };
+            let prot = if shared { info.prot as i32 } else { rw };
+            mmap(at, len, prot, flags | fixed, file.as_raw_fd(), info.offset)
+                .map_err(|e| io_err(format!("{}: cannot map the file: {e}", where_())))?
+        } else if shared {
+            // Shared memory without a file to go back to (a memfd, shared
+            // anonymous memory, a deleted file): one memfd per object,
+            // shared by every mapping of it, filled by the pages.
+            let key = (info.device, info.inode, path.to_vec());
+            if !self.shared.contains_key(&key) {
+                let name = cstring(
+                    undeleted(path)
+                        .strip_prefix(b"/memfd:")
+                        .unwrap_or(b"ferry-shared"),
+                )?;
+                // SAFETY: a plain system call on a NUL-terminated name.
+                let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+                if fd < 0 {
+                    return Err(io_err(format!("{}: memfd_create: {}", where_(), errno())));
+                }
+                // SAFETY: memfd_create returned a new descriptor we own.
+                self.shared
+                    .insert(key.clone(), unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+            let fd = self.shared[&key].as_raw_fd();
+            let need = info.offset + len as u64;
+            // SAFETY: fstat into a zeroed stat of our own.
+            let size = unsafe {
+                let mut st: libc::stat = core::mem::zeroed();
+                libc::fstat(fd, &mut st);
+                st.st_size as u64
+            };
+            // SAFETY: growing our own memfd.
+            if need > size && unsafe { libc::ftruncate(fd, need as libc::off_t) } != 0 {
+                return Err(io_err(format!("{}: ftruncate: {}", where_(), errno())));
+            }
+            mmap(at, len, rw, libc::MAP_SHARED | fixed, fd, info.offset)
+                .map_err(|e| io_err(format!("{}: cannot map its memory: {e}", where_())))?
+        } else {
+            let mut flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE;
+            if info.flags & MAP_GROWSDOWN != 0 {
+                flags |= libc::MAP_GROWSDOWN;
+            }
+            mmap(at, len, rw, flags | fixed, -1, 0)
+                .map_err(|e| io_err(format!("{}: cannot stage it: {e}", where_())))?
+        };
+        if got != at {
+            return Err(io_err(format!("{}: staged at the wrong address", where_())));
+        }
+        self.mappings.push(Staged {
+            info: *info,
+            path: path.to_vec(),
+            at,
+            private_file,
+        });
+        Ok(())
+    }
+
+    fn staged(&self, mapping_start: u64) -> io::Result<&Staged> {
+        match self.mappings.last() {
+            Some(s) if s.info.start == mapping_start && s.at != 0 => Ok(s),
+            _ => Err(io_err(format!(
+                "pages for mapping {mapping_start:#x}, which is not the one before them"
+            ))),
+        }
+    }
+}
+
+impl Visitor for Gather {
+    fn section(&mut self, _offset: u64, section: &Section) -> io::Result<()> {
+        match section {
+            Section::Process(p) => self.process = Some(p.clone()),
+            Section::Rlimits(r) => self.rlimits = Some(*r),
+            Section::Thread(t) => self.threads.push(t.clone()),
+            Section::SigActions(s) => self.sigactions = Some(*s),
+            Section::Itimers(i) => self.itimers = Some(*i),
+            Section::AddressSpace(a) => self.address_space = Some(a.clone()),
+            Section::Mapping(m) => self.stage(&m.info, &m.path)?,
+            Section::Fd(f) => self.fds.push(f.clone()),
+            Section::Pending(p) if !p.siginfo.is_empty() => {
+                return Err(io_err(
+                    "the image holds pending signals, which this restorer cannot queue yet".into(),
+                ))
+            }
+            Section::PosixTimer(_) => {
+                return Err(io_err(
+                    "the image holds POSIX timers, which this restorer cannot rebuild yet".into(),
+                ))
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn page_data(&mut self, mapping_start: u64, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        let s = self.staged(mapping_start)?;
+        let off = (addr - s.info.start) as usize;
+        if off + bytes.len() > (s.info.end - s.info.start) as usize {
+            return Err(io_err(format!(
+                "pages past the end of mapping {mapping_start:#x}"
+            )));
+        }
+        // SAFETY: [at + off, at + off + len) lies inside the staged mapping,
+        // mapped read-write by `stage` and owned by this process alone.
+        unsafe {
+            core::ptr::copy_nonoverlapping(bytes.as_ptr(), (s.at + off) as *mut u8, bytes.len())
+        };
+        Ok(())
+    }
+
+    fn zero_pages(&mut self, mapping_start: u64, addr: u64, count: u64) -> io::Result<()> {
+        let s = self.staged(mapping_start)?;
+        if !s.private_file {
+            return Ok(());
+        }
+        let off = (addr - s.info.start) as usize;
+        let len = count as usize * PAGE;
+        if off + len > (s.info.end - s.info.start) as usize {
+            return Err(io_err(format!(
+                "pages past the end of mapping {mapping_start:#x}"
+            )));
+        }
+        // SAFETY: as in page_data.
+        unsafe { core::ptr::write_bytes((s.at + off) as *mut u8, 0, len) };
+        Ok(())
+    }
+
+    fn fd_data(&mut self, fd: u32, _pos: u64, bytes: &[u8]) -> io::Result<()> {
+        self.fd_data.entry(fd).or_default().extend_from_slice(bytes);
+        Ok(())
+    }
+}
+
+/// The restorer's area: the interpreter, its data, the plan and a stack.
+struct Area {
+    base: usize,
+    data: Vec<u8>,
+}
+
+impl Area {
+    /// Put `bytes` in the area (8-byte aligned); returns their address.
+    fn put(&mut self, bytes: &[u8]) -> u64 {
+        while self.data.len() % 16 != 0 {
+            self.data.push(0);
+        }
+        let at = self.base + self.data.len();
+        self.data.extend_from_slice(bytes);
+        at as u64
+    }
+
+    fn put_str(&mut self, s: &str) -> [u64; 2] {
+        let line = format!("ferry: restore: {s}\n");
+        [self.put(line.as_bytes()), line.len() as u64]
+    }
+}
+
+fn as_bytes<T: Copy>(v: &T) -> &[u8] {
+    // SAFETY: T is a plain-data repr(C) struct of integers (callers pass
+    // only such), so viewing its bytes is sound.
+    unsafe { core::slice::from_raw_parts(v as *const T as *const u8, core::mem::size_of::<T>()) }
+}
+
+/// Everything the second stage needs.
+struct Ready {
+    area: usize,
+    plan: usize,
+    stack_top: usize,
+    /// Kept open until the jump (the plan refers to their numbers).
+    _fds: Vec<OwnedFd>,
+}
+
+impl Ready {
+    fn go(self) -> u8 {
+        // SAFETY: `prepare` copied the interpreter to `area`, wrote a plan
+        // ending in a JUMP at `plan` and left a stack below `stack_top`,
+        // all in the area, which no op of the plan unmaps.
+        unsafe { blob::run(self.area, self.plan, self.stack_top) }
+    }
+}
+
+/// The first stage.
+fn prepare(dir: &Path) -> Result<Ready, String> {
+    let image = Image::open(dir).map_err(|e| e.to_string())?;
+    let entries = &image.manifest().entries;
+    let vpid = match entries.as_slice() {
+        [one] => one.vpid,
+        [] => return Err(format!("{}: the image holds no process", dir.display())),
+        more => {
+            return Err(format!(
+                "{}: the image holds {} processes; restoring more than one process is not supported yet",
+                dir.display(),
+                more.len()
+            ))
+        }
+    };
+    let mut g = Gather {
+        next: WINDOW_START,
+        ..Gather::default()
+    };
+    let file = image.process_path(vpid);
+    image.read_chain(vpid, &mut g).map_err(|e| e.to_string())?;
+    let name = file.display().to_string();
+    let missing = |what: &str| format!("{name}: the image has no {what} section");
+    let process = g.process.take().ok_or_else(|| missing("process"))?;
+    let space = g
+        .address_space
+        .take()
+        .ok_or_else(|| missing("address-space"))?;
+    let sigactions = g.sigactions.ok_or_else(|| missing("signal-actions"))?;
+    if g.threads.is_empty() {
+        return Err(missing("thread"));
+    }
+    check_cpu_and_vdso(&name, &space, &g.mappings)?;
+    for s in &g.mappings {
+        let (a, b) = (s.info.start as usize, s.info.end as usize);
+        if a < WINDOW_END + (16 << 30) && b > WINDOW_START {
+            return Err(format!(
+                "{name}: mapping {a:#x}-{b:#x} ({}) lies in the range {WINDOW_START:#x}-{:#x} the restorer needs for itself",
+                show(&s.path),
+                WINDOW_END + (16 << 30)
+            ));
+        }
+    }
+    // The process-wide state ordinary calls can set now.
+    std::env::set_current_dir(OsStr::from_bytes(&process.cwd))
+        .map_err(|e| format!("{name}: the working directory {}: {e}", show(&process.cwd)))?;
+    // SAFETY: plain system calls on integers.
+    unsafe {
+        libc::umask(process.info.umask as libc::mode_t);
+        libc::personality(process.info.personality as libc::c_ulong);
+    }
+    // Every descriptor the first stage opens for the program sits above
+    // all of the program's numbers until the plan moves it.
+    let floor = (g.fds.iter().map(|f| f.info.fd).max().unwrap_or(0) as i32 + 1).max(64);
+    let fds = open_fds(&mut g, &name, floor)?;
+    let mut plan = Plan::new(&g, &process, &space, &sigactions, vpid, image.seq(), &name)?;
+    // /proc/PID/exe names the program's executable again (where it still
+    // exists; the kernel allows it once ferry's own is unmapped).
+    let exe = open_path(&process.exe, libc::O_RDONLY)
+        .ok()
+        .and_then(|fd| lift(fd, floor).ok());
+    if let Some(fd) = &exe {
+        plan.op(
+            IGNORE,
+            libc::SYS_prctl,
+            [
+                PR_SET_MM,
+                PR_SET_MM_EXE_FILE,
+                fd.as_raw_fd() as u64,
+                0,
+                0,
+                0,
+            ],
+            "",
+        );
+    }
+    plan.fds(&fds, floor as u32);
+    let mut keep: Vec<OwnedFd> = fds.into_iter().map(|(_, fd, _)| fd).collect();
+    keep.extend(exe);
+    plan.finish(&g).map(|(area, plan_at, stack_top)| Ready {
+        area,
+        plan: plan_at,
+        stack_top,
+        _fds: keep,
+    })
+}
+
+/// Refuse an image whose register state or vDSO this machine cannot give
+/// back.
+fn check_cpu_and_vdso(
+    name: &str,
+    space: &ferry_image::read::AddressSpaceSection,
+    mappings: &[Staged],
+) -> Result<(), String> {
+    let xcr0 = xgetbv0();
+    if space.info.xcr0 & !xcr0 != 0 {
+        return Err(format!(
+            "{name}: the image's CPU saved register state this CPU does not have (XCR0 {:#x}, here {xcr0:#x}): restore on a host with the same kind of CPU",
+            space.info.xcr0
+        ));
+    }
+    let here = current_vdso().map_err(|e| format!("reading this process's vDSO: {e}"))?;
+    let first = |k: u32| mappings.iter().find(|m| m.info.special == k);
+    let Some(vdso) = first(SPECIAL_VDSO) else {
+        return Ok(());
+    };
+    let vvar = first(SPECIAL_VVAR).unwrap_or(vdso);
+    let theirs = (
+        vdso.info.start - vvar.info.start,
+        space.info.vdso_len,
+        space.info.vdso_crc,
+    );
+    let ours = (here.vdso_start - here.group_start, here.vdso_len, here.crc);
+    if theirs != ours {
+        return Err(format!(
+            "{name}: the vDSO of this kernel differs from the image's (offset {:#x}, {} bytes, checksum {:#010x} here; {:#x}, {} bytes, {:#010x} in the image): restore on a host that runs the same kernel",
+            ours.0, ours.1, ours.2, theirs.0, theirs.1, theirs.2
+        ));
+    }
+    Ok(())
+}
+
+struct Vdso {
+    group_start: u64,
+    vdso_start: u64,
+    vdso_len: u64,
+    crc: u32,
+}
+
+fn current_vdso() -> io::Result<Vdso> {
+    let text = std::fs::read("/proc/self/maps")?;
+    let mut out = vec![maps::Mapping::default(); 4096];
+    let n =
+        maps::parse(&text, &mut out).map_err(|_| io_err("cannot parse /proc/self/maps".into()))?;
+    let mut group = u64::MAX;
+    for m in &out[..n] {
+        match m.kind {
+            MapKind::Vvar | MapKind::VvarVclock => group = group.min(m.start as u64),
+            MapKind::Vdso => {
+                // SAFETY: the vDSO is mapped readable for the life of the
+                // process.
+                let bytes =
+                    unsafe { core::slice::from_raw_parts(m.start as *const u8, m.end - m.start) };
+                return Ok(Vdso {
+                    group_start: group.min(m.start as u64),
+                    vdso_start: m.start as u64,
+                    vdso_len: (m.end - m.start) as u64,
+                    crc: crc32c::crc32c(bytes),
+                });
+            }
+            _ => {}
+        }
+    }
+    Err(io_err("this process has no vDSO".into()))
+}
+
+fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: xgetbv with ecx = 0 reads XCR0; every x86_64 CPU Linux runs
+    // on with XSAVE has it (the kernel sets OSXSAVE).
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    (hi as u64) << 32 | lo as u64
+}
+
+/// Move `fd` above every descriptor the program uses.
+fn lift(fd: OwnedFd, floor: i32) -> io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on a descriptor we own.
+    let high = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, floor) };
+    if high < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(high) })
+}
+
+fn set_status_flags(fd: RawFd, flags: u32) {
+    // SAFETY: F_SETFL on a descriptor we own; the kernel keeps only the
+    // flags it can change.
+    unsafe { libc::fcntl(fd, libc::F_SETFL, flags as libc::c_int) };
+}
+
+fn write_all_fd(fd: RawFd, mut bytes: &[u8]) -> io::Result<()> {
+    while !bytes.is_empty() {
+        // SAFETY: writing our own buffer to our own descriptor.
+        let n = unsafe { libc::write(fd, bytes.as_ptr() as *const _, bytes.len()) };
+        if n < 0 {
+            let e = errno();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+fn open_path(path: &[u8], flags: i32) -> io::Result<OwnedFd> {
+    let c = cstring(path)?;
+    // SAFETY: open on a NUL-terminated path.
+    let fd = unsafe { libc::open(c.as_ptr(), flags | libc::O_CLOEXEC, 0o600) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Open every descriptor of the image (but 0 to 2) at a number above all
+/// of them. Returns (target number, descriptor, FD_CLOEXEC).
+fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd, bool)>, String> {
+    let mut out = Vec::new();
+    let mut pipes: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
+    let fds = std::mem::take(&mut g.fds);
+    for f in &fds {
+        let n = f.info.fd;
+        if n <= 2 {
+            continue;
+        }
+        let data = g.fd_data.remove(&n).unwrap_or_default();
+        let what = |e: &dyn std::fmt::Display| format!("{name}: descriptor {n}: {e}");
+        let status = f.info.status_flags;
+        let access = (status as i32)
+            & (libc::O_ACCMODE
+                | libc::O_APPEND
+                | libc::O_NONBLOCK
+                | libc::O_DIRECT
+                | libc::O_NOATIME
+                | libc::O_SYNC
+                | libc::O_DSYNC
+                | libc::O_PATH
+                | libc::O_DIRECTORY);
+        let fd: OwnedFd = match &f.kind {
+            FdKind::Regular(r, path) => {
+                if r.flags & REGULAR_UNLINKED != 0 {
+                    restore_unlinked(g, path, &data, access, r.offset).map_err(|e| what(&e))?
+                } else {
+                    let fd = open_path(path, access & !libc::O_APPEND | (access & libc::O_APPEND))
+                        .map_err(|e| what(&format!("{}: {e}", show(path))))?;
+                    seek(&fd, r.offset).map_err(|e| what(&format!("{}: {e}", show(path))))?;
+                    fd
+                }
+            }
+            FdKind::Pipe(p, path) if p.fifo != 0 => {
+                // A reader and writer held open while the data goes back,
+                // so that neither open blocks.
+                let keep = open_path(path, libc::O_RDWR | libc::O_NONBLOCK)
+                    .map_err(|e| what(&format!("FIFO {}: {e}", show(path))))?;
+                let mode = if p.end == 0 {
+                    libc::O_RDONLY
+                } else {
+                    libc::O_WRONLY
+                };
+                let fd = open_path(path, mode | libc::O_NONBLOCK)
+                    .map_err(|e| what(&format!("FIFO {}: {e}", show(path))))?;
+                if p.end == 0 && !data.is_empty() {
+                    write_all_fd(keep.as_raw_fd(), &data)
+                        .map_err(|e| what(&format!("refilling FIFO {}: {e}", show(path))))?;
+                }
+                set_status_flags(fd.as_raw_fd(), status);
+                g.keep.push(keep);
+                fd
+            }
+            FdKind::Pipe(p, _) => {
+                if let std::collections::hash_map::Entry::Vacant(v) = pipes.entry(p.pipe_id) {
+                    v.insert(new_pipe(p.capacity).map_err(|e| what(&format!("pipe2: {e}")))?);
+                }
+                let (r, w) = &pipes[&p.pipe_id];
+                if p.end == 0 && !data.is_empty() {
+                    set_status_flags(w.as_raw_fd(), libc::O_NONBLOCK as u32);
+                    write_all_fd(w.as_raw_fd(), &data).map_err(|e| {
+                        what(&format!(
+                            "refilling the pipe with {} bytes: {e}",
+                            data.len()
+                        ))
+                    })?;
+                    set_status_flags(w.as_raw_fd(), 0);
+                }
+                let end = if p.end == 0 { r } else { w };
+                let dup = end.try_clone().map_err(|e| what(&e))?;
+                set_status_flags(dup.as_raw_fd(), status);
+                dup
+            }
+            FdKind::Other(desc) => {
+                return Err(what(&format!(
+                    "{} is a kind of descriptor this restorer cannot rebuild yet",
+                    show(desc)
+                )))
+            }
+            other => {
+                return Err(what(&format!(
+                    "{} descriptors cannot be restored yet",
+                    kind_name(other)
+                )))
+            }
+        };
+        let fd = lift(fd, floor).map_err(|e| what(&e))?;
+        out.push((n, fd, f.info.fd_flags & libc::FD_CLOEXEC as u32 != 0));
+    }
+    Ok(out)
+}
+
+/// A new pipe of `capacity` bytes (0: the default).
+fn new_pipe(capacity: u32) -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut ends = [0i32; 2];
+    // SAFETY: pipe2 into a local array.
+    if unsafe { libc::pipe2(ends.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(errno());
+    }
+    // SAFETY: pipe2 returned two new descriptors we own.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(ends[0]), OwnedFd::from_raw_fd(ends[1])) };
+    if capacity != 0 {
+        // SAFETY: F_SETPIPE_SZ on our own pipe; a failure leaves the
+        // default size, and a refill too large for it fails visibly.
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, capacity as i32) };
+    }
+    Ok((r, w))
+}
+
+fn kind_name(k: &FdKind) -> &'static str {
+    match k {
+        FdKind::Regular(..) => "regular-file",
+        FdKind::Pipe(..) => "pipe",
+        FdKind::UnixPair(..) => "unix socketpair",
+        FdKind::TcpListen(..) => "listening TCP socket",
+        FdKind::Udp(..) => "UDP socket",
+        FdKind::Epoll(..) => "epoll",
+        FdKind::Eventfd(..) => "eventfd",
+        FdKind::Timerfd(..) => "timerfd",
+        FdKind::Signalfd(..) => "signalfd",
+        FdKind::Other(..) => "other",
+    }
+}
+
+fn seek(fd: &OwnedFd, offset: u64) -> io::Result<()> {
+    // SAFETY: lseek on a descriptor we own.
+    if unsafe { libc::lseek(fd.as_raw_fd(), offset as libc::off_t, libc::SEEK_SET) } < 0 {
+        return Err(errno());
+    }
+    Ok(())
+}
+
+/// An open file whose name is gone: the same memfd as a mapping of it, or
+/// a new unnamed file with its content.
+fn restore_unlinked(
+    g: &mut Gather,
+    path: &[u8],
+    data: &[u8],
+    access: i32,
+    offset: u64,
+) -> io::Result<OwnedFd> {
+    let fd = if let Some(((_, _, _), memfd)) = g.shared.iter().find(|((_, _, p), _)| p == path) {
+        memfd.try_clone()?
+    } else if is_memfd(path) {
+        let name = cstring(undeleted(path).strip_prefix(b"/memfd:").unwrap_or(b"ferry"))?;
+        // SAFETY: memfd_create on a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(errno());
+        }
+        // SAFETY: a new descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        write_all_fd(fd.as_raw_fd(), data)?;
+        fd
+    } else {
+        let p = Path::new(OsStr::from_bytes(undeleted(path)));
+        let dir = p
+            .parent()
+            .filter(|d| d.is_dir())
+            .unwrap_or(Path::new("/tmp"));
+        let fd = open_path(dir.as_os_str().as_bytes(), libc::O_TMPFILE | libc::O_RDWR)
+            .map_err(|e| io_err(format!("O_TMPFILE in {}: {e}", dir.display())))?;
+        write_all_fd(fd.as_raw_fd(), data)?;
+        // Reopened for the access mode the program had.
+        let again = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        open_path(again.as_bytes(), access)?
+    };
+    seek(&fd, offset)?;
+    set_status_flags(fd.as_raw_fd(), access as u32);
+    Ok(fd)
+}
+
+/// The plan under construction.
+struct Plan {
+    area: Area,
+    ops: Vec<Op>,
+    /// Where the area starts, its length once finished.
+    len: usize,
+    restored_at: u64,
+}
+
+impl Plan {
+    fn op(&mut self, kind: u64, nr: i64, args: [u64; 6], what: &str) {
+        let msg = self.area.put_str(what);
+        self.ops.push(Op {
+            kind,
+            nr: nr as u64,
+            args,
+            extra: [0; 2],
+            msg,
+        });
+    }
+
+    fn new(
+        g: &Gather,
+        process: &ferry_image::read::Process,
+        space: &ferry_image::read::AddressSpaceSection,
+        sigactions: &SigActions,
+        vpid: u32,
+        seq: u64,
+        name: &str,
+    ) -> Result<Plan, String> {
+        // The area follows the staged mappings; its size is known once the
+        // plan is written, so it is placed at the window's end (16 GiB are
+        // left free there for it).
+        let base = WINDOW_END;
+        let mut p = Plan {
+            area: Area {
+                base,
+                data: Vec::new(),
+            },
+            ops: Vec::new(),
+            len: 0,
+            restored_at: 0,
+        };
+        p.area.data.extend_from_slice(blob::code());
+        let restored = Restored {
+            magic: RESTORED_MAGIC,
+            seq,
+            area_start: base as u64,
+            area_len: 0,
+            threads: g.threads.len() as u64,
+        };
+        p.restored_at = p.area.put(as_bytes(&restored));
+        let all = p.area.put(&u64::MAX.to_le_bytes());
+        p.op(
+            FATAL,
+            libc::SYS_rt_sigprocmask,
+            [libc::SIG_SETMASK as u64, all, 0, 8, 0, 0],
+            "blocking signals failed",
+        );
+        if let Some((addr, len, sig)) = own_rseq() {
+            p.op(
+                FATAL,
+                libc::SYS_rseq,
+                [addr, len as u64, RSEQ_FLAG_UNREGISTER, sig as u64, 0, 0],
+                "unregistering ferry's rseq area failed",
+            );
+        }
+        let lo = WINDOW_START as u64;
+        let hi = (WINDOW_END + (16 << 30)) as u64;
+        p.op(
+            FATAL,
+            libc::SYS_munmap,
+            [PAGE as u64, lo - PAGE as u64, 0, 0, 0, 0],
+            "unmapping ferry's memory failed",
+        );
+        p.op(
+            FATAL,
+            libc::SYS_munmap,
+            [hi, TASK_TOP as u64 - hi, 0, 0, 0, 0],
+            "unmapping ferry's memory failed",
+        );
+        // The window's unused parts hold nothing: the staged mappings are
+        // all that is there, and each moves away below.
+        let group = g
+            .mappings
+            .iter()
+            .filter(|m| m.info.special != SPECIAL_NONE)
+            .map(|m| m.info.start)
+            .min();
+        if let Some(at) = group {
+            p.op(
+                FATAL,
+                libc::SYS_arch_prctl,
+                [ARCH_MAP_VDSO_64, at, 0, 0, 0, 0],
+                &format!("mapping the vDSO at {at:#x} failed"),
+            );
+        }
+        for m in g.mappings.iter().filter(|m| m.at != 0) {
+            let len = m.info.end - m.info.start;
+            p.op(
+                FATAL,
+                libc::SYS_mprotect,
+                [m.at as u64, len, m.info.prot as u64, 0, 0, 0],
+                &format!(
+                    "setting the protection of mapping {:#x}-{:#x} failed",
+                    m.info.start, m.info.end
+                ),
+            );
+            p.op(
+                FATAL,
+                libc::SYS_mremap,
+                [
+                    m.at as u64,
+                    len,
+                    len,
+                    (libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED) as u64,
+                    m.info.start,
+                    0,
+                ],
+                &format!(
+                    "moving mapping {:#x}-{:#x} ({}) to its address failed",
+                    m.info.start,
+                    m.info.end,
+                    show(&m.path)
+                ),
+            );
+        }
+        let a = &space.info;
+        let auxv = if space.auxv.is_empty() || space.auxv.len() > 512 {
+            (0, 0)
+        } else {
+            (p.area.put(&space.auxv), space.auxv.len() as u32)
+        };
+        let mm = MmMap {
+            start_code: a.start_code,
+            end_code: a.end_code,
+            start_data: a.start_data,
+            end_data: a.end_data,
+            start_brk: a.start_brk,
+            brk: a.brk,
+            start_stack: a.start_stack,
+            arg_start: a.arg_start,
+            arg_end: a.arg_end,
+            env_start: a.env_start,
+            env_end: a.env_end,
+            auxv: auxv.0,
+            auxv_size: auxv.1,
+            exe_fd: u32::MAX,
+        };
+        let mm_at = p.area.put(as_bytes(&mm));
+        p.op(
+            FATAL,
+            libc::SYS_prctl,
+            [PR_SET_MM, PR_SET_MM_MAP, mm_at, core::mem::size_of::<MmMap>() as u64, 0, 0],
+            "PR_SET_MM_MAP (the heap, stack and argument addresses) failed: the kernel needs CONFIG_CHECKPOINT_RESTORE",
+        );
+        let comm = p.area.put(&process.info.comm);
+        p.op(IGNORE, libc::SYS_prctl, [PR_SET_NAME, comm, 0, 0, 0, 0], "");
+        for (i, act) in sigactions.actions.iter().enumerate() {
+            let sig = i as u64 + 1;
+            if sig == libc::SIGKILL as u64 || sig == libc::SIGSTOP as u64 {
+                continue;
+            }
+            let at = p.area.put(as_bytes(act));
+            p.op(IGNORE, libc::SYS_rt_sigaction, [sig, at, 0, 8, 0, 0], "");
+        }
+        let _ = (vpid, name);
+        Ok(p)
+    }
+
+    /// Descriptors to their numbers, ferry's own closed, then the limits,
+    /// timers and threads.
+    fn fds(&mut self, fds: &[(u32, OwnedFd, bool)], floor: u32) {
+        let targets: Vec<u32> = fds.iter().map(|f| f.0).collect();
+        for (n, fd, cloexec) in fds {
+            let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
+            self.op(
+                FATAL,
+                libc::SYS_dup3,
+                [fd.as_raw_fd() as u64, *n as u64, flags, 0, 0, 0],
+                &format!("moving descriptor {n} to its number failed"),
+            );
+        }
+        // Every descriptor of ferry's that is not one of the program's: all
+        // open now but 0 to 2 and the targets (the staged ones are above
+        // them all and go with close_range below).
+        if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
+            for e in dir.flatten() {
+                let Some(n) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if n > 2 && n < floor && !targets.contains(&n) {
+                    self.op(IGNORE, libc::SYS_close, [n as u64, 0, 0, 0, 0, 0], "");
+                }
+            }
+        }
+        self.op(
+            IGNORE,
+            libc::SYS_close_range,
+            [floor as u64, u32::MAX as u64, 0, 0, 0, 0],
+            "",
+        );
+    }
+
+    fn finish(mut self, g: &Gather) -> Result<(usize, usize, usize), String> {
+        if let Some(r) = &g.rlimits {
+            for (i, l) in r.limits.iter().enumerate() {
+                let at = self.area.put(as_bytes(l));
+                self.op(IGNORE, libc::SYS_prlimit64, [0, i as u64, at, 0, 0, 0], "");
+            }
+        }
+        if let Some(t) = &g.itimers {
+            for (which, it) in t.timers.iter().enumerate() {
+                if it.value_sec == 0 && it.value_usec == 0 {
+                    continue;
+                }
+                let at = self.area.put(as_bytes(it));
+                self.op(
+                    IGNORE,
+                    libc::SYS_setitimer,
+                    [which as u64, at, 0, 0, 0, 0],
+                    "",
+                );
+            }
+        }
+        let vpid = g.process.as_ref().map(|p| p.info.vpid).unwrap_or(0);
+        let main = g
+            .threads
+            .iter()
+            .find(|t| t.info.vtid == vpid)
+            .or(g.threads.first())
+            .ok_or("the image has no thread")?;
+        for t in &g.threads {
+            if t.info.flags & THREAD_PARKED == 0 {
+                return Err(format!(
+                    "thread {} of the image was not stopped by the shim: the image cannot be resumed",
+                    t.info.vtid
+                ));
+            }
+        }
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS) as u64;
+        for t in g.threads.iter().filter(|t| t.info.vtid != main.info.vtid) {
+            let msg = self
+                .area
+                .put_str(&format!("starting thread {} failed", t.info.vtid));
+            self.ops.push(Op {
+                kind: THREAD,
+                nr: libc::SYS_clone as u64,
+                args: [flags, t.info.resume_rsp, 0, 0, t.info.regs.fs_base, 0],
+                extra: [self.restored_at, t.info.resume_rip],
+                msg,
+            });
+        }
+        self.op(
+            FATAL,
+            libc::SYS_arch_prctl,
+            [ARCH_SET_FS, main.info.regs.fs_base, 0, 0, 0, 0],
+            "setting the main thread's TLS failed",
+        );
+        let msg = self.area.put_str("");
+        self.ops.push(Op {
+            kind: JUMP,
+            nr: 0,
+            args: [main.info.resume_rsp, main.info.resume_rip, 0, 0, 0, 0],
+            extra: [self.restored_at, 0],
+            msg,
+        });
+        // Lay out: code and data, the plan, the stack.
+        let ops: Vec<u8> = self.ops.iter().flat_map(|o| as_bytes(o).to_vec()).collect();
+        let plan_at = self.area.put(&ops) as usize;
+        let stack_at = (self.area.base + self.area.data.len() + 15) & !15;
+        let stack_top = stack_at + STACK_LEN;
+        let len = (stack_top - self.area.base + PAGE - 1) & !(PAGE - 1);
+        self.len = len;
+        // The area's length goes into the Restored the shim reads.
+        let restored_off = self.restored_at as usize - self.area.base;
+        let area_len_off = restored_off + core::mem::offset_of!(Restored, area_len);
+        self.area.data[area_len_off..area_len_off + 8].copy_from_slice(&(len as u64).to_le_bytes());
+        let base = mmap(
+            self.area.base,
+            len,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+        .map_err(|e| format!("mapping the restorer's area at {:#x}: {e}", self.area.base))?;
+        // SAFETY: the area was just mapped, `len` bytes, and data fits in
+        // it (len covers data, plan and stack).
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                self.area.data.as_ptr(),
+                base as *mut u8,
+                self.area.data.len(),
+            )
+        };
+        Ok((base, plan_at, stack_top))
+    }
+}
+
+/// This thread's rseq registration: glibc's, at the thread pointer plus
+/// `__rseq_offset`.
+fn own_rseq() -> Option<(u64, u32, u32)> {
+    extern "C" {
+        static __rseq_offset: isize;
+        static __rseq_size: u32;
+    }
+    // SAFETY: glibc (2.35 and later) exports both as constants set at start.
+    let (off, size) = unsafe { (__rseq_offset, __rseq_size) };
+    if size == 0 {
+        return None;
+    }
+    let tp: u64;
+    // SAFETY: reads the thread pointer (fs:0 holds it on x86_64).
+    unsafe { core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly)) };
+    Some(((tp as i64 + off as i64) as u64, 32, 0x5305_3053))
+}
