@@ -13,10 +13,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
+
+pub mod ckpt;
 
 /// The longest any single `ferry` or program run may take before the test
 /// fails. A hung replay must fail the test, never hang CI.
@@ -126,6 +128,12 @@ impl Workdir {
     /// Compile `tests/programs/NAME.c` with `gcc -O1 -g -pthread` into this
     /// directory and return the executable's path.
     pub fn compile(&self, name: &str) -> PathBuf {
+        self.compile_with(name, &[])
+    }
+
+    /// [`compile`](Self::compile), with `extra` gcc arguments after the
+    /// source file (more warnings, libraries such as `-lm`).
+    pub fn compile_with(&self, name: &str, extra: &[&str]) -> PathBuf {
         let src = programs_dir().join(format!("{name}.c"));
         assert!(src.is_file(), "no test program {}", src.display());
         let exe = self.file(name);
@@ -133,6 +141,7 @@ impl Workdir {
             .args(["-O1", "-g", "-pthread", "-Wall", "-o"])
             .arg(&exe)
             .arg(&src)
+            .args(extra)
             .stdin(Stdio::null())
             .output()
             .unwrap_or_else(|e| panic!("cannot run gcc to build {}: {e}", src.display()));
@@ -286,6 +295,7 @@ impl Stream {
 pub struct Running {
     what: String,
     child: Option<Child>,
+    stdin: Option<ChildStdin>,
     pgid: i32,
     stdout: Arc<Stream>,
     stderr: Arc<Stream>,
@@ -294,9 +304,19 @@ pub struct Running {
 
 impl Running {
     /// Start `cmd` (stdin from /dev/null) as the leader of a new process group.
-    pub fn spawn(what: impl Into<String>, mut cmd: Command) -> Running {
-        let what = what.into();
-        cmd.stdin(Stdio::null())
+    pub fn spawn(what: impl Into<String>, cmd: Command) -> Running {
+        Running::start(what.into(), cmd, Stdio::null())
+    }
+
+    /// Start `cmd` as [`spawn`](Self::spawn) does, with its stdin a pipe that
+    /// [`send`](Self::send) writes to. The pipe is closed when the command is
+    /// finished or killed.
+    pub fn spawn_with_stdin(what: impl Into<String>, cmd: Command) -> Running {
+        Running::start(what.into(), cmd, Stdio::piped())
+    }
+
+    fn start(what: String, mut cmd: Command, stdin: Stdio) -> Running {
+        cmd.stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .process_group(0);
@@ -314,12 +334,46 @@ impl Running {
         let pgid = i32::try_from(child.id()).expect("pid fits i32");
         Running {
             what,
+            stdin: child.stdin.take(),
             child: Some(child),
             pgid,
             stdout,
             stderr,
             started: Instant::now(),
         }
+    }
+
+    /// The process id of the command (also its process group id).
+    pub fn pid(&self) -> i32 {
+        self.pgid
+    }
+
+    /// Write `bytes` to the command's stdin (see
+    /// [`spawn_with_stdin`](Self::spawn_with_stdin)). Panics, with everything
+    /// it printed so far, when the write fails (the command closed its stdin
+    /// or exited).
+    pub fn send(&mut self, bytes: &[u8]) {
+        let stdin = self
+            .stdin
+            .as_mut()
+            .unwrap_or_else(|| panic!("{}: stdin is not a pipe, or already closed", self.what));
+        if let Err(e) = stdin.write_all(bytes).and_then(|()| stdin.flush()) {
+            panic!(
+                "{}: cannot write {:?} to its stdin: {e}\n--- stdout:\n{}\n--- stderr:\n{}",
+                self.what,
+                String::from_utf8_lossy(bytes),
+                clip(&self.stdout.snapshot()),
+                clip(&self.stderr.snapshot())
+            );
+        }
+    }
+
+    /// Kill the whole process group with SIGKILL, reap the leader and return
+    /// what it printed.
+    pub fn kill(mut self) -> Outcome {
+        drop(self.stdin.take());
+        kill_group(self.pgid);
+        self.reap()
     }
 
     /// Wait until stdout holds a complete line starting with `prefix` and
@@ -364,6 +418,7 @@ impl Running {
     /// process group is killed and the test fails with what it printed.
     /// Once the command has exited, any process it left in its group is killed.
     pub fn finish(mut self, timeout: Duration) -> Outcome {
+        drop(self.stdin.take());
         let deadline = self.started + timeout;
         let mut timed_out = false;
         loop {
@@ -379,6 +434,33 @@ impl Running {
         // The leader is exited but not reaped (or still running), so its pid
         // and the group id are still ours: killing the group is safe.
         kill_group(self.pgid);
+        let (outcome, out_closed, err_closed) = self.reap_and_drain();
+        if timed_out {
+            panic!(
+                "{} did not finish within {timeout:?}: killed its process group.\n{}",
+                self.what,
+                outcome.describe()
+            );
+        }
+        assert!(
+            out_closed && err_closed,
+            "{} exited, but a process outside its process group kept its output open for {:?} \
+             more.\n{}",
+            self.what,
+            DRAIN_GRACE,
+            outcome.describe()
+        );
+        outcome
+    }
+
+    /// Reap the leader (its group already killed) and collect its output.
+    fn reap(&mut self) -> Outcome {
+        self.reap_and_drain().0
+    }
+
+    /// Reap the leader, then wait a little for the output pipes to close;
+    /// also says whether each closed.
+    fn reap_and_drain(&mut self) -> (Outcome, bool, bool) {
         let status = self
             .child
             .take()
@@ -396,22 +478,7 @@ impl Running {
             stderr,
             elapsed,
         };
-        if timed_out {
-            panic!(
-                "{} did not finish within {timeout:?}: killed its process group.\n{}",
-                self.what,
-                outcome.describe()
-            );
-        }
-        assert!(
-            out_closed && err_closed,
-            "{} exited, but a process outside its process group kept its output open for {:?} \
-             more.\n{}",
-            self.what,
-            DRAIN_GRACE,
-            outcome.describe()
-        );
-        outcome
+        (outcome, out_closed, err_closed)
     }
 
     /// Whether the leader has exited, leaving it unreaped.

@@ -1,0 +1,426 @@
+//! Checkpoint and restore of whole programs, in the manner of CRIU's zdtm
+//! static tests: each program under `tests/programs/ckpt_*.c` holds one kind
+//! of state, and checks it after a restore.
+//!
+//! The protocol (every program follows it; `tests/programs/ckpt.h` is its C
+//! side, `ferry_tests::ckpt` its Rust side):
+//!
+//! 1. The test starts `ferry exec -- PROGRAM ARGS…` with stdin, stdout and
+//!    stderr piped, in a directory of its own. The program sets up its
+//!    state, prints exactly `ready` and a newline on stdout, flushes, and
+//!    blocks reading one line from stdin with read(2) on descriptor 0 (no
+//!    stdio buffering on stdin).
+//! 2. Once it has seen `ready`, the test runs
+//!    `ferry checkpoint PID --image DIR` (PID is the program's: `ferry exec`
+//!    keeps its process id) and asserts it exits 0; then it kills the
+//!    original with SIGKILL and reaps it.
+//! 3. The test starts `ferry restore --image DIR` with new pipes and writes
+//!    `go` and a newline to its stdin. The restored program's read continues
+//!    on restore's stdin and gets `go`. The program checks every piece of its
+//!    state: as it was before the checkpoint, and things driven by time still
+//!    going (a periodic timer keeps firing). It prints `ok KIND` and exits 0,
+//!    or prints `FAIL <what, expected, got>` and exits 1. The test asserts
+//!    exit 0 and a stdout of exactly `ok KIND` and a newline.
+//! 4. Every program also runs natively (`native_*` tests: no Ferry; `go` is
+//!    written right after `ready`) and must print `ok KIND` there: its checks
+//!    pass when nothing was restored.
+//!
+//! Every run is bounded by [`TIMEOUT`](ferry_tests::TIMEOUT) and its process
+//! group is killed when the test ends, passing or failing.
+
+use std::fs;
+use std::process::Command;
+
+use ferry_tests::ckpt::{process_files, NetNamespace, Subject, Trial};
+use ferry_tests::{assert_exit, assert_one_line_error, run, Ferry, Running, Workdir, TIMEOUT};
+
+/// The arguments and the environment `ckpt_env` expects (it checks them
+/// against the same values).
+fn env_subject(work: &Workdir) -> Subject {
+    Subject::c_program(work, "env")
+        .args(&["first", "two words", ""])
+        .env("CKPT_ENV_VALUE", "a value = with spaces, and \"quotes\"")
+}
+
+fn env_trial() -> Trial {
+    let work = Workdir::new("ckpt-env");
+    let subject = env_subject(&work);
+    Trial { work, subject }
+}
+
+/// Python with live state: a dict of 100 000 entries, a seeded
+/// `random.Random` advanced 1000 draws, a file open at an offset, its pid.
+const PYTHON_STATE: &str = r#"
+import os, random, sys
+data = bytes(range(256)) * 40
+with open("py.data", "wb") as w:
+    w.write(data)
+table = {i: str(i * i) for i in range(100000)}
+rng = random.Random(12345)
+for _ in range(1000):
+    rng.random()
+f = open("py.data", "rb", buffering=0)
+f.seek(777)
+assert f.read(3) == data[777:780]
+pid = os.getpid()
+print("ready", flush=True)
+line = sys.stdin.readline()
+def fail(what):
+    print("FAIL " + what, flush=True)
+    sys.exit(1)
+if line != "go\n":
+    fail("stdin: expected 'go', got %r" % line)
+if len(table) != 100000 or any(table[i] != str(i * i) for i in range(100000)):
+    fail("the dict of 100000 entries changed")
+fresh = random.Random(12345)
+for _ in range(1000):
+    fresh.random()
+want = [fresh.random() for _ in range(5)]
+got = [rng.random() for _ in range(5)]
+if got != want:
+    fail("random.Random: expected %r, got %r" % (want, got))
+if f.tell() != 780 or os.lseek(f.fileno(), 0, os.SEEK_CUR) != 780:
+    fail("file offset: expected 780, got %d" % f.tell())
+if f.read(4) != data[780:784]:
+    fail("file: the bytes at 780 differ")
+if os.getpid() != pid:
+    fail("os.getpid(): expected %d, got %d" % (pid, os.getpid()))
+print("ok python", flush=True)
+"#;
+
+fn python_trial() -> Trial {
+    Trial::new("python", Subject::python("python", PYTHON_STATE))
+}
+
+// --- Natively: each program's checks pass when nothing is restored. ---
+
+#[test]
+fn native_env() {
+    env_trial().native();
+}
+
+#[test]
+fn native_maps() {
+    Trial::c_program("maps").native();
+}
+
+#[test]
+fn native_files() {
+    Trial::c_program("files").native();
+}
+
+#[test]
+fn native_pipes() {
+    Trial::c_program("pipes").native();
+}
+
+#[test]
+fn native_socketpair() {
+    Trial::c_program("socketpair").native();
+}
+
+#[test]
+fn native_udp() {
+    Trial::c_program("udp").native();
+}
+
+#[test]
+fn native_listen() {
+    Trial::c_program("listen").native();
+}
+
+#[test]
+fn native_itimer() {
+    Trial::c_program("itimer").native();
+}
+
+#[test]
+fn native_posix_timer() {
+    Trial::c_program("posix_timer").native();
+}
+
+#[test]
+fn native_timerfd() {
+    Trial::c_program("timerfd").native();
+}
+
+#[test]
+fn native_signalfd() {
+    Trial::c_program("signalfd").native();
+}
+
+#[test]
+fn native_eventfd_epoll() {
+    Trial::c_program("eventfd_epoll").native();
+}
+
+#[test]
+fn native_mutex_threads() {
+    Trial::c_program("mutex_threads").native();
+}
+
+#[test]
+fn native_fpu() {
+    Trial::c_program("fpu").native();
+}
+
+#[test]
+fn native_vdso() {
+    Trial::c_program("vdso").native();
+}
+
+#[test]
+fn native_rlimit_umask_cwd() {
+    Trial::c_program("rlimit_umask_cwd").native();
+}
+
+#[test]
+fn native_sigaltstack() {
+    Trial::c_program("sigaltstack").native();
+}
+
+#[test]
+fn native_sigactions() {
+    Trial::c_program("sigactions").native();
+}
+
+#[test]
+fn native_python() {
+    python_trial().native();
+}
+
+// --- Checkpoint, kill, restore: the state is all there. ---
+
+#[test]
+fn argv_environment_and_pid_survive_a_restore() {
+    env_trial().checkpoint_kill_restore();
+}
+
+#[test]
+fn every_kind_of_mapping_and_its_contents_survive_a_restore() {
+    Trial::c_program("maps").checkpoint_kill_restore();
+}
+
+#[test]
+fn file_offsets_flags_and_unlinked_files_survive_a_restore() {
+    Trial::c_program("files").checkpoint_kill_restore();
+}
+
+#[test]
+fn a_pipes_unread_bytes_survive_a_restore() {
+    Trial::c_program("pipes").checkpoint_kill_restore();
+}
+
+#[test]
+fn bytes_queued_in_unix_socketpairs_survive_a_restore() {
+    Trial::c_program("socketpair").checkpoint_kill_restore();
+}
+
+#[test]
+fn a_bound_udp_socket_keeps_its_port_and_receives_after_a_restore() {
+    Trial::c_program("udp").checkpoint_kill_restore();
+}
+
+#[test]
+fn a_listening_tcp_socket_keeps_its_port_and_accepts_after_a_restore() {
+    Trial::c_program("listen").checkpoint_kill_restore();
+}
+
+#[test]
+fn an_interval_timer_keeps_firing_after_a_restore() {
+    Trial::c_program("itimer").checkpoint_kill_restore();
+}
+
+#[test]
+fn posix_timers_keep_their_ids_and_keep_firing_after_a_restore() {
+    Trial::c_program("posix_timer").checkpoint_kill_restore();
+}
+
+#[test]
+fn a_timerfd_keeps_expiring_after_a_restore() {
+    Trial::c_program("timerfd").checkpoint_kill_restore();
+}
+
+#[test]
+fn a_signalfd_and_a_pending_signal_survive_a_restore() {
+    Trial::c_program("signalfd").checkpoint_kill_restore();
+}
+
+#[test]
+fn an_eventfd_in_an_epoll_set_survives_a_restore() {
+    Trial::c_program("eventfd_epoll").checkpoint_kill_restore();
+}
+
+#[test]
+fn threads_blocked_on_a_mutex_and_a_condvar_resume_after_a_restore() {
+    Trial::c_program("mutex_threads").checkpoint_kill_restore();
+}
+
+#[test]
+fn vector_and_fpu_registers_of_a_spinning_thread_survive_a_restore() {
+    Trial::c_program("fpu").checkpoint_kill_restore();
+}
+
+#[test]
+fn the_vdso_still_works_at_its_address_after_a_restore() {
+    Trial::c_program("vdso").checkpoint_kill_restore();
+}
+
+#[test]
+fn limits_umask_and_working_directory_survive_a_restore() {
+    Trial::c_program("rlimit_umask_cwd").checkpoint_kill_restore();
+}
+
+#[test]
+fn a_signal_still_runs_on_the_alternate_stack_after_a_restore() {
+    Trial::c_program("sigaltstack").checkpoint_kill_restore();
+}
+
+#[test]
+fn signal_handlers_and_the_signal_mask_survive_a_restore() {
+    Trial::c_program("sigactions").checkpoint_kill_restore();
+}
+
+/// `python3` here is pyenv's shell script, which execs the interpreter: the
+/// process `ferry checkpoint` is given is the interpreter by then.
+#[test]
+fn a_python_interpreter_with_live_state_survives_a_restore() {
+    python_trial().checkpoint_kill_restore();
+}
+
+// --- A checkpoint does not disturb the original. ---
+
+#[test]
+fn a_checkpoint_leaves_a_pipes_unread_bytes_to_the_original() {
+    Trial::c_program("pipes").checkpoint_continue_restore();
+}
+
+#[test]
+fn a_checkpoint_leaves_socketpair_queues_to_the_original() {
+    Trial::c_program("socketpair").checkpoint_continue_restore();
+}
+
+#[test]
+fn a_checkpoint_leaves_an_eventfds_count_to_the_original() {
+    Trial::c_program("eventfd_epoll").checkpoint_continue_restore();
+}
+
+#[test]
+fn a_checkpoint_leaves_the_originals_timer_firing() {
+    Trial::c_program("itimer").checkpoint_continue_restore();
+}
+
+// --- Restore somewhere else. ---
+
+/// Restored inside a network namespace of its own (as on another host), a
+/// listening socket gets its port on that namespace's loopback and accepts
+/// there.
+#[test]
+fn a_listening_socket_restores_into_another_network_namespace() {
+    let ns = NetNamespace::create();
+    let trial = Trial::c_program("listen");
+    let ferry = trial.ferry();
+    let original = trial.exec(&ferry);
+    trial.checkpoint(&ferry, &original);
+    original.kill();
+    trial.restore_and_check(
+        &format!("ip netns exec {} ferry restore (listen)", ns.name()),
+        ns.wrap(&trial.restore_command(&ferry)),
+    );
+}
+
+// --- Bad input: exit 2 and one line saying what and where. ---
+
+#[test]
+fn restoring_a_truncated_image_file_names_the_file_and_the_offset() {
+    let trial = Trial::c_program("pipes");
+    let ferry = trial.ferry();
+    let original = trial.exec(&ferry);
+    trial.checkpoint(&ferry, &original);
+    original.kill();
+    let files = process_files(&trial.image());
+    let victim = files.first().unwrap_or_else(|| {
+        panic!(
+            "the image {} holds no process file (N.fimg)",
+            trial.image().display()
+        )
+    });
+    let len = fs::metadata(victim).expect("stat the process file").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(victim)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate the process file");
+    let name = victim
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    let out = run(
+        "ferry restore (truncated image)",
+        trial.restore_command(&ferry),
+    );
+    assert_one_line_error(&out, 2, &[&name, "offset"]);
+}
+
+#[test]
+fn restoring_a_directory_without_a_manifest_is_refused_in_one_line() {
+    let work = Workdir::new("ckpt-no-manifest");
+    let ferry = Ferry::new(&work);
+    let dir = work.file("image");
+    fs::create_dir(&dir).expect("create an empty image directory");
+    fs::write(
+        dir.join("1.fimg.tmp"),
+        b"FERRYIMG left by a checkpoint that did not finish",
+    )
+    .expect("write a leftover file");
+    let mut cmd = ferry.raw(&["restore", "--image"]);
+    cmd.arg(&dir);
+    let out = run("ferry restore (no manifest)", cmd);
+    assert_one_line_error(&out, 2, &["manifest.fimg"]);
+}
+
+#[test]
+fn restoring_from_a_directory_that_does_not_exist_is_refused_in_one_line() {
+    let work = Workdir::new("ckpt-no-dir");
+    let ferry = Ferry::new(&work);
+    let dir = work.file("no-such-image");
+    let mut cmd = ferry.raw(&["restore", "--image"]);
+    cmd.arg(&dir);
+    let out = run("ferry restore (no directory)", cmd);
+    assert_one_line_error(&out, 2, &["no-such-image"]);
+}
+
+#[test]
+fn checkpointing_a_process_not_under_the_shim_is_refused_in_one_line() {
+    let work = Workdir::new("ckpt-not-shim");
+    let ferry = Ferry::new(&work);
+    let mut sleep = Command::new("sleep");
+    sleep.arg("30");
+    let sleeper = Running::spawn("sleep 30", sleep);
+    let pid = sleeper.pid().to_string();
+    let mut cmd = ferry.raw(&["checkpoint", &pid, "--image"]);
+    cmd.arg(work.file("image"));
+    let out = run(format!("ferry checkpoint {pid} (plain sleep)"), cmd);
+    assert_one_line_error(&out, 2, &[&pid]);
+    assert!(
+        !work.file("image").join("manifest.fimg").exists(),
+        "a refused checkpoint wrote a manifest.\n{}",
+        out.describe()
+    );
+    sleeper.kill();
+}
+
+#[test]
+fn checkpointing_a_pid_that_does_not_exist_is_refused_in_one_line() {
+    let work = Workdir::new("ckpt-no-pid");
+    let ferry = Ferry::new(&work);
+    // A process that has exited and been reaped: its pid names nothing.
+    let probe = Running::spawn("true", Command::new("true"));
+    let pid = probe.pid().to_string();
+    assert_exit(&probe.finish(TIMEOUT), 0);
+    let mut cmd = ferry.raw(&["checkpoint", &pid, "--image"]);
+    cmd.arg(work.file("image"));
+    let out = run(format!("ferry checkpoint {pid} (no such process)"), cmd);
+    assert_one_line_error(&out, 2, &[&pid]);
+}
