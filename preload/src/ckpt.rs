@@ -56,6 +56,9 @@ static PARKED: AtomicU32 = AtomicU32::new(0);
 static RELEASE: AtomicU32 = AtomicU32::new(0);
 /// Threads back from a restore, in the handler (a futex word).
 static RESUMED: AtomicU32 = AtomicU32::new(0);
+/// Threads out of the wait for RESUMED (the coordinator resets both once
+/// all are).
+static LEFT: AtomicU32 = AtomicU32::new(0);
 /// The pid the program knows this process by when it is not the real one
 /// (after a restore); 0 otherwise.
 static SHOWN_PID: AtomicU32 = AtomicU32::new(0);
@@ -576,9 +579,22 @@ fn after_restore(slot: &'static Slot, info: usize) {
         }
         sys::futex_wait(&RESUMED, v, Some(100));
     }
+    // The coordinator resets RESUMED below, so it must wait for every
+    // thread to be out of the loop above first.
+    if LEFT.fetch_add(1, Ordering::AcqRel) + 1 >= info.threads as u32 {
+        sys::futex_wake(&LEFT, i32::MAX as u32);
+    }
     if !slot.coordinator.load(Ordering::Relaxed) {
         return;
     }
+    loop {
+        let v = LEFT.load(Ordering::Acquire);
+        if v as u64 >= info.threads {
+            break;
+        }
+        sys::futex_wait(&LEFT, v, Some(100));
+    }
+    LEFT.store(0, Ordering::Release);
     // Every thread runs in the program's memory now: the restorer's area
     // can go, and the process is no longer in a checkpoint.
     if info.magic == RESTORED_MAGIC && info.area_len != 0 {
@@ -877,7 +893,7 @@ fn process_section(w: &mut W<'_>, vpid: u32, buf: &mut [u8]) -> Result<(), Fail>
         exe_len: 0,
         argv_len: 0,
         env_len: 0,
-        reserved: 0,
+        nice: 20 - raw(SYS_getpriority, [PRIO_PROCESS as usize, 0, 0, 0, 0, 0]) as i32,
         comm,
     };
     w.process(
@@ -1406,24 +1422,46 @@ fn fd_sections(w: &mut W<'_>, image_fd: i32, buf: &mut [u8]) -> Result<(), Fail>
     })
     .map_err(|e| fail("listing /proc/self/fd", e))?;
     fds[..n].sort_unstable();
+    // (descriptor, device, inode) of those written, to find dups.
+    const SEEN: usize = 4096;
+    let (buf, seen_bytes) = buf.split_at_mut(buf.len() - SEEN * 24);
+    // SAFETY: scratch bytes, 8-byte aligned (the buffer's length and the
+    // split are multiples of 8), viewed as plain integers.
+    let seen: &mut [[u64; 3]] =
+        unsafe { core::slice::from_raw_parts_mut(seen_bytes.as_mut_ptr() as *mut [u64; 3], SEEN) };
+    let mut nseen = 0usize;
+    let pid = sys::getpid() as usize;
     for &fd in &fds[..n] {
         if fd == image_fd || fd == list_fd || fd == REGION_FD {
             continue;
         }
-        one_fd(w, fd, buf)?;
+        let mut st: stat = unsafe_zeroed_stat();
+        if raw(
+            SYS_fstat,
+            [fd as usize, &mut st as *mut stat as usize, 0, 0, 0, 0],
+        ) < 0
+        {
+            continue;
+        }
+        let shares = seen[..nseen]
+            .iter()
+            .find(|s| {
+                s[1] == st.st_dev
+                    && s[2] == st.st_ino
+                    && raw(SYS_kcmp, [pid, pid, 0, s[0] as usize, fd as usize, 0]) == 0
+            })
+            .map_or(0, |s| s[0] as u32 + 1);
+        one_fd(w, fd, &st, shares, buf)?;
+        if nseen < SEEN {
+            seen[nseen] = [fd as u64, st.st_dev, st.st_ino];
+            nseen += 1;
+        }
     }
     Ok(())
 }
 
-fn one_fd(w: &mut W<'_>, fd: i32, buf: &mut [u8]) -> Result<(), Fail> {
-    let mut st: stat = unsafe_zeroed_stat();
-    if raw(
-        SYS_fstat,
-        [fd as usize, &mut st as *mut stat as usize, 0, 0, 0, 0],
-    ) < 0
-    {
-        return Ok(());
-    }
+fn one_fd(w: &mut W<'_>, fd: i32, st: &stat, shares: u32, buf: &mut [u8]) -> Result<(), Fail> {
+    let st = *st;
     let fd_flags = raw(SYS_fcntl, [fd as usize, F_GETFD as usize, 0, 0, 0, 0]).max(0) as u32;
     let status = raw(SYS_fcntl, [fd as usize, F_GETFL as usize, 0, 0, 0, 0]).max(0) as u32;
     let (link_buf, data_buf) = buf.split_at_mut(4096);
@@ -1448,7 +1486,7 @@ fn one_fd(w: &mut W<'_>, fd: i32, buf: &mut [u8]) -> Result<(), Fail> {
         kind: 0,
         reserved0: 0,
         body_len: 0,
-        reserved1: 0,
+        shares,
         data_len: 0,
     };
     let fmt = st.st_mode & S_IFMT;
@@ -1466,7 +1504,7 @@ fn one_fd(w: &mut W<'_>, fd: i32, buf: &mut [u8]) -> Result<(), Fail> {
             flags: if unlinked { REGULAR_UNLINKED } else { 0 },
             path_len: 0,
         };
-        if !unlinked {
+        if !unlinked || shares != 0 {
             w.fd(&info, &FdBody::Regular(body, path), &[])?;
             return Ok(());
         }
@@ -1511,7 +1549,11 @@ fn one_fd(w: &mut W<'_>, fd: i32, buf: &mut [u8]) -> Result<(), Fail> {
             path_len: 0,
         };
         let path: &[u8] = if fifo { link } else { &[] };
-        let data_len = if read_end { peek_pipe(fd, data_buf) } else { 0 };
+        let data_len = if read_end && shares == 0 {
+            peek_pipe(fd, data_buf)
+        } else {
+            0
+        };
         w.fd(&info, &FdBody::Pipe(body, path), &data_buf[..data_len])?;
         return Ok(());
     }

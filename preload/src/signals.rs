@@ -266,9 +266,24 @@ extern "C" fn on_signal(sig: i32, info: *mut siginfo_t, uc: *mut c_void) {
         _ => {
             let a = &ACTIONS[sig as usize];
             let h = a.handler.load(Ordering::Relaxed);
+            let flags = a.flags.load(Ordering::Relaxed);
+            if h > 1 && flags & SA_RESETHAND as u64 != 0 {
+                // The kernel ran the shim's handler, which it does not
+                // reset: the program's disposition goes back to SIG_DFL
+                // here, as SA_RESETHAND asks.
+                a.handler.store(SIG_DFL, Ordering::Relaxed);
+                let dfl = KSigaction {
+                    handler: SIG_DFL,
+                    flags: flags & !(SA_RESETHAND as u64 | SA_SIGINFO as u64),
+                    restorer: 0,
+                    mask: a.mask.load(Ordering::Relaxed),
+                };
+                let k = kernel_action(sig as usize, &dfl);
+                raw(SYS_rt_sigaction, [sig as usize, &k as *const _ as usize, 0, 8, 0, 0]);
+            }
             if h > 1 {
                 // SAFETY: the program installed this handler for `sig`.
-                unsafe { call_handler(h, a.flags.load(Ordering::Relaxed), sig, info, uc) };
+                unsafe { call_handler(h, flags, sig, info, uc) };
             }
         }
     }

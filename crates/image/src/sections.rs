@@ -129,8 +129,8 @@ layout! {
         pub argv_len: u32,
         /// Bytes of the environment block (0 without [`PROC_HAS_ENV`]).
         pub env_len: u32,
-        /// Zero.
-        pub reserved: u32,
+        /// The nice value of the main thread (-20 to 19).
+        pub nice: i32,
         /// The thread name of the main thread (`comm`), NUL-padded.
         pub comm: [u8; 16],
     } = 64;
@@ -350,8 +350,10 @@ layout! {
         pub reserved0: u16,
         /// Bytes of the body.
         pub body_len: u32,
-        /// Zero.
-        pub reserved1: u32,
+        /// 0, or 1 + the number of a lower descriptor this one shares its
+        /// open file description with (a `dup`): a restorer duplicates that
+        /// one, and the data is left out (`data_len` 0).
+        pub shares: u32,
         /// Bytes of data after the body.
         pub data_len: u64,
     } = 32;

@@ -81,7 +81,7 @@ fn code() -> BTreeMap<&'static str, (usize, Fields)> {
             exe_len,
             argv_len,
             env_len,
-            reserved,
+            nice,
             comm
         }),
         fields!(Rlimit { cur, max }),
@@ -181,7 +181,7 @@ fn code() -> BTreeMap<&'static str, (usize, Fields)> {
             kind,
             reserved0,
             body_len,
-            reserved1,
+            shares,
             data_len
         }),
         fields!(RegularFile {

@@ -439,6 +439,8 @@ fn prepare(dir: &Path) -> Result<Ready, String> {
     unsafe {
         libc::umask(process.info.umask as libc::mode_t);
         libc::personality(process.info.personality as libc::c_ulong);
+        // Lowering it below 0 takes privilege; without, it stays.
+        libc::setpriority(libc::PRIO_PROCESS, 0, process.info.nice);
     }
     // Every descriptor the first stage opens for the program sits above
     // all of the program's numbers until the plan moves it.
@@ -602,12 +604,27 @@ fn open_path(path: &[u8], flags: i32) -> io::Result<OwnedFd> {
 /// Open every descriptor of the image (but 0 to 2) at a number above all
 /// of them. Returns (target number, descriptor, FD_CLOEXEC).
 fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd, bool)>, String> {
-    let mut out = Vec::new();
+    let mut out: Vec<(u32, OwnedFd, bool)> = Vec::new();
     let mut pipes: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
     let fds = std::mem::take(&mut g.fds);
     for f in &fds {
         let n = f.info.fd;
         if n <= 2 {
+            continue;
+        }
+        if f.info.shares != 0 {
+            // A dup of a lower descriptor: the same open file description.
+            let of = f.info.shares - 1;
+            let Some((_, base, _)) = out.iter().find(|(m, _, _)| *m == of) else {
+                return Err(format!(
+                    "{name}: descriptor {n}: shares its file with descriptor {of}, which the image does not hold first"
+                ));
+            };
+            let fd = base
+                .try_clone()
+                .map_err(|e| format!("{name}: descriptor {n}: {e}"))?;
+            let fd = lift(fd, floor).map_err(|e| format!("{name}: descriptor {n}: {e}"))?;
+            out.push((n, fd, f.info.fd_flags & libc::FD_CLOEXEC as u32 != 0));
             continue;
         }
         let data = g.fd_data.remove(&n).unwrap_or_default();
@@ -756,13 +773,27 @@ fn restore_unlinked(
         write_all_fd(fd.as_raw_fd(), data)?;
         fd
     } else {
-        let p = Path::new(OsStr::from_bytes(undeleted(path)));
-        let dir = p
-            .parent()
-            .filter(|d| d.is_dir())
-            .unwrap_or(Path::new("/tmp"));
-        let fd = open_path(dir.as_os_str().as_bytes(), libc::O_TMPFILE | libc::O_RDWR)
-            .map_err(|e| io_err(format!("O_TMPFILE in {}: {e}", dir.display())))?;
+        // Made under its old name and unlinked again, so that
+        // /proc/self/fd shows what it showed; where that name is taken
+        // now, an unnamed file in the same directory (or /tmp).
+        let p = undeleted(path);
+        let fd = match open_path(p, libc::O_CREAT | libc::O_EXCL | libc::O_RDWR) {
+            Ok(fd) => {
+                let c = cstring(p)?;
+                // SAFETY: unlink of the NUL-terminated path just created.
+                unsafe { libc::unlink(c.as_ptr()) };
+                fd
+            }
+            Err(_) => {
+                let p = Path::new(OsStr::from_bytes(p));
+                let dir = p
+                    .parent()
+                    .filter(|d| d.is_dir())
+                    .unwrap_or(Path::new("/tmp"));
+                open_path(dir.as_os_str().as_bytes(), libc::O_TMPFILE | libc::O_RDWR)
+                    .map_err(|e| io_err(format!("O_TMPFILE in {}: {e}", dir.display())))?
+            }
+        };
         write_all_fd(fd.as_raw_fd(), data)?;
         // Reopened for the access mode the program had.
         let again = format!("/proc/self/fd/{}", fd.as_raw_fd());

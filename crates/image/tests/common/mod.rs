@@ -194,7 +194,7 @@ pub fn model(rng: &mut Rng, scale: usize) -> Model {
             kind: 0,
             reserved0: 0,
             body_len: 0,
-            reserved1: 0,
+            shares: 0,
             data_len: 0,
         }
     };
