@@ -1127,6 +1127,12 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
     };
     // Half the I/O buffer's size, so the sink writes each chunk directly.
     let bounce = &mut scratch.bytes(OFF_MISC, MISC_BUF)[..IO_BUF / 2];
+    let mut gd_starts = [0usize; 64];
+    let gd = growsdown_starts(
+        scratch.bytes(OFF_MISC + IO_BUF / 2, MISC_BUF - IO_BUF / 2),
+        &mut gd_starts,
+    );
+    let gd_starts = &gd_starts[..gd];
     let skip = scratch.range();
     let mut count = 0u32;
     let mut memory = 0u64;
@@ -1154,7 +1160,10 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
             0
         };
         if m.kind == MapKind::Stack {
-            flags |= img::MAP_STACK | img::MAP_GROWSDOWN;
+            flags |= img::MAP_STACK;
+        }
+        if gd_starts.contains(&m.start) {
+            flags |= img::MAP_GROWSDOWN;
         }
         if m.kind == MapKind::Heap {
             flags |= img::MAP_HEAP;
@@ -1656,6 +1665,77 @@ fn parse_u32(name: &[u8]) -> Option<u32> {
             .then(|| a.checked_mul(10)?.checked_add((d - b'0') as u32))
             .flatten()
     })
+}
+
+/// The start addresses of the mappings the kernel grows down (VmFlags
+/// `gd` in /proc/self/smaps), at most `out.len()`; how many. `buf` holds
+/// the file's text a piece at a time.
+fn growsdown_starts(buf: &mut [u8], out: &mut [usize]) -> usize {
+    let fd = raw(
+        SYS_openat,
+        [
+            AT_FDCWD as usize,
+            c"/proc/self/smaps".as_ptr() as usize,
+            (O_RDONLY | O_CLOEXEC) as usize,
+            0,
+            0,
+            0,
+        ],
+    );
+    if fd < 0 {
+        return 0;
+    }
+    let (mut have, mut found, mut current) = (0usize, 0usize, 0usize);
+    loop {
+        let r = raw(
+            SYS_read,
+            [
+                fd as usize,
+                buf[have..].as_mut_ptr() as usize,
+                buf.len() - have,
+                0,
+                0,
+                0,
+            ],
+        );
+        if r == -(EINTR as isize) {
+            continue;
+        }
+        if r <= 0 {
+            break;
+        }
+        have += r as usize;
+        let mut line_start = 0usize;
+        while let Some(nl) = buf[line_start..have].iter().position(|&b| b == b'\n') {
+            let line = &buf[line_start..line_start + nl];
+            if line
+                .first()
+                .is_some_and(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            {
+                current = line
+                    .iter()
+                    .take_while(|b| b.is_ascii_hexdigit())
+                    .fold(0usize, |a, &d| {
+                        a.wrapping_mul(16) + (d as char).to_digit(16).unwrap_or(0) as usize
+                    });
+            } else if line.starts_with(b"VmFlags:")
+                && line.windows(3).any(|w| w == b" gd")
+                && found < out.len()
+            {
+                out[found] = current;
+                found += 1;
+            }
+            line_start += nl + 1;
+        }
+        buf.copy_within(line_start..have, 0);
+        have -= line_start;
+        if have == buf.len() {
+            // A line longer than the buffer: none of smaps' are.
+            break;
+        }
+    }
+    raw(SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
+    found
 }
 
 /// Read a whole small file into `buf`; the bytes read.

@@ -279,7 +279,10 @@ extern "C" fn on_signal(sig: i32, info: *mut siginfo_t, uc: *mut c_void) {
                     mask: a.mask.load(Ordering::Relaxed),
                 };
                 let k = kernel_action(sig as usize, &dfl);
-                raw(SYS_rt_sigaction, [sig as usize, &k as *const _ as usize, 0, 8, 0, 0]);
+                raw(
+                    SYS_rt_sigaction,
+                    [sig as usize, &k as *const _ as usize, 0, 8, 0, 0],
+                );
             }
             if h > 1 {
                 // SAFETY: the program installed this handler for `sig`.
