@@ -349,12 +349,12 @@ struct Outcome {
 
 /// Why a checkpoint failed: what was being done, and the errno.
 #[derive(Clone, Copy)]
-struct Fail {
+pub(crate) struct Fail {
     what: &'static str,
     errno: i32,
 }
 
-fn fail(what: &'static str, errno: i32) -> Fail {
+pub(crate) fn fail(what: &'static str, errno: i32) -> Fail {
     Fail { what, errno }
 }
 
@@ -693,7 +693,7 @@ const OFF_RUNS: usize = OFF_REGIONS + MAX_REGIONS * core::mem::size_of::<PageReg
 const _: () = assert!(OFF_RUNS + MAX_RUNS * 16 <= SCRATCH_LEN);
 
 /// A [`Sink`] over a raw descriptor, buffered.
-struct FdSink {
+pub(crate) struct FdSink {
     fd: i32,
     buf: &'static mut [u8],
     len: usize,
@@ -837,7 +837,7 @@ fn write_file(fd: i32, vpid: u32) -> Result<Outcome, Fail> {
     })
 }
 
-type W<'a> = ImageWriter<&'a mut FdSink>;
+pub(crate) type W<'a> = ImageWriter<&'a mut FdSink>;
 
 fn process_section(w: &mut W<'_>, vpid: u32, buf: &mut [u8]) -> Result<(), Fail> {
     let (cwd_buf, rest) = buf.split_at_mut(4096);
@@ -1566,6 +1566,9 @@ fn one_fd(w: &mut W<'_>, fd: i32, st: &stat, shares: u32, buf: &mut [u8]) -> Res
         w.fd(&info, &FdBody::Pipe(body, path), &data_buf[..data_len])?;
         return Ok(());
     }
+    if crate::ckpt_fd::write(w, info, fd, &st, link, data_buf)? {
+        return Ok(());
+    }
     info.kind = 0;
     w.fd(&info, &FdBody::Other(link), &[])?;
     Ok(())
@@ -1739,7 +1742,7 @@ fn growsdown_starts(buf: &mut [u8], out: &mut [usize]) -> usize {
 }
 
 /// Read a whole small file into `buf`; the bytes read.
-fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Result<usize, i32> {
+pub(crate) fn read_file(path: &core::ffi::CStr, buf: &mut [u8]) -> Result<usize, i32> {
     let fd = raw(
         SYS_openat,
         [

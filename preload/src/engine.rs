@@ -511,6 +511,13 @@ fn passthrough(nr: i64, a: [usize; 6], ctx: *mut ucontext_t) -> isize {
         SYS_rt_sigprocmask => signals::sigprocmask(a, ctx),
         SYS_close_range => fds::close_range_raw(a),
         SYS_wait4 | SYS_waitid => procs::wait_passthrough(nr, a),
+        SYS_socketpair => {
+            let r = raw(nr, a);
+            if r == 0 {
+                crate::ckpt_fd::note_socketpair(a[3]);
+            }
+            r
+        }
         _ => raw(nr, a),
     }
 }

@@ -14,6 +14,7 @@
 #![allow(non_upper_case_globals)]
 
 mod ckpt;
+mod ckpt_fd;
 mod engine;
 mod fds;
 mod hooks;

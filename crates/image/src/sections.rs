@@ -394,7 +394,12 @@ layout! {
         pub end: u32,
         /// `SOCK_STREAM`, `SOCK_DGRAM` or `SOCK_SEQPACKET`.
         pub sock_type: u32,
-    } = 16;
+        /// This end's shutdown state: 1 reading shut (its peer shut down
+        /// writing), 2 writing shut.
+        pub shutdown: u32,
+        /// Zero.
+        pub reserved: u32,
+    } = 24;
 
     /// [`FD_TCP_LISTEN`] and [`FD_UDP`] body. Followed by `opt_count`
     /// [`SockOpt`].

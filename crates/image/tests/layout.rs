@@ -199,7 +199,9 @@ fn code() -> BTreeMap<&'static str, (usize, Fields)> {
         fields!(UnixPairEnd {
             pair_id,
             end,
-            sock_type
+            sock_type,
+            shutdown,
+            reserved
         }),
         fields!(SocketInfo {
             family,

@@ -130,6 +130,8 @@ struct Gather {
     /// Descriptors opened for staging that must stay open until the
     /// mappings are made (closed when the first stage ends).
     keep: Vec<OwnedFd>,
+    /// Epoll sets (their numbers) and the entries to add to them.
+    epolls: Vec<(u32, Vec<EpollEntry>)>,
 }
 
 fn io_err(msg: String) -> io::Error {
@@ -467,7 +469,7 @@ fn prepare(dir: &Path) -> Result<Ready, String> {
             "",
         );
     }
-    plan.fds(&fds, floor as u32);
+    plan.fds(&fds, &g.epolls, floor as u32);
     let mut keep: Vec<OwnedFd> = fds.into_iter().map(|(_, fd, _)| fd).collect();
     keep.extend(exe);
     plan.finish(&g).map(|(area, plan_at, stack_top)| Ready {
@@ -606,6 +608,8 @@ fn open_path(path: &[u8], flags: i32) -> io::Result<OwnedFd> {
 fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd, bool)>, String> {
     let mut out: Vec<(u32, OwnedFd, bool)> = Vec::new();
     let mut pipes: HashMap<u64, (OwnedFd, OwnedFd)> = HashMap::new();
+    let mut pairs: HashMap<u64, [OwnedFd; 2]> = HashMap::new();
+    let mut epolls = Vec::new();
     let fds = std::mem::take(&mut g.fds);
     for f in &fds {
         let n = f.info.fd;
@@ -691,23 +695,258 @@ fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd,
                 set_status_flags(dup.as_raw_fd(), status);
                 dup
             }
+            FdKind::Eventfd(e) => {
+                let flags = libc::EFD_CLOEXEC
+                    | (e.flags as i32 & (libc::EFD_SEMAPHORE | libc::EFD_NONBLOCK));
+                // SAFETY: eventfd with a plain initial value and flags.
+                let fd = unsafe { libc::eventfd(0, flags) };
+                if fd < 0 {
+                    return Err(what(&format!("eventfd: {}", errno())));
+                }
+                // SAFETY: a new descriptor we own.
+                let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+                if e.count != 0 {
+                    write_all_fd(fd.as_raw_fd(), &e.count.to_ne_bytes())
+                        .map_err(|err| what(&format!("eventfd count {}: {err}", e.count)))?;
+                }
+                fd
+            }
+            FdKind::Timerfd(t) => new_timerfd(t).map_err(|e| what(&format!("timerfd: {e}")))?,
+            FdKind::Signalfd(sf) => {
+                let mask = sf.mask;
+                let flags = libc::SFD_CLOEXEC | (sf.flags as i32 & libc::SFD_NONBLOCK);
+                // SAFETY: signalfd4 with a new descriptor (-1) and an 8-byte
+                // mask of our own.
+                let fd = unsafe {
+                    libc::syscall(libc::SYS_signalfd4, -1, &mask as *const u64, 8, flags)
+                };
+                if fd < 0 {
+                    return Err(what(&format!("signalfd: {}", errno())));
+                }
+                // SAFETY: a new descriptor we own.
+                unsafe { OwnedFd::from_raw_fd(fd as i32) }
+            }
+            FdKind::Epoll(_, entries) => {
+                // SAFETY: a plain system call.
+                let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+                if fd < 0 {
+                    return Err(what(&format!("epoll_create1: {}", errno())));
+                }
+                for e in entries {
+                    if !fds.iter().any(|f| f.info.fd == e.fd) {
+                        return Err(what(&format!(
+                            "the epoll set watches descriptor {}, which the image does not hold",
+                            e.fd
+                        )));
+                    }
+                }
+                // The entries are added once every descriptor has its own
+                // number (an entry is keyed by the number it was added as).
+                epolls.push((n, entries.clone()));
+                // SAFETY: a new descriptor we own.
+                unsafe { OwnedFd::from_raw_fd(fd) }
+            }
+            FdKind::UnixPair(u) => {
+                let key = u.pair_id;
+                if let std::collections::hash_map::Entry::Vacant(v) = pairs.entry(key) {
+                    let mut sv = [0i32; 2];
+                    // SAFETY: socketpair into a local array.
+                    if unsafe {
+                        libc::socketpair(
+                            libc::AF_UNIX,
+                            u.sock_type as i32 | libc::SOCK_CLOEXEC,
+                            0,
+                            sv.as_mut_ptr(),
+                        )
+                    } != 0
+                    {
+                        return Err(what(&format!("socketpair: {}", errno())));
+                    }
+                    // SAFETY: two new descriptors we own.
+                    v.insert(unsafe { [OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])] });
+                }
+                let ends = &pairs[&key];
+                let mine = &ends[(u.end & 1) as usize];
+                let peer = &ends[(u.end & 1 ^ 1) as usize];
+                refill_socket(peer.as_raw_fd(), u.sock_type as i32, &data).map_err(|e| {
+                    what(&format!(
+                        "refilling a socketpair with {} bytes: {e}",
+                        data.len()
+                    ))
+                })?;
+                if u.shutdown & 1 != 0 {
+                    // SAFETY: shutdown of our own socket.
+                    unsafe { libc::shutdown(peer.as_raw_fd(), libc::SHUT_WR) };
+                }
+                let fd = mine.try_clone().map_err(|e| what(&e))?;
+                set_status_flags(fd.as_raw_fd(), status);
+                fd
+            }
+            FdKind::TcpListen(info, opts) | FdKind::Udp(info, opts) => {
+                let udp = matches!(f.kind, FdKind::Udp(..));
+                let fd = new_socket(info, opts, udp).map_err(|e| what(&e))?;
+                set_status_flags(fd.as_raw_fd(), status);
+                fd
+            }
             FdKind::Other(desc) => {
                 return Err(what(&format!(
                     "{} is a kind of descriptor this restorer cannot rebuild yet",
                     show(desc)
                 )))
             }
-            other => {
-                return Err(what(&format!(
-                    "{} descriptors cannot be restored yet",
-                    kind_name(other)
-                )))
-            }
         };
         let fd = lift(fd, floor).map_err(|e| what(&e))?;
         out.push((n, fd, f.info.fd_flags & libc::FD_CLOEXEC as u32 != 0));
     }
+    g.epolls = epolls;
     Ok(out)
+}
+
+/// A timerfd armed as the image's was: the time left to its next
+/// expiration, then its interval; one that had expired unread fires at
+/// once (the count of expirations comes back as 1).
+fn new_timerfd(t: &Timerfd) -> io::Result<OwnedFd> {
+    let flags = libc::TFD_CLOEXEC | (t.flags as i32 & libc::TFD_NONBLOCK);
+    // SAFETY: a plain system call.
+    let fd = unsafe { libc::timerfd_create(t.clock as i32, flags) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let ts = |v: &Timespec| libc::timespec {
+        tv_sec: v.sec as libc::time_t,
+        tv_nsec: v.nsec as libc::c_long,
+    };
+    let mut value = ts(&t.value);
+    if t.ticks > 0
+        || (value.tv_sec == 0
+            && value.tv_nsec == 0
+            && (t.interval.sec != 0 || t.interval.nsec != 0))
+    {
+        value = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 1,
+        };
+    }
+    if value.tv_sec != 0 || value.tv_nsec != 0 {
+        let spec = libc::itimerspec {
+            it_interval: ts(&t.interval),
+            it_value: value,
+        };
+        // SAFETY: timerfd_settime on our own descriptor and structs.
+        if unsafe { libc::timerfd_settime(fd.as_raw_fd(), 0, &spec, core::ptr::null_mut()) } != 0 {
+            return Err(errno());
+        }
+    }
+    Ok(fd)
+}
+
+/// Queue `data` (a stream's bytes, or datagrams each after a u32 length)
+/// on socket `fd` for its peer to read.
+fn refill_socket(fd: RawFd, ty: i32, data: &[u8]) -> io::Result<()> {
+    set_status_flags(fd, libc::O_NONBLOCK as u32);
+    let r = if ty == libc::SOCK_STREAM {
+        write_all_fd(fd, data)
+    } else {
+        let mut rest = data;
+        let mut r = Ok(());
+        while rest.len() >= 4 {
+            let len = u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(msg) = rest.get(4..4 + len) else {
+                r = Err(io_err("a datagram longer than the data".into()));
+                break;
+            };
+            // SAFETY: send of our own buffer on our own socket.
+            if unsafe { libc::send(fd, msg.as_ptr() as *const _, msg.len(), 0) } < 0 {
+                r = Err(errno());
+                break;
+            }
+            rest = &rest[4 + len..];
+        }
+        r
+    };
+    set_status_flags(fd, 0);
+    r
+}
+
+/// A UDP socket, or a listening TCP one, bound where the image's was,
+/// with its options.
+fn new_socket(info: &SocketInfo, opts: &[SockOpt], udp: bool) -> Result<OwnedFd, String> {
+    let ty = if udp {
+        libc::SOCK_DGRAM
+    } else {
+        libc::SOCK_STREAM
+    };
+    let family = info.family as i32;
+    // SAFETY: a plain system call.
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(format!("socket: {}", errno()));
+    }
+    // SAFETY: a new descriptor we own.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    for o in opts {
+        let mut v = i32::from_ne_bytes([o.value[0], o.value[1], o.value[2], o.value[3]]);
+        if o.level == libc::SOL_SOCKET && (o.name == libc::SO_RCVBUF || o.name == libc::SO_SNDBUF) {
+            // The kernel doubles what it is given, and reports the double.
+            v /= 2;
+        }
+        // SAFETY: setsockopt with a 4-byte value of our own.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                o.level,
+                o.name,
+                &v as *const i32 as *const _,
+                4,
+            )
+        };
+    }
+    let (addr, text) = sockaddr(info);
+    // SAFETY: bind with a sockaddr of the right length for its family.
+    if unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            addr.as_ptr() as *const libc::sockaddr,
+            addr.len() as u32,
+        )
+    } != 0
+    {
+        return Err(format!("bind to {text}: {}", errno()));
+    }
+    // SAFETY: listen on our own socket.
+    if !udp && unsafe { libc::listen(fd.as_raw_fd(), info.backlog.max(1) as i32) } != 0 {
+        return Err(format!("listen on {text}: {}", errno()));
+    }
+    Ok(fd)
+}
+
+/// The socket address of `info`, as bytes, and as text for messages.
+fn sockaddr(info: &SocketInfo) -> (Vec<u8>, String) {
+    if info.family as i32 == libc::AF_INET {
+        let mut sa: libc::sockaddr_in = unsafe_zeroed();
+        sa.sin_family = libc::AF_INET as u16;
+        sa.sin_port = info.port.to_be();
+        sa.sin_addr.s_addr =
+            u32::from_ne_bytes([info.addr[0], info.addr[1], info.addr[2], info.addr[3]]);
+        let ip = std::net::Ipv4Addr::new(info.addr[0], info.addr[1], info.addr[2], info.addr[3]);
+        (as_bytes(&sa).to_vec(), format!("{ip}:{}", info.port))
+    } else {
+        let mut sa: libc::sockaddr_in6 = unsafe_zeroed();
+        sa.sin6_family = libc::AF_INET6 as u16;
+        sa.sin6_port = info.port.to_be();
+        sa.sin6_addr.s6_addr = info.addr;
+        sa.sin6_scope_id = info.scope_id;
+        let ip = std::net::Ipv6Addr::from(info.addr);
+        (as_bytes(&sa).to_vec(), format!("[{ip}]:{}", info.port))
+    }
+}
+
+fn unsafe_zeroed<T: Copy>() -> T {
+    // SAFETY: only called for libc's sockaddr structs, plain integers for
+    // which all-zero bytes are valid.
+    unsafe { core::mem::zeroed() }
 }
 
 /// A new pipe of `capacity` bytes (0: the default).
@@ -725,21 +964,6 @@ fn new_pipe(capacity: u32) -> io::Result<(OwnedFd, OwnedFd)> {
         unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, capacity as i32) };
     }
     Ok((r, w))
-}
-
-fn kind_name(k: &FdKind) -> &'static str {
-    match k {
-        FdKind::Regular(..) => "regular-file",
-        FdKind::Pipe(..) => "pipe",
-        FdKind::UnixPair(..) => "unix socketpair",
-        FdKind::TcpListen(..) => "listening TCP socket",
-        FdKind::Udp(..) => "UDP socket",
-        FdKind::Epoll(..) => "epoll",
-        FdKind::Eventfd(..) => "eventfd",
-        FdKind::Timerfd(..) => "timerfd",
-        FdKind::Signalfd(..) => "signalfd",
-        FdKind::Other(..) => "other",
-    }
 }
 
 fn seek(fd: &OwnedFd, offset: u64) -> io::Result<()> {
@@ -976,7 +1200,7 @@ impl Plan {
 
     /// Descriptors to their numbers, ferry's own closed, then the limits,
     /// timers and threads.
-    fn fds(&mut self, fds: &[(u32, OwnedFd, bool)], floor: u32) {
+    fn fds(&mut self, fds: &[(u32, OwnedFd, bool)], epolls: &[(u32, Vec<EpollEntry>)], floor: u32) {
         let targets: Vec<u32> = fds.iter().map(|f| f.0).collect();
         for (n, fd, cloexec) in fds {
             let flags = if *cloexec { libc::O_CLOEXEC as u64 } else { 0 };
@@ -986,6 +1210,27 @@ impl Plan {
                 [fd.as_raw_fd() as u64, *n as u64, flags, 0, 0, 0],
                 &format!("moving descriptor {n} to its number failed"),
             );
+        }
+        for (epfd, entries) in epolls {
+            for e in entries {
+                let mut ev = [0u8; 12];
+                ev[..4].copy_from_slice(&e.events.to_ne_bytes());
+                ev[4..].copy_from_slice(&e.data.to_ne_bytes());
+                let at = self.area.put(&ev);
+                self.op(
+                    FATAL,
+                    libc::SYS_epoll_ctl,
+                    [
+                        *epfd as u64,
+                        libc::EPOLL_CTL_ADD as u64,
+                        e.fd as u64,
+                        at,
+                        0,
+                        0,
+                    ],
+                    &format!("adding descriptor {} to epoll set {epfd} failed", e.fd),
+                );
+            }
         }
         // Every descriptor of ferry's that is not one of the program's: all
         // open now but 0 to 2 and the targets (the staged ones are above
