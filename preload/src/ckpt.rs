@@ -214,6 +214,16 @@ pub fn real_id(id: i32) -> i32 {
     id
 }
 
+/// The tid the program knows the stopped thread whose real tid is `real`
+/// by (`real` itself if it is none of them).
+fn shown_of_real(real: u32) -> u32 {
+    let n = NSLOTS.load(Ordering::Acquire).min(MAX_THREADS);
+    SLOTS[..n]
+        .iter()
+        .find(|s| s.real_tid.load(Ordering::Relaxed) == real)
+        .map_or(real, |s| s.shown_tid.load(Ordering::Relaxed))
+}
+
 /// The tid the program knows the calling thread by.
 pub fn shown_tid() -> u32 {
     match state::me().shown_tid.get() {
@@ -237,16 +247,144 @@ extern "C" fn on_signal(_sig: i32, _info: *mut siginfo_t, uc: *mut c_void) {
     let selector = t.selector.get();
     let me = sys::gettid();
     if PHASE.load(Ordering::Acquire) == STOPPING && COORD.load(Ordering::Acquire) != me {
+        let mut held = Held::take(false);
         participate(uc, selector);
+        held.give_back();
     } else if asked()
         && COORD
             .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     {
         PHASE.store(STOPPING, Ordering::Release);
+        HELD_OVERFLOW.store(false, Ordering::Relaxed);
+        let mut held = Held::take(true);
         coordinate(uc, selector);
+        held.give_back();
     }
     t.in_shim.set(guard);
+}
+
+/// Signals a thread holds pending at most while it is parked (per queue).
+const HELD: usize = 16;
+/// Set when a thread had more pending signals than it can hold: the
+/// checkpoint fails rather than lose them.
+static HELD_OVERFLOW: AtomicBool = AtomicBool::new(false);
+
+/// The signals pending on a thread (and, for the coordinator, on the
+/// process) while it is parked: taken off the kernel's queues into this
+/// stack frame, which the image holds like all memory, and queued again
+/// on the way out, in the original process and in a restored one alike.
+struct Held {
+    private: [[u8; 128]; HELD],
+    nprivate: usize,
+    shared: [[u8; 128]; HELD],
+    nshared: usize,
+}
+
+impl Held {
+    fn take(coordinator: bool) -> Held {
+        let mut h = Held {
+            private: [[0; 128]; HELD],
+            nprivate: 0,
+            shared: [[0; 128]; HELD],
+            nshared: 0,
+        };
+        let mut any = 0u64;
+        raw(
+            SYS_rt_sigpending,
+            [&mut any as *mut u64 as usize, 8, 0, 0, 0, 0],
+        );
+        let never = reserved_bits() | bit(SIGKILL) | bit(SIGSTOP);
+        if any & !never == 0 {
+            return h;
+        }
+        // The thread's own queue first (sigtimedwait takes from it before
+        // the process's), then, by the coordinator, the process's.
+        for (shared, key) in [(false, b"SigPnd:"), (true, b"ShdPnd:")] {
+            if shared && !coordinator {
+                break;
+            }
+            loop {
+                let set = pending_set(key) & !never;
+                if set == 0 {
+                    break;
+                }
+                let (store, n) = if shared {
+                    (&mut h.shared, &mut h.nshared)
+                } else {
+                    (&mut h.private, &mut h.nprivate)
+                };
+                if *n == HELD {
+                    HELD_OVERFLOW.store(true, Ordering::Relaxed);
+                    break;
+                }
+                let one = set & set.wrapping_neg();
+                let zero = timespec {
+                    tv_sec: 0,
+                    tv_nsec: 0,
+                };
+                let r = raw(
+                    SYS_rt_sigtimedwait,
+                    [
+                        &one as *const u64 as usize,
+                        store[*n].as_mut_ptr() as usize,
+                        &zero as *const timespec as usize,
+                        8,
+                        0,
+                        0,
+                    ],
+                );
+                if r <= 0 {
+                    break;
+                }
+                *n += 1;
+            }
+        }
+        h
+    }
+
+    fn give_back(&mut self) {
+        let (pid, tid) = (sys::getpid() as usize, sys::gettid() as usize);
+        for info in &self.private[..self.nprivate] {
+            let sig = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as usize;
+            raw(
+                SYS_rt_tgsigqueueinfo,
+                [pid, tid, sig, info.as_ptr() as usize, 0, 0],
+            );
+        }
+        for info in &self.shared[..self.nshared] {
+            let sig = i32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as usize;
+            raw(
+                SYS_rt_sigqueueinfo,
+                [pid, sig, info.as_ptr() as usize, 0, 0, 0],
+            );
+        }
+        self.nprivate = 0;
+        self.nshared = 0;
+    }
+}
+
+fn reserved_bits() -> u64 {
+    bit(SIGSYS) | bit(CKPT_SIGNAL)
+}
+
+/// The set after `key` ("SigPnd:", "ShdPnd:") in /proc/thread-self/status.
+fn pending_set(key: &[u8]) -> u64 {
+    let mut buf = [0u8; 2048];
+    let Ok(n) = read_file(c"/proc/thread-self/status", &mut buf) else {
+        return 0;
+    };
+    let text = &buf[..n];
+    let Some(at) = text.windows(key.len()).position(|w| w == key) else {
+        return 0;
+    };
+    text[at + key.len()..]
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take_while(|b| b.is_ascii_hexdigit())
+        .fold(0u64, |a, &d| {
+            a << 4 | (d as char).to_digit(16).unwrap_or(0) as u64
+        })
 }
 
 /// Take a slot and note the calling thread's state in it.
@@ -813,6 +951,9 @@ fn write_file(fd: i32, vpid: u32) -> Result<Outcome, Fail> {
         len: 0,
         total: 0,
     };
+    if HELD_OVERFLOW.load(Ordering::Relaxed) {
+        return Err(fail("more than 16 signals pending on one queue", 0));
+    }
     if NSLOTS.load(Ordering::Acquire) > MAX_THREADS {
         return Err(fail("too many threads to stop (at most 512)", 0));
     }
@@ -825,6 +966,7 @@ fn write_file(fd: i32, vpid: u32) -> Result<Outcome, Fail> {
     let (mappings, memory) = memory_sections(&mut w, &scratch)?;
     fd_sections(&mut w, fd, misc)?;
     itimers_section(&mut w)?;
+    crate::ckpt_fd::posix_timers(&mut w, misc, shown_of_real)?;
     address_space_section(&mut w, &scratch)?;
     w.finish()?;
     sink.flush()

@@ -471,3 +471,84 @@ fn peek_queue(fd: i32, ty: i32, buf: &mut [u8]) -> Result<usize, Fail> {
     set(old);
     result.map(|_| n)
 }
+
+/// A POSIX timer section for each timer of the process, from
+/// /proc/self/timers (id, signal, value, notification, clock) and
+/// `timer_gettime` (interval, time left). `shown` maps a real tid to the
+/// one the program knows.
+pub fn posix_timers(w: &mut W<'_>, buf: &mut [u8], shown: impl Fn(u32) -> u32) -> Result<(), Fail> {
+    let n = match read_file(c"/proc/self/timers", buf) {
+        Ok(n) => n,
+        // No timers file: a kernel without CONFIG_CHECKPOINT_RESTORE; a
+        // process that has timers there cannot be checkpointed whole.
+        Err(e) => return Err(fail("reading /proc/self/timers", e)),
+    };
+    let text = &buf[..n];
+    // Blocks of lines, each starting with "ID: " at the start of a line
+    // ("ClockID: " holds the same bytes).
+    let starts = |at: usize| at == 0 || text[at - 1] == b'\n';
+    let mut at = 0usize;
+    while at < text.len() {
+        let Some(p) = text[at..]
+            .windows(4)
+            .enumerate()
+            .position(|(i, x)| x == b"ID: " && starts(at + i))
+        else {
+            break;
+        };
+        let begin = at + p;
+        let next = text[begin + 4..]
+            .windows(4)
+            .enumerate()
+            .position(|(i, x)| x == b"ID: " && starts(begin + 4 + i))
+            .map_or(text.len(), |q| begin + 4 + q);
+        let block = &text[begin..next];
+        at = next;
+        let Some(id) = field_num(block, b"ID:", 10) else {
+            continue;
+        };
+        let (signo, value) = field(block, b"signal:")
+            .and_then(|v| {
+                let (sig, r) = number(v, 10)?;
+                let (val, _) = number(r.strip_prefix(b"/")?, 16)?;
+                Some((sig, val))
+            })
+            .unwrap_or((0, 0));
+        let notify_text = field(block, b"notify:").unwrap_or(b"");
+        let base = if notify_text.starts_with(b"none") {
+            SIGEV_NONE
+        } else if notify_text.starts_with(b"thread") {
+            SIGEV_THREAD
+        } else {
+            SIGEV_SIGNAL
+        };
+        let slash = notify_text.iter().position(|&b| b == b'/').unwrap_or(0);
+        let to_thread = notify_text[slash..].starts_with(b"/tid.");
+        let target = number(&notify_text[(slash + 5).min(notify_text.len())..], 10)
+            .map_or(0, |(v, _)| v as u32);
+        let mut spec = [0i64; 4];
+        raw(
+            SYS_timer_gettime,
+            [id as usize, spec.as_mut_ptr() as usize, 0, 0, 0, 0],
+        );
+        let t = ferry_image::sections::PosixTimer {
+            id: id as i32,
+            clock: field_num(block, b"ClockID:", 10).unwrap_or(0) as i32,
+            notify: base | if to_thread { SIGEV_THREAD_ID } else { 0 },
+            signo: signo as i32,
+            value,
+            notify_vtid: if to_thread { shown(target) } else { 0 },
+            reserved: 0,
+            interval: Timespec {
+                sec: spec[0],
+                nsec: spec[1],
+            },
+            remaining: Timespec {
+                sec: spec[2],
+                nsec: spec[3],
+            },
+        };
+        w.posix_timer(&t)?;
+    }
+    Ok(())
+}

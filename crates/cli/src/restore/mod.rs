@@ -132,6 +132,8 @@ struct Gather {
     keep: Vec<OwnedFd>,
     /// Epoll sets (their numbers) and the entries to add to them.
     epolls: Vec<(u32, Vec<EpollEntry>)>,
+    /// POSIX timers, created by the first stage, armed by the plan.
+    timers: Vec<PosixTimer>,
 }
 
 fn io_err(msg: String) -> io::Error {
@@ -295,11 +297,7 @@ impl Visitor for Gather {
                     "the image holds pending signals, which this restorer cannot queue yet".into(),
                 ))
             }
-            Section::PosixTimer(_) => {
-                return Err(io_err(
-                    "the image holds POSIX timers, which this restorer cannot rebuild yet".into(),
-                ))
-            }
+            Section::PosixTimer(t) => self.timers.push(*t),
             _ => {}
         }
         Ok(())
@@ -444,6 +442,7 @@ fn prepare(dir: &Path) -> Result<Ready, String> {
         // Lowering it below 0 takes privilege; without, it stays.
         libc::setpriority(libc::PRIO_PROCESS, 0, process.info.nice);
     }
+    create_timers(&g.timers, process.info.vpid).map_err(|e| format!("{name}: {e}"))?;
     // Every descriptor the first stage opens for the program sits above
     // all of the program's numbers until the plan moves it.
     let floor = (g.fds.iter().map(|f| f.info.fd).max().unwrap_or(0) as i32 + 1).max(64);
@@ -949,6 +948,54 @@ fn unsafe_zeroed<T: Copy>() -> T {
     unsafe { core::mem::zeroed() }
 }
 
+const PR_TIMER_CREATE_RESTORE_IDS: i32 = 77;
+
+/// Create the image's POSIX timers under their own ids, disarmed (the plan
+/// arms them once signals are blocked: a signal now would reach ferry).
+fn create_timers(timers: &[PosixTimer], vpid: u32) -> Result<(), String> {
+    if timers.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: a prctl with integer arguments.
+    if unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 1, 0, 0, 0) } != 0 {
+        return Err(format!(
+            "the image holds POSIX timers, and this kernel cannot create them under their ids (PR_TIMER_CREATE_RESTORE_IDS, Linux 6.15 and later): {}",
+            errno()
+        ));
+    }
+    let result = timers.iter().try_for_each(|t| {
+        let mut sev = [0u8; 64];
+        sev[..8].copy_from_slice(&t.value.to_ne_bytes());
+        sev[8..12].copy_from_slice(&t.signo.to_ne_bytes());
+        sev[12..16].copy_from_slice(&t.notify.to_ne_bytes());
+        if t.notify & libc::SIGEV_THREAD_ID != 0 {
+            if t.notify_vtid != vpid {
+                return Err(format!(
+                    "POSIX timer {} notifies thread {}, and only timers that notify the process or its main thread can be restored yet",
+                    t.id, t.notify_vtid
+                ));
+            }
+            // SAFETY: a plain system call; this thread becomes the main one.
+            let tid = unsafe { libc::gettid() };
+            sev[16..20].copy_from_slice(&tid.to_ne_bytes());
+        }
+        let mut id: i32 = t.id;
+        // SAFETY: timer_create with a sigevent of the kernel's size and
+        // room for the id (which, in restore mode, also says which id).
+        let r = unsafe { libc::syscall(libc::SYS_timer_create, t.clock, sev.as_ptr(), &mut id as *mut i32) };
+        if r != 0 {
+            return Err(format!("creating POSIX timer {}: {}", t.id, errno()));
+        }
+        if id != t.id {
+            return Err(format!("POSIX timer {} came back as timer {id}", t.id));
+        }
+        Ok(())
+    });
+    // SAFETY: as above.
+    unsafe { libc::prctl(PR_TIMER_CREATE_RESTORE_IDS, 0, 0, 0, 0) };
+    result
+}
+
 /// A new pipe of `capacity` bytes (0: the default).
 fn new_pipe(capacity: u32) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut ends = [0i32; 2];
@@ -1273,6 +1320,24 @@ impl Plan {
                     "",
                 );
             }
+        }
+        for t in &g.timers {
+            if t.remaining.sec == 0 && t.remaining.nsec == 0 {
+                continue;
+            }
+            let spec: [i64; 4] = [
+                t.interval.sec,
+                t.interval.nsec,
+                t.remaining.sec,
+                t.remaining.nsec,
+            ];
+            let at = self.area.put(as_bytes(&spec));
+            self.op(
+                FATAL,
+                libc::SYS_timer_settime,
+                [t.id as u64, 0, at, 0, 0, 0],
+                &format!("arming POSIX timer {} failed", t.id),
+            );
         }
         let vpid = g.process.as_ref().map(|p| p.info.vpid).unwrap_or(0);
         let main = g
