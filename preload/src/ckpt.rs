@@ -31,11 +31,11 @@ use ferry_image::resume::{Restored, RESTORED_MAGIC};
 use ferry_image::sections::{
     self as img, AddressSpace, FdInfo, Itimer, Itimers, MappingInfo, PageRun, PipeEnd, ProcessInfo,
     RegularFile, Rlimit, Rlimits, SigAction, SigActions, ThreadInfo, UserRegs, REGULAR_UNLINKED,
-    RUN_DATA, THREAD_PARKED,
+    RUN_DATA, RUN_ZERO, THREAD_PARKED,
 };
 use ferry_image::write::{FdBody, ImageWriter, Sink, WriteError};
 use ferry_memtrack::maps::{self, Kind as MapKind, Mapping};
-use ferry_memtrack::{PageRegion, Pagemap, Range, Swap, Syscalls};
+use ferry_memtrack::{PageRegion, Pagemap, Range, Swap, Syscalls, Tracker};
 use ferry_ring::{CKPT_FAILED, CKPT_OK, CKPT_SIGNAL, REGION_FD};
 use libc::*;
 
@@ -659,6 +659,11 @@ fn after_restore(slot: &'static Slot, info: usize) {
     let t = state::me();
     let shown = slot.shown_tid.load(Ordering::Relaxed);
     state::after_restore_thread(shown);
+    if slot.coordinator.load(Ordering::Relaxed) {
+        // A new process: the tracker's descriptors were not carried over.
+        forget_tracker(false);
+        LAST_SEQ.store(info.seq, Ordering::Relaxed);
+    }
     slot.new_tid.store(sys::gettid(), Ordering::Release);
     raw(
         SYS_set_tid_address,
@@ -828,7 +833,8 @@ const OFF_IO: usize = (OFF_MAPPINGS + MAPPINGS_BYTES + 4095) & !4095;
 const OFF_MISC: usize = OFF_IO + IO_BUF;
 const OFF_REGIONS: usize = OFF_MISC + MISC_BUF;
 const OFF_RUNS: usize = OFF_REGIONS + MAX_REGIONS * core::mem::size_of::<PageRegion>();
-const _: () = assert!(OFF_RUNS + MAX_RUNS * 16 <= SCRATCH_LEN);
+const OFF_FRESH: usize = OFF_RUNS + MAX_RUNS * 24;
+const _: () = assert!(OFF_FRESH + MAX_FRESH * 16 <= SCRATCH_LEN);
 
 /// A [`Sink`] over a raw descriptor, buffered.
 pub(crate) struct FdSink {
@@ -941,10 +947,22 @@ fn write_image() -> Result<Outcome, Fail> {
 
 fn write_file(fd: i32, vpid: u32) -> Result<Outcome, Fail> {
     let scratch = Scratch::map()?;
-    let seq = state::region()
-        .map(|r| r.ckpt().seq.load(Ordering::Acquire))
-        .unwrap_or(1)
-        .max(1);
+    // The sequence numbers of one process's images only go up (across a
+    // restore too), so that an incremental image names its parent
+    // without doubt.
+    let parent = state::region()
+        .map(|r| r.ckpt().parent_seq.load(Ordering::Acquire))
+        .unwrap_or(0);
+    let incremental = parent != 0;
+    if incremental
+        && (!BASELINE.load(Ordering::Relaxed) || parent != LAST_SEQ.load(Ordering::Relaxed))
+    {
+        return Err(fail(
+            "an incremental checkpoint must follow this process's last checkpoint (taken since it started or was restored): take a full one",
+            0,
+        ));
+    }
+    let seq = LAST_SEQ.load(Ordering::Relaxed).max(parent) + 1;
     let mut sink = FdSink {
         fd,
         buf: scratch.bytes(OFF_IO, IO_BUF),
@@ -957,13 +975,17 @@ fn write_file(fd: i32, vpid: u32) -> Result<Outcome, Fail> {
     if NSLOTS.load(Ordering::Acquire) > MAX_THREADS {
         return Err(fail("too many threads to stop (at most 512)", 0));
     }
-    let mut w = ImageWriter::new(&mut sink, vpid, seq, 0, now(CLOCK_REALTIME))?;
+    let mut w = ImageWriter::new(&mut sink, vpid, seq, parent, now(CLOCK_REALTIME))?;
+    // From here the tracker's state moves on with the pages copied: if
+    // this image is not finished, no incremental can follow it, nor the
+    // last one.
+    BASELINE.store(false, Ordering::Relaxed);
     let misc = scratch.bytes(OFF_MISC, MISC_BUF);
     process_section(&mut w, vpid, misc)?;
     rlimits_section(&mut w)?;
     let threads = thread_sections(&mut w)?;
     sigactions_section(&mut w)?;
-    let (mappings, memory) = memory_sections(&mut w, &scratch)?;
+    let (mappings, memory) = memory_sections(&mut w, &scratch, incremental)?;
     fd_sections(&mut w, fd, misc)?;
     itimers_section(&mut w)?;
     crate::ckpt_fd::posix_timers(&mut w, misc, shown_of_real)?;
@@ -971,6 +993,11 @@ fn write_file(fd: i32, vpid: u32) -> Result<Outcome, Fail> {
     w.finish()?;
     sink.flush()
         .map_err(|e| fail("writing the image file", e))?;
+    LAST_SEQ.store(seq, Ordering::Relaxed);
+    BASELINE.store(tracker().is_some(), Ordering::Relaxed);
+    if let Some(r) = state::region() {
+        r.ckpt().seq.store(seq, Ordering::Release);
+    }
     Ok(Outcome {
         threads,
         mappings,
@@ -1236,7 +1263,79 @@ fn syscalls() -> Syscalls {
     unsafe { Syscalls::new(gate) }
 }
 
-fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail> {
+/// The dirty-page tracker, set up by the first checkpoint (while the
+/// threads are stopped, before any page is copied) and kept for the
+/// incremental ones after it. Touched only by the coordinator.
+struct TrackerCell(UnsafeCell<Option<Tracker>>);
+// SAFETY: only the coordinator of a checkpoint (one thread at a time,
+// under COORD) and a forked child before it runs anything use it.
+unsafe impl Sync for TrackerCell {}
+static TRACKER: TrackerCell = TrackerCell(UnsafeCell::new(None));
+/// The sequence number of this process's last image (or of the image it
+/// was restored from).
+static LAST_SEQ: AtomicU64 = AtomicU64::new(0);
+/// Whether the tracker has followed every write since image LAST_SEQ:
+/// the one an incremental checkpoint can be the child of.
+static BASELINE: AtomicBool = AtomicBool::new(false);
+
+fn tracker() -> &'static mut Option<Tracker> {
+    // SAFETY: see TrackerCell.
+    unsafe { &mut *TRACKER.0.get() }
+}
+
+/// The tracker's own descriptors, which are not the program's.
+fn tracker_fds() -> [i32; 2] {
+    match tracker() {
+        Some(t) => [t.uffd_raw(), t.pagemap_raw()],
+        None => [-1, -1],
+    }
+}
+
+/// In a process that is not the one the tracker was opened in (a forked
+/// child, a restored process): forget it. `close` says whether its
+/// descriptors are this process's to close (a child's copies are; a
+/// restored process never had them).
+pub fn forget_tracker(close: bool) {
+    if let Some(t) = tracker().take() {
+        if close {
+            drop(t);
+        } else {
+            core::mem::forget(t);
+        }
+    }
+    BASELINE.store(false, Ordering::Relaxed);
+}
+
+/// How memory is saved: whole (a full image), or since the parent.
+struct MemoryPlan<'a> {
+    incremental: bool,
+    tracker: Option<&'a Tracker>,
+    /// The parts the tracker began tracking for this checkpoint (saved
+    /// whole); `None` when there were too many to list (every mapping is
+    /// then saved whole).
+    fresh: Option<&'a [Range]>,
+}
+
+impl MemoryPlan<'_> {
+    /// Whether mapping `m` is saved whole.
+    fn whole(&self, m: &Mapping<'_>) -> bool {
+        if !self.incremental || !m.trackable() || self.tracker.is_none() {
+            return true;
+        }
+        match self.fresh {
+            None => true,
+            Some(parts) => parts.iter().any(|p| p.start < m.end && m.start < p.end),
+        }
+    }
+}
+
+const MAX_FRESH: usize = 4096;
+
+fn memory_sections(
+    w: &mut W<'_>,
+    scratch: &Scratch,
+    incremental: bool,
+) -> Result<(u32, u64), Fail> {
     let sys = syscalls();
     let text = scratch.bytes(OFF_MAPS_TEXT, MAPS_TEXT);
     let raw_maps = scratch.bytes(OFF_MAPPINGS, MAPPINGS_BYTES);
@@ -1252,7 +1351,7 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
         core::slice::from_raw_parts_mut(p, MAX_MAPPINGS)
     };
     let n = maps::read_self(sys, text, out).map_err(|_| fail("reading /proc/self/maps", EIO))?;
-    let pm = Pagemap::open_self(sys).map_err(|e| fail("opening /proc/self/pagemap", e.errno.0))?;
+    let maps = &out[..n];
     // SAFETY: scratch memory for PageRegion values (plain integers).
     let regions: &mut [PageRegion] = unsafe {
         core::slice::from_raw_parts_mut(
@@ -1260,12 +1359,48 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
             MAX_REGIONS,
         )
     };
-    // SAFETY: scratch memory for (addr, pages) pairs.
-    let runs: &mut [[u64; 2]] = unsafe {
+    // SAFETY: scratch memory for (addr, pages, kind) triples.
+    let runs: &mut [[u64; 3]] = unsafe {
         core::slice::from_raw_parts_mut(
-            scratch.bytes(OFF_RUNS, MAX_RUNS * 16).as_mut_ptr() as *mut [u64; 2],
+            scratch.bytes(OFF_RUNS, MAX_RUNS * 24).as_mut_ptr() as *mut [u64; 3],
             MAX_RUNS,
         )
+    };
+    // SAFETY: scratch memory for ranges (plain integers).
+    let fresh: &mut [Range] = unsafe {
+        core::slice::from_raw_parts_mut(
+            scratch.bytes(OFF_FRESH, MAX_FRESH * 16).as_mut_ptr() as *mut Range,
+            MAX_FRESH,
+        )
+    };
+    // Tracking starts (or takes in what is new) before any page is
+    // copied: a write after this point is in the next incremental image.
+    if tracker().is_none() {
+        match Tracker::open(sys) {
+            Ok(t) => *tracker() = Some(t),
+            Err(_) if !incremental => {}
+            Err(_) => return Err(fail("opening the dirty-page tracker", EIO)),
+        }
+    }
+    let mut nfresh = 0usize;
+    let mut listed = true;
+    if let Some(t) = tracker().as_ref() {
+        let r = t.track_new(maps, regions, |part, _tracked| {
+            if nfresh < fresh.len() {
+                fresh[nfresh] = part;
+                nfresh += 1;
+            } else {
+                listed = false;
+            }
+        });
+        if r.is_err() {
+            listed = false;
+        }
+    }
+    let plan = MemoryPlan {
+        incremental,
+        tracker: tracker().as_ref(),
+        fresh: listed.then_some(&fresh[..nfresh]),
     };
     // Half the I/O buffer's size, so the sink writes each chunk directly.
     let bounce = &mut scratch.bytes(OFF_MISC, MISC_BUF)[..IO_BUF / 2];
@@ -1276,9 +1411,10 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
     );
     let gd_starts = &gd_starts[..gd];
     let skip = scratch.range();
+    let pm = Pagemap::open_self(sys).map_err(|e| fail("opening /proc/self/pagemap", e.errno.0))?;
     let mut count = 0u32;
     let mut memory = 0u64;
-    for m in &out[..n] {
+    for m in maps {
         if m.kind == MapKind::Vsyscall || (m.start < skip.end && skip.start < m.end) {
             continue;
         }
@@ -1313,6 +1449,10 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
         if m.deleted {
             flags |= img::MAP_DELETED;
         }
+        let whole = plan.whole(m);
+        if incremental && whole {
+            flags |= img::MAP_FRESH;
+        }
         let prot = (if m.prot.read { PROT_READ } else { 0 })
             | (if m.prot.write { PROT_WRITE } else { 0 })
             | (if m.prot.exec { PROT_EXEC } else { 0 });
@@ -1337,7 +1477,6 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
             // The content is the file's.
             continue;
         }
-        let skip_file_pages = file_backed;
         if !m.prot.read {
             raw(
                 SYS_mprotect,
@@ -1351,33 +1490,135 @@ fn memory_sections(w: &mut W<'_>, scratch: &Scratch) -> Result<(u32, u64), Fail>
                 ],
             );
         }
-        let r = pages_of(w, &pm, m, skip_file_pages, regions, runs, bounce);
+        let mut out = Runs {
+            w,
+            bounce: &mut *bounce,
+            mapping_start: m.start,
+            runs: &mut *runs,
+            n: 0,
+            saved: 0,
+        };
+        let r = match (whole, plan.tracker) {
+            (false, Some(t)) => dirty_pages(&mut out, t, m, regions),
+            _ => populated_pages(&mut out, &pm, m, file_backed, regions),
+        }
+        .and_then(|()| out.flush());
         if !m.prot.read {
             raw(
                 SYS_mprotect,
                 [m.start, m.end - m.start, prot as usize, 0, 0, 0],
             );
         }
-        memory += r?;
+        r?;
+        memory += out.saved;
     }
     Ok((count, memory))
 }
 
-/// The pages of `m` that hold data, as data runs (all-zero pages left
-/// out), in sections of at most MAX_RUNS runs.
-fn pages_of(
-    w: &mut W<'_>,
+/// The runs of one mapping on their way into pages sections of at most
+/// MAX_RUNS runs each.
+struct Runs<'a, 'w> {
+    w: &'a mut W<'w>,
+    bounce: &'a mut [u8],
+    mapping_start: usize,
+    runs: &'a mut [[u64; 3]],
+    n: usize,
+    /// Bytes of page data written.
+    saved: u64,
+}
+
+impl Runs<'_, '_> {
+    fn push(&mut self, addr: usize, pages: usize, kind: u32) -> Result<(), Fail> {
+        if self.n == self.runs.len() {
+            self.flush()?;
+        }
+        self.runs[self.n] = [addr as u64, pages as u64, kind as u64];
+        self.n += 1;
+        Ok(())
+    }
+
+    /// The bytes `[s, e)` of the mapping: their non-zero pages as data
+    /// runs and, with `zeros`, their zero pages as zero runs.
+    fn bytes(&mut self, s: usize, e: usize, zeros: bool) -> Result<(), Fail> {
+        const PAGE: usize = 4096;
+        // SAFETY: [s, e) lies inside the mapping being saved, readable now
+        // (made so by the caller), and no other thread runs.
+        let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, e - s) };
+        let mut result = Ok(());
+        let mut at = 0usize;
+        ferry_memtrack::zero::nonzero_runs(bytes, PAGE, |a, b| {
+            if result.is_err() {
+                return;
+            }
+            if zeros && a > at {
+                result = self.push(s + at, (a - at) / PAGE, RUN_ZERO);
+            }
+            if result.is_ok() {
+                result = self.push(s + a, (b - a) / PAGE, RUN_DATA);
+            }
+            at = b;
+        });
+        result?;
+        if zeros && bytes.len() > at {
+            self.push(s + at, (bytes.len() - at) / PAGE, RUN_ZERO)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Fail> {
+        let n = core::mem::take(&mut self.n);
+        if n == 0 {
+            return Ok(());
+        }
+        let data: u64 = self.runs[..n]
+            .iter()
+            .filter(|r| r[2] == RUN_DATA as u64)
+            .map(|r| r[1])
+            .sum();
+        self.w
+            .begin_pages(self.mapping_start as u64, n as u64, data)?;
+        for r in &self.runs[..n] {
+            self.w.page_run(&PageRun {
+                addr: r[0],
+                count: r[1] as u32,
+                kind: r[2] as u32,
+            })?;
+            if r[2] != RUN_DATA as u64 {
+                continue;
+            }
+            // Through a bounce buffer: the coordinator's own stack, its TLS
+            // and the shim's statics change while they are written, and the
+            // checksum must cover the bytes the file holds.
+            let mut at = r[0] as usize;
+            let end = at + r[1] as usize * 4096;
+            while at < end {
+                let len = (end - at).min(self.bounce.len());
+                // SAFETY: the run lies in a readable mapping (see the
+                // callers), and `bounce` is scratch memory outside every
+                // saved mapping.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(at as *const u8, self.bounce.as_mut_ptr(), len)
+                };
+                self.w.page_data(&self.bounce[..len])?;
+                at += len;
+            }
+        }
+        self.w.end_section()?;
+        self.saved += data * 4096;
+        Ok(())
+    }
+}
+
+/// The pages of `m` that hold data (all-zero pages left out; with
+/// `skip_file_pages`, the pages still the file's too).
+fn populated_pages(
+    out: &mut Runs<'_, '_>,
     pm: &Pagemap,
     m: &Mapping<'_>,
     skip_file_pages: bool,
     regions: &mut [PageRegion],
-    runs: &mut [[u64; 2]],
-    bounce: &mut [u8],
-) -> Result<u64, Fail> {
-    const PAGE: usize = 4096;
+) -> Result<(), Fail> {
     let mut at = m.start;
-    let mut nruns = 0usize;
-    let mut saved = 0u64;
     while at < m.end {
         let mut got = 0usize;
         pm.populated(
@@ -1396,69 +1637,59 @@ fn pages_of(
         .map_err(|_| fail("scanning /proc/self/pagemap", EIO))?;
         for r in &regions[..got] {
             let (s, e) = (r.start as usize, (r.end as usize).min(m.end));
-            if s >= e {
-                continue;
+            if s < e {
+                out.bytes(s, e, false)?;
             }
-            // SAFETY: [s, e) lies inside the mapping `m`, readable now
-            // (made so by the caller), and no other thread runs.
-            let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, e - s) };
-            let mut overflow: Result<(), Fail> = Ok(());
-            ferry_memtrack::zero::nonzero_runs(bytes, PAGE, |a, b| {
-                if overflow.is_err() {
-                    return;
-                }
-                if nruns == runs.len() {
-                    overflow = flush_runs(w, bounce, m.start, runs, &mut nruns).map(|n| saved += n);
-                }
-                runs[nruns] = [(s + a) as u64, ((b - a) / PAGE) as u64];
-                nruns += 1;
-            });
-            overflow?;
         }
         if got < regions.len() {
             break;
         }
         at = regions[got - 1].end as usize;
     }
-    saved += flush_runs(w, bounce, m.start, runs, &mut nruns)?;
-    Ok(saved)
+    Ok(())
 }
 
-fn flush_runs(
-    w: &mut W<'_>,
-    bounce: &mut [u8],
-    mapping_start: usize,
-    runs: &mut [[u64; 2]],
-    nruns: &mut usize,
-) -> Result<u64, Fail> {
-    let n = core::mem::take(nruns);
-    if n == 0 {
-        return Ok(0);
-    }
-    let pages: u64 = runs[..n].iter().map(|r| r[1]).sum();
-    w.begin_pages(mapping_start as u64, n as u64, pages)?;
-    for r in &runs[..n] {
-        w.page_run(&PageRun {
-            addr: r[0],
-            count: r[1] as u32,
-            kind: RUN_DATA,
+/// The pages of `m` written since the last checkpoint (zero ones as zero
+/// runs), protected again in the same walk.
+fn dirty_pages(
+    out: &mut Runs<'_, '_>,
+    t: &Tracker,
+    m: &Mapping<'_>,
+    regions: &mut [PageRegion],
+) -> Result<(), Fail> {
+    let mut at = m.start;
+    while at < m.end {
+        let mut got = 0usize;
+        t.scan_dirty(
+            Range {
+                start: at,
+                end: m.end,
+            },
+            true,
+            regions,
+            |batch| {
+                got = batch.len();
+                ControlFlow::Break(())
+            },
+        )
+        .map_err(|_| {
+            fail(
+                "scanning for the pages written since the last checkpoint",
+                EIO,
+            )
         })?;
-        // Through a bounce buffer: the coordinator's own stack, its TLS
-        // and the shim's statics change while they are written, and the
-        // checksum must cover the bytes the file holds.
-        let mut at = r[0] as usize;
-        let end = at + r[1] as usize * 4096;
-        while at < end {
-            let n = (end - at).min(bounce.len());
-            // SAFETY: the run lies in a readable mapping (see pages_of),
-            // and `bounce` is scratch memory outside every saved mapping.
-            unsafe { core::ptr::copy_nonoverlapping(at as *const u8, bounce.as_mut_ptr(), n) };
-            w.page_data(&bounce[..n])?;
-            at += n;
+        for r in &regions[..got] {
+            let (s, e) = (r.start as usize, (r.end as usize).min(m.end));
+            if s < e {
+                out.bytes(s, e, true)?;
+            }
         }
+        if got < regions.len() {
+            break;
+        }
+        at = regions[got - 1].end as usize;
     }
-    w.end_section()?;
-    Ok(pages * 4096)
+    Ok(())
 }
 
 fn address_space_section(w: &mut W<'_>, scratch: &Scratch) -> Result<(), Fail> {
@@ -1583,7 +1814,7 @@ fn fd_sections(w: &mut W<'_>, image_fd: i32, buf: &mut [u8]) -> Result<(), Fail>
     let mut nseen = 0usize;
     let pid = sys::getpid() as usize;
     for &fd in &fds[..n] {
-        if fd == image_fd || fd == list_fd || fd == REGION_FD {
+        if fd == image_fd || fd == list_fd || fd == REGION_FD || tracker_fds().contains(&fd) {
             continue;
         }
         let mut st: stat = unsafe_zeroed_stat();

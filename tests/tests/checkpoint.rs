@@ -424,3 +424,114 @@ fn checkpointing_a_pid_that_does_not_exist_is_refused_in_one_line() {
     let out = run(format!("ferry checkpoint {pid} (no such process)"), cmd);
     assert_one_line_error(&out, 2, &[&pid]);
 }
+
+// ---------------------------------------------------------------------------
+// Incremental images.
+
+/// `ferry checkpoint PID --image DIR [--parent PARENT]`, asserted to exit
+/// 0; returns its report line.
+fn checkpoint_into(
+    t: &Trial,
+    program: &Running,
+    dir: &std::path::Path,
+    parent: Option<&std::path::Path>,
+) -> String {
+    let pid = program.pid().to_string();
+    let mut cmd = t.ferry().raw(&["checkpoint", &pid, "--image"]);
+    cmd.arg(dir);
+    if let Some(p) = parent {
+        cmd.arg("--parent").arg(p);
+    }
+    let out = run(
+        format!("ferry checkpoint {pid} --image {}", dir.display()),
+        cmd,
+    );
+    assert_exit(&out, 0);
+    out.stdout_text()
+}
+
+fn image_file_len(dir: &std::path::Path) -> u64 {
+    let files = process_files(dir);
+    assert_eq!(
+        files.len(),
+        1,
+        "{} should hold one process file",
+        dir.display()
+    );
+    fs::metadata(&files[0])
+        .expect("stat the process file")
+        .len()
+}
+
+#[test]
+fn native_incremental() {
+    let work = Workdir::new("ckpt-incremental-native");
+    let exe = Subject::c_program(&work, "incremental").argv[0].clone();
+    let mut cmd = Command::new(exe);
+    cmd.arg("native").current_dir(work.path());
+    let out = run("native ckpt_incremental", cmd);
+    assert_exit(&out, 0);
+    assert_eq!(
+        out.stdout_text(),
+        "ready\nstepped 1\nstepped 2\nok incremental\n"
+    );
+}
+
+#[test]
+fn a_chain_of_incremental_images_restores_the_memory_of_the_last() {
+    let t = Trial::c_program("incremental");
+    let ferry = t.ferry();
+    let mut program = t.exec(&ferry);
+    let full = t.work.file("full");
+    let first = t.work.file("first");
+    let line = checkpoint_into(&t, &program, &full, None);
+    assert!(
+        line.contains("full image 1"),
+        "the first checkpoint should be full image 1: {line}"
+    );
+    program.send(b"1\n");
+    program.wait_for_line("stepped 1", TIMEOUT);
+    let line = checkpoint_into(&t, &program, &first, Some(&full));
+    assert!(
+        line.contains("incremental image 2 (parent 1)"),
+        "the second checkpoint should be incremental image 2: {line}"
+    );
+    program.send(b"2\n");
+    program.wait_for_line("stepped 2", TIMEOUT);
+    checkpoint_into(&t, &program, &t.image(), Some(&first));
+    program.kill();
+    // About 1% of the heap block changed: the incremental image is a
+    // small part of the full one.
+    let (f, i) = (image_file_len(&full), image_file_len(&first));
+    assert!(
+        i * 4 < f,
+        "the incremental image ({i} bytes) should be far smaller than the full one ({f} bytes)"
+    );
+    t.restore_and_check(
+        "ferry restore (incremental chain)",
+        t.restore_command(&ferry),
+    );
+}
+
+#[test]
+fn an_incremental_checkpoint_whose_parent_is_not_the_last_is_refused() {
+    let t = Trial::c_program("incremental");
+    let ferry = t.ferry();
+    let program = t.exec(&ferry);
+    let a = t.work.file("a");
+    let b = t.work.file("b");
+    checkpoint_into(&t, &program, &a, None);
+    checkpoint_into(&t, &program, &b, None);
+    // Image a is not the process's last checkpoint: what changed between
+    // a and b would be missing.
+    let pid = program.pid().to_string();
+    let mut cmd = ferry.raw(&["checkpoint", &pid, "--image"]);
+    cmd.arg(t.image()).arg("--parent").arg(&a);
+    let out = run("ferry checkpoint with a stale parent", cmd);
+    assert_one_line_error(&out, 1, &["incremental checkpoint must follow"]);
+    assert!(
+        !t.image().join("manifest.fimg").exists(),
+        "a refused checkpoint must leave no image"
+    );
+    program.kill();
+}

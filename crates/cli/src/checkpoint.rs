@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ferry_image::dir::{CheckpointError, CheckpointWriter};
+use ferry_image::dir::{CheckpointError, CheckpointWriter, Image};
 use ferry_ring::{Futex, Mode, Region, CKPT_OK, CKPT_PATH_LEN, CKPT_SIGNAL, REGION_FD, REGION_LEN};
 use memmap2::MmapMut;
 
@@ -31,6 +31,11 @@ pub struct CheckpointArgs {
     /// hold an image already).
     #[arg(long, value_name = "DIR")]
     pub image: PathBuf,
+    /// Make an incremental image: only the pages written since PARENT, the
+    /// image of this process's last checkpoint (restoring it needs PARENT
+    /// and the images before it).
+    #[arg(long, value_name = "PARENT")]
+    pub parent: Option<PathBuf>,
     /// Give up if the checkpoint has not finished after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 600)]
     pub timeout: u64,
@@ -61,6 +66,8 @@ enum Error {
     Died { pid: u32, dir: PathBuf },
     #[error("process {pid}: the checkpoint did not finish within {secs} s; {} holds no image", .dir.display())]
     Timeout { pid: u32, secs: u64, dir: PathBuf },
+    #[error("--parent: {0}")]
+    Parent(String),
     #[error("process {pid}: the checkpoint failed: {why}")]
     Failed { pid: u32, why: String },
 }
@@ -157,7 +164,24 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
     let created_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let mut writer = CheckpointWriter::create(&args.image, 1, created_ns, None)?;
+    let parent = match &args.parent {
+        None => None,
+        Some(p) => {
+            let image = Image::open(p).map_err(|e| Error::Parent(e.to_string()))?;
+            if image.manifest().entry(vpid).is_none() {
+                return Err(Error::Parent(format!(
+                    "{}: the image does not hold process {vpid}",
+                    p.display()
+                )));
+            }
+            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            Some((image.seq(), abs))
+        }
+    };
+    // The directory is made and checked now; the image's sequence number
+    // is the process's to choose (one after its last), so the writer that
+    // makes it whole comes once the process has answered.
+    CheckpointWriter::create(&args.image, 1, created_ns, None)?;
     let dir = std::fs::canonicalize(&args.image).unwrap_or_else(|_| args.image.clone());
     let dir_bytes = dir.as_os_str().as_bytes();
     if dir_bytes.len() > CKPT_PATH_LEN {
@@ -179,15 +203,34 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
             return Err(Error::Busy { pid, owner });
         }
     }
-    let result = ask(&region, pid, vpid, &dir, dir_bytes, args.timeout);
+    let parent_seq = parent.as_ref().map_or(0, |p| p.0);
+    let result = ask(
+        &region,
+        pid,
+        vpid,
+        &dir,
+        dir_bytes,
+        parent_seq,
+        args.timeout,
+    );
+    let seq = c.seq.load(Ordering::Acquire);
     c.owner.store(0, Ordering::Release);
     let started = result?;
+    let mut writer = CheckpointWriter::create(
+        &args.image,
+        seq,
+        created_ns,
+        parent.as_ref().map(|(s, d)| (*s, d.as_path())),
+    )?;
     writer.adopt(vpid)?;
-    let manifest = writer.finish()?;
-    let _ = manifest;
+    writer.finish()?;
+    let kind = match &parent {
+        Some((s, _)) => format!("incremental image {seq} (parent {s})"),
+        None => format!("full image {seq}"),
+    };
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     Ok(format!(
-        "checkpoint of process {pid} in {}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; the program was stopped for {:.1} ms ({:.0} ms in all)",
+        "checkpoint of process {pid} in {}, {kind}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; the program was stopped for {:.1} ms ({:.0} ms in all)",
         dir.display(),
         c.threads.load(Ordering::Acquire),
         c.mappings.load(Ordering::Acquire),
@@ -205,6 +248,7 @@ fn ask(
     vpid: u32,
     dir: &Path,
     dir_bytes: &[u8],
+    parent_seq: u64,
     timeout: u64,
 ) -> Result<Instant, Error> {
     let c = region.ckpt();
@@ -213,7 +257,8 @@ fn ask(
         d.store(*s, Ordering::Relaxed);
     }
     c.path_len.store(dir_bytes.len() as u32, Ordering::Relaxed);
-    c.seq.store(1, Ordering::Relaxed);
+    c.seq.store(0, Ordering::Relaxed);
+    c.parent_seq.store(parent_seq, Ordering::Relaxed);
     c.message_len.store(0, Ordering::Relaxed);
     let request = c.request.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
     let started = Instant::now();

@@ -59,6 +59,10 @@ pub const MAP_HEAP: u32 = 1 << 5;
 pub const MAP_GROWSDOWN: u32 = 1 << 6;
 /// [`MappingInfo::flags`]: the mapped file was deleted.
 pub const MAP_DELETED: u32 = 1 << 7;
+/// [`MappingInfo::flags`], in an incremental image: the mapping's content
+/// is all in this image (it was made, moved or re-made since the parent,
+/// or is not tracked): no page of an older image applies to it.
+pub const MAP_FRESH: u32 = 1 << 8;
 
 /// [`MappingInfo::special`]: an ordinary mapping.
 pub const SPECIAL_NONE: u32 = 0;

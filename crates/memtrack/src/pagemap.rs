@@ -263,6 +263,11 @@ pub struct Pagemap {
 }
 
 impl Pagemap {
+    /// The descriptor number.
+    pub fn raw(&self) -> i32 {
+        self.fd.raw()
+    }
+
     /// Open `/proc/self/pagemap`.
     pub fn open_self(sys: Syscalls) -> Result<Pagemap, SysError> {
         Self::open_path(sys, c"/proc/self/pagemap")

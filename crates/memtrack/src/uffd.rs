@@ -276,6 +276,12 @@ impl Tracker {
         }
     }
 
+    /// The pagemap's descriptor number (kept away from the program's, as
+    /// the userfaultfd's).
+    pub fn pagemap_raw(&self) -> i32 {
+        self.pagemap.raw()
+    }
+
     /// The pagemap the tracker scans.
     pub fn pagemap(&self) -> &Pagemap {
         &self.pagemap

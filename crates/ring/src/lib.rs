@@ -251,6 +251,9 @@ pub struct CkptControl {
     pub path: [AtomicU8; CKPT_PATH_LEN],
     /// Why it failed, one line.
     pub message: [AtomicU8; MESSAGE_LEN],
+    /// Request: 0 for a full image; else the sequence number of the image
+    /// this one is incremental to (the process's last checkpoint).
+    pub parent_seq: AtomicU64,
 }
 
 const _: () = assert!(CKPT_OFFSET + core::mem::size_of::<CkptControl>() <= PROCS_OFFSET);

@@ -88,6 +88,8 @@ struct Staged {
     at: usize,
     /// Whether it is a file mapped privately (zero runs must be written).
     private_file: bool,
+    /// With a chain of images: a bit per page given by a newer image.
+    done: Vec<u64>,
 }
 
 /// The `struct prctl_mm_map` of `PR_SET_MM_MAP`.
@@ -134,6 +136,13 @@ struct Gather {
     epolls: Vec<(u32, Vec<EpollEntry>)>,
     /// POSIX timers, created by the first stage, armed by the plan.
     timers: Vec<PosixTimer>,
+    /// Reading an incremental image's ancestors (newest first): only their
+    /// pages matter.
+    older: bool,
+    /// The image is incremental: pages given are marked.
+    chained: bool,
+    /// The ranges the image being read made anew (`MAP_FRESH`).
+    fresh: Vec<(u64, u64)>,
 }
 
 fn io_err(msg: String) -> io::Error {
@@ -183,6 +192,7 @@ impl Gather {
                 path: path.to_vec(),
                 at: 0,
                 private_file: false,
+                done: Vec::new(),
             });
             return Ok(());
         }
@@ -267,8 +277,20 @@ impl Gather {
             path: path.to_vec(),
             at,
             private_file,
+            done: Vec::new(),
         });
         Ok(())
+    }
+
+    /// No older image gives pages to `[a, b)`.
+    fn close_range(&mut self, a: u64, b: u64) {
+        for m in self.mappings.iter_mut().filter(|m| m.at != 0) {
+            let (s, e) = (m.info.start.max(a), m.info.end.min(b));
+            if s < e {
+                let first = ((s - m.info.start) / PAGE as u64) as usize;
+                m.mark(first, ((e - s) / PAGE as u64) as usize);
+            }
+        }
     }
 
     fn staged(&self, mapping_start: u64) -> io::Result<&Staged> {
@@ -281,8 +303,79 @@ impl Gather {
     }
 }
 
+impl Gather {
+    /// Pages of an older image of the chain: they apply only where no
+    /// newer image has given the page (or made the mapping anew).
+    fn apply_older(&mut self, addr: u64, bytes: Option<&[u8]>, count: u64) {
+        let mut page = 0u64;
+        while page < count {
+            let a = addr + page * PAGE as u64;
+            let i = self.mappings.partition_point(|m| m.info.end <= a);
+            let Some(m) = self.mappings.get_mut(i) else {
+                return;
+            };
+            if m.at == 0 || a < m.info.start {
+                // In no current mapping: skip to the next one.
+                let next = m.info.start.max(a + PAGE as u64);
+                page += (next - a).div_ceil(PAGE as u64);
+                continue;
+            }
+            let idx = ((a - m.info.start) / PAGE as u64) as usize;
+            if !m.is_done(idx) {
+                m.mark(idx, 1);
+                let dst = m.at + idx * PAGE;
+                match bytes {
+                    // SAFETY: one page inside the staged mapping, mapped
+                    // read-write by `stage`.
+                    Some(b) => unsafe {
+                        core::ptr::copy_nonoverlapping(
+                            b.as_ptr().add(page as usize * PAGE),
+                            dst as *mut u8,
+                            PAGE,
+                        )
+                    },
+                    // SAFETY: as above.
+                    None if m.private_file => unsafe {
+                        core::ptr::write_bytes(dst as *mut u8, 0, PAGE)
+                    },
+                    None => {}
+                }
+            }
+            page += 1;
+        }
+    }
+}
+
+impl Staged {
+    fn is_done(&self, page: usize) -> bool {
+        self.done
+            .get(page / 64)
+            .is_some_and(|w| w & (1 << (page % 64)) != 0)
+    }
+
+    fn mark(&mut self, page: usize, count: usize) {
+        let pages = ((self.info.end - self.info.start) as usize) / PAGE;
+        if self.done.is_empty() {
+            self.done = vec![0; pages.div_ceil(64)];
+        }
+        for p in page..(page + count).min(pages) {
+            self.done[p / 64] |= 1 << (p % 64);
+        }
+    }
+}
+
 impl Visitor for Gather {
     fn section(&mut self, _offset: u64, section: &Section) -> io::Result<()> {
+        if self.older {
+            // Of an older image only where its mappings were made anew
+            // matters: below those, older pages are another mapping's.
+            if let Section::Mapping(m) = section {
+                if m.info.flags & MAP_FRESH != 0 {
+                    self.fresh.push((m.info.start, m.info.end));
+                }
+            }
+            return Ok(());
+        }
         match section {
             Section::Process(p) => self.process = Some(p.clone()),
             Section::Rlimits(r) => self.rlimits = Some(*r),
@@ -290,11 +383,16 @@ impl Visitor for Gather {
             Section::SigActions(s) => self.sigactions = Some(*s),
             Section::Itimers(i) => self.itimers = Some(*i),
             Section::AddressSpace(a) => self.address_space = Some(a.clone()),
-            Section::Mapping(m) => self.stage(&m.info, &m.path)?,
+            Section::Mapping(m) => {
+                self.stage(&m.info, &m.path)?;
+                if self.chained && m.info.flags & MAP_FRESH != 0 {
+                    self.fresh.push((m.info.start, m.info.end));
+                }
+            }
             Section::Fd(f) => self.fds.push(f.clone()),
             Section::Pending(p) if !p.siginfo.is_empty() => {
                 return Err(io_err(
-                    "the image holds pending signals, which this restorer cannot queue yet".into(),
+                    "the image holds pending signals in a form this restorer does not queue".into(),
                 ))
             }
             Section::PosixTimer(t) => self.timers.push(*t),
@@ -304,6 +402,11 @@ impl Visitor for Gather {
     }
 
     fn page_data(&mut self, mapping_start: u64, addr: u64, bytes: &[u8]) -> io::Result<()> {
+        if self.older {
+            self.apply_older(addr, Some(bytes), (bytes.len() / PAGE) as u64);
+            return Ok(());
+        }
+        let chained = self.chained;
         let s = self.staged(mapping_start)?;
         let off = (addr - s.info.start) as usize;
         if off + bytes.len() > (s.info.end - s.info.start) as usize {
@@ -316,14 +419,20 @@ impl Visitor for Gather {
         unsafe {
             core::ptr::copy_nonoverlapping(bytes.as_ptr(), (s.at + off) as *mut u8, bytes.len())
         };
+        if chained {
+            let last = self.mappings.len() - 1;
+            self.mappings[last].mark(off / PAGE, bytes.len() / PAGE);
+        }
         Ok(())
     }
 
     fn zero_pages(&mut self, mapping_start: u64, addr: u64, count: u64) -> io::Result<()> {
-        let s = self.staged(mapping_start)?;
-        if !s.private_file {
+        if self.older {
+            self.apply_older(addr, None, count);
             return Ok(());
         }
+        let chained = self.chained;
+        let s = self.staged(mapping_start)?;
         let off = (addr - s.info.start) as usize;
         let len = count as usize * PAGE;
         if off + len > (s.info.end - s.info.start) as usize {
@@ -331,13 +440,21 @@ impl Visitor for Gather {
                 "pages past the end of mapping {mapping_start:#x}"
             )));
         }
-        // SAFETY: as in page_data.
-        unsafe { core::ptr::write_bytes((s.at + off) as *mut u8, 0, len) };
+        if s.private_file {
+            // SAFETY: as in page_data.
+            unsafe { core::ptr::write_bytes((s.at + off) as *mut u8, 0, len) };
+        }
+        if chained {
+            let last = self.mappings.len() - 1;
+            self.mappings[last].mark(off / PAGE, count as usize);
+        }
         Ok(())
     }
 
     fn fd_data(&mut self, fd: u32, _pos: u64, bytes: &[u8]) -> io::Result<()> {
-        self.fd_data.entry(fd).or_default().extend_from_slice(bytes);
+        if !self.older {
+            self.fd_data.entry(fd).or_default().extend_from_slice(bytes);
+        }
         Ok(())
     }
 }
@@ -409,7 +526,22 @@ fn prepare(dir: &Path) -> Result<Ready, String> {
         ..Gather::default()
     };
     let file = image.process_path(vpid);
-    image.read_chain(vpid, &mut g).map_err(|e| e.to_string())?;
+    // The newest image first: its mappings are the process's, its pages
+    // the newest; then each older one gives the pages no newer one gave,
+    // outside the ranges a newer one made anew.
+    let chain = image.chain().map_err(|e| e.to_string())?;
+    g.chained = chain.len() > 1;
+    for (i, img) in chain.iter().enumerate() {
+        if img.manifest().entry(vpid).is_none() {
+            break;
+        }
+        g.older = i > 0;
+        img.read_process(vpid, &mut g).map_err(|e| e.to_string())?;
+        for (a, b) in std::mem::take(&mut g.fresh) {
+            g.close_range(a, b);
+        }
+    }
+    g.older = false;
     let name = file.display().to_string();
     let missing = |what: &str| format!("{name}: the image has no {what} section");
     let process = g.process.take().ok_or_else(|| missing("process"))?;
