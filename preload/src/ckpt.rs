@@ -511,17 +511,27 @@ impl From<WriteError> for Fail {
 static mut RESULT: Option<Result<Outcome, Fail>> = None;
 
 fn coordinate(uc: *mut c_void, selector: u8) {
-    let start = now(CLOCK_MONOTONIC);
     CKPT_PID.store(shown_pid().unwrap_or_else(sys::getpid), Ordering::Relaxed);
     let Some(slot) = claim(uc, selector, true) else {
         return;
     };
-    let stopped = stop_others();
-    let result = match stopped {
-        Err(f) => Err(f),
-        Ok(()) => {
-            // SAFETY: the slot is this thread's; `write` is a valid callback.
-            let r = unsafe { ferry_ckpt_park(slot.resume.get(), write, 0) };
+    // Scratch memory is mapped, and the part every checkpoint writes is
+    // faulted in, while the other threads still run: fresh pages are slow
+    // to touch, and the freeze is for copying.
+    let scratch = Scratch::map();
+    let start = now(CLOCK_MONOTONIC);
+    let stopped = match &scratch {
+        Err(f) => Err(*f),
+        Ok(_) => stop_others(),
+    };
+    let result = match (stopped, &scratch) {
+        (Err(f), _) | (Ok(()), &Err(f)) => Err(f),
+        (Ok(()), Ok(scratch)) => {
+            // SAFETY: the slot is this thread's; `write` is a valid callback
+            // and `scratch` outlives the call.
+            let r = unsafe {
+                ferry_ckpt_park(slot.resume.get(), write, scratch as *const Scratch as usize)
+            };
             if r != 0 {
                 after_restore(slot, r);
                 return;
@@ -643,8 +653,10 @@ fn stop_others() -> Result<(), Fail> {
     ))
 }
 
-extern "C" fn write(_arg: usize) {
-    let r = write_image();
+extern "C" fn write(arg: usize) {
+    // SAFETY: `arg` is the coordinator's `&Scratch`, alive across the park.
+    let scratch = unsafe { &*(arg as *const Scratch) };
+    let r = write_image(scratch);
     // SAFETY: read by the coordinator (this thread) once this returns.
     unsafe { *core::ptr::addr_of_mut!(RESULT) = Some(r) };
 }
@@ -797,6 +809,18 @@ impl Scratch {
         if p < 0 {
             return Err(fail("mapping scratch memory", -p as i32));
         }
+        const MADV_POPULATE_WRITE: usize = 23;
+        raw(
+            SYS_madvise,
+            [
+                p as usize + OFF_IO,
+                OFF_FRESH + MAX_FRESH * 16 - OFF_IO,
+                MADV_POPULATE_WRITE,
+                0,
+                0,
+                0,
+            ],
+        );
         Ok(Scratch {
             base: p as usize,
             len: SCRATCH_LEN,
@@ -909,7 +933,7 @@ fn tmp_path(out: &mut [u8; 2200], vpid: u32) -> Result<(), Fail> {
     Ok(())
 }
 
-fn write_image() -> Result<Outcome, Fail> {
+fn write_image(scratch: &Scratch) -> Result<Outcome, Fail> {
     let vpid = state::MY_VPID.load(Ordering::Relaxed);
     let mut path = [0u8; 2200];
     tmp_path(&mut path, vpid)?;
@@ -918,7 +942,9 @@ fn write_image() -> Result<Outcome, Fail> {
         [
             AT_FDCWD as usize,
             path.as_ptr() as usize,
-            (O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC) as usize,
+            // Not truncated: the requester may have allocated the file's
+            // blocks ahead, outside the freeze; it is cut to length below.
+            (O_WRONLY | O_CREAT | O_CLOEXEC) as usize,
             0o600,
             0,
             0,
@@ -928,14 +954,11 @@ fn write_image() -> Result<Outcome, Fail> {
         return Err(fail("creating the image file", -fd as i32));
     }
     let fd = fd as i32;
-    let r = write_file(fd, vpid);
-    let synced = raw(SYS_fsync, [fd as usize, 0, 0, 0, 0, 0]);
+    // Neither fsync nor the cut to length here, in the freeze: the
+    // requester does both (it is told the length) before it makes the
+    // image whole.
+    let r = write_file(fd, vpid, scratch);
     raw(SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
-    let r = match (r, synced) {
-        (Ok(o), 0) => Ok(o),
-        (Ok(_), e) => Err(fail("syncing the image file", -e as i32)),
-        (Err(f), _) => Err(f),
-    };
     if r.is_err() {
         raw(
             SYS_unlinkat,
@@ -945,8 +968,7 @@ fn write_image() -> Result<Outcome, Fail> {
     r
 }
 
-fn write_file(fd: i32, vpid: u32) -> Result<Outcome, Fail> {
-    let scratch = Scratch::map()?;
+fn write_file(fd: i32, vpid: u32, scratch: &Scratch) -> Result<Outcome, Fail> {
     // The sequence numbers of one process's images only go up (across a
     // restore too), so that an incremental image names its parent
     // without doubt.
@@ -1404,12 +1426,6 @@ fn memory_sections(
     };
     // Half the I/O buffer's size, so the sink writes each chunk directly.
     let bounce = &mut scratch.bytes(OFF_MISC, MISC_BUF)[..IO_BUF / 2];
-    let mut gd_starts = [0usize; 64];
-    let gd = growsdown_starts(
-        scratch.bytes(OFF_MISC + IO_BUF / 2, MISC_BUF - IO_BUF / 2),
-        &mut gd_starts,
-    );
-    let gd_starts = &gd_starts[..gd];
     let skip = scratch.range();
     let pm = Pagemap::open_self(sys).map_err(|e| fail("opening /proc/self/pagemap", e.errno.0))?;
     let mut count = 0u32;
@@ -1440,7 +1456,7 @@ fn memory_sections(
         if m.kind == MapKind::Stack {
             flags |= img::MAP_STACK;
         }
-        if gd_starts.contains(&m.start) {
+        if anon && !m.shared && grows_down(m) {
             flags |= img::MAP_GROWSDOWN;
         }
         if m.kind == MapKind::Heap {
@@ -2043,75 +2059,18 @@ fn parse_u32(name: &[u8]) -> Option<u32> {
     })
 }
 
-/// The start addresses of the mappings the kernel grows down (VmFlags
-/// `gd` in /proc/self/smaps), at most `out.len()`; how many. `buf` holds
-/// the file's text a piece at a time.
-fn growsdown_starts(buf: &mut [u8], out: &mut [usize]) -> usize {
-    let fd = raw(
-        SYS_openat,
-        [
-            AT_FDCWD as usize,
-            c"/proc/self/smaps".as_ptr() as usize,
-            (O_RDONLY | O_CLOEXEC) as usize,
-            0,
-            0,
-            0,
-        ],
-    );
-    if fd < 0 {
-        return 0;
-    }
-    let (mut have, mut found, mut current) = (0usize, 0usize, 0usize);
-    loop {
-        let r = raw(
-            SYS_read,
-            [
-                fd as usize,
-                buf[have..].as_mut_ptr() as usize,
-                buf.len() - have,
-                0,
-                0,
-                0,
-            ],
-        );
-        if r == -(EINTR as isize) {
-            continue;
-        }
-        if r <= 0 {
-            break;
-        }
-        have += r as usize;
-        let mut line_start = 0usize;
-        while let Some(nl) = buf[line_start..have].iter().position(|&b| b == b'\n') {
-            let line = &buf[line_start..line_start + nl];
-            if line
-                .first()
-                .is_some_and(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-            {
-                current = line
-                    .iter()
-                    .take_while(|b| b.is_ascii_hexdigit())
-                    .fold(0usize, |a, &d| {
-                        a.wrapping_mul(16) + (d as char).to_digit(16).unwrap_or(0) as usize
-                    });
-            } else if line.starts_with(b"VmFlags:")
-                && line.windows(3).any(|w| w == b" gd")
-                && found < out.len()
-            {
-                out[found] = current;
-                found += 1;
-            }
-            line_start += nl + 1;
-        }
-        buf.copy_within(line_start..have, 0);
-        have -= line_start;
-        if have == buf.len() {
-            // A line longer than the buffer: none of smaps' are.
-            break;
-        }
-    }
-    raw(SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
-    found
+/// Whether the kernel grows mapping `m` down (`VM_GROWSDOWN`): only then
+/// does `mprotect` take `PROT_GROWSDOWN`, and giving its first page the
+/// protection it has changes nothing (much cheaper than reading smaps,
+/// which walks every page table).
+fn grows_down(m: &Mapping<'_>) -> bool {
+    let prot = (if m.prot.read { PROT_READ } else { 0 })
+        | (if m.prot.write { PROT_WRITE } else { 0 })
+        | (if m.prot.exec { PROT_EXEC } else { 0 });
+    raw(
+        SYS_mprotect,
+        [m.start, 4096, (prot | PROT_GROWSDOWN) as usize, 0, 0, 0],
+    ) == 0
 }
 
 /// Read a whole small file into `buf`; the bytes read.

@@ -10,7 +10,9 @@
 //! checkpoint leaves no image that looks whole. The program keeps running.
 
 use std::fs::OpenOptions;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -204,6 +206,12 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         }
     }
     let parent_seq = parent.as_ref().map_or(0, |p| p.0);
+    preallocate(
+        &dir.join(format!("{vpid}.fimg.tmp")),
+        pid,
+        parent.as_ref().map(|p| p.1.as_path()),
+        vpid,
+    );
     let result = ask(
         &region,
         pid,
@@ -216,6 +224,16 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
     let seq = c.seq.load(Ordering::Acquire);
     c.owner.store(0, Ordering::Release);
     let started = result?;
+    // The shim wrote file_bytes; the rest is what was allocated ahead.
+    let tmp = dir.join(format!("{vpid}.fimg.tmp"));
+    OpenOptions::new()
+        .write(true)
+        .open(&tmp)
+        .and_then(|f| f.set_len(c.file_bytes.load(Ordering::Acquire)))
+        .map_err(|e| Error::Failed {
+            pid,
+            why: format!("{}: cutting the image file to length: {e}", tmp.display()),
+        })?;
     let mut writer = CheckpointWriter::create(
         &args.image,
         seq,
@@ -239,6 +257,65 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         c.freeze_ns.load(Ordering::Acquire) as f64 / 1e6,
         started.elapsed().as_secs_f64() * 1e3,
     ))
+}
+
+/// Allocate the image file's blocks before the program is stopped, so
+/// that the freeze is spent copying, not allocating (fresh pages of a tmpfs
+/// or of the page cache are what a write waits for most): the process's
+/// resident memory for a full image; for an incremental one twice its
+/// parent's file, at least 64 MiB, at most the resident memory. A guess
+/// either way: the shim cuts the file to what it wrote, and if allocation
+/// fails nothing is lost but the head start.
+fn preallocate(tmp: &Path, pid: u32, parent: Option<&Path>, vpid: u32) {
+    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024);
+    let want = match parent {
+        None => rss + (8 << 20),
+        Some(p) => {
+            let parent_len = std::fs::metadata(p.join(ferry_image::dir::process_file_name(vpid)))
+                .map_or(0, |m| m.len());
+            (2 * parent_len).max(64 << 20).min(rss + (8 << 20))
+        }
+    };
+    let _ = std::fs::remove_file(tmp);
+    let Ok(file) = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(tmp)
+    else {
+        return;
+    };
+    // On a tmpfs the pages are written once (zeros): a page is slow the
+    // first time it is touched, not when it is allocated. Elsewhere the
+    // blocks are only reserved.
+    // SAFETY: fstatfs into a zeroed struct of our own.
+    let tmpfs = unsafe {
+        let mut st: libc::statfs = core::mem::zeroed();
+        libc::fstatfs(file.as_raw_fd(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
+    };
+    if tmpfs {
+        use std::io::Write;
+        let zeros = vec![0u8; 1 << 20];
+        let mut left = want;
+        let mut w = &file;
+        while left > 0 {
+            let n = left.min(zeros.len() as u64) as usize;
+            if w.write_all(&zeros[..n]).is_err() {
+                break;
+            }
+            left -= n as u64;
+        }
+    } else {
+        // SAFETY: fallocate on a file this function opened.
+        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, want as libc::off_t) };
+    }
 }
 
 /// Make the request and wait for the answer.
