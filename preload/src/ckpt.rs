@@ -1007,11 +1007,11 @@ fn write_file(fd: i32, vpid: u32, scratch: &Scratch) -> Result<Outcome, Fail> {
     rlimits_section(&mut w)?;
     let threads = thread_sections(&mut w)?;
     sigactions_section(&mut w)?;
-    let (mappings, memory) = memory_sections(&mut w, &scratch, incremental)?;
+    let (mappings, memory) = memory_sections(&mut w, scratch, incremental)?;
     fd_sections(&mut w, fd, misc)?;
     itimers_section(&mut w)?;
     crate::ckpt_fd::posix_timers(&mut w, misc, shown_of_real)?;
-    address_space_section(&mut w, &scratch)?;
+    address_space_section(&mut w, scratch)?;
     w.finish()?;
     sink.flush()
         .map_err(|e| fail("writing the image file", e))?;
