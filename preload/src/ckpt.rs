@@ -1359,21 +1359,36 @@ fn memory_sections(
     incremental: bool,
 ) -> Result<(u32, u64), Fail> {
     let sys = syscalls();
-    let text = scratch.bytes(OFF_MAPS_TEXT, MAPS_TEXT);
     let raw_maps = scratch.bytes(OFF_MAPPINGS, MAPPINGS_BYTES);
     // SAFETY: the bytes are zeroed, suitably aligned scratch memory (page
     // aligned), and a `Mapping` of all-zero bytes is a valid value (null
     // slice pointer aside, which `parse` overwrites before any read: the
     // slots are written with `Mapping::default()` first).
-    let out: &mut [Mapping<'static>] = unsafe {
-        let p = raw_maps.as_mut_ptr() as *mut Mapping<'static>;
-        for i in 0..MAX_MAPPINGS {
-            p.add(i).write(Mapping::default());
+    let base = raw_maps.as_mut_ptr() as *mut Mapping<'static>;
+    let table = |len: usize| -> &'static mut [Mapping<'static>] {
+        // SAFETY: as above; `len` is at most MAX_MAPPINGS, and a table made
+        // here is the only one in use from then on.
+        unsafe {
+            for i in 0..len {
+                base.add(i).write(Mapping::default());
+            }
+            core::slice::from_raw_parts_mut(base, len)
         }
-        core::slice::from_raw_parts_mut(p, MAX_MAPPINGS)
     };
-    let n = maps::read_self(sys, text, out).map_err(|_| fail("reading /proc/self/maps", EIO))?;
-    let maps = &out[..n];
+    // A small table first (filling a table costs its size, in the freeze),
+    // the whole one if the process has more mappings.
+    let small = table(2048);
+    let maps: &[Mapping<'static>] =
+        match maps::read_self(sys, scratch.bytes(OFF_MAPS_TEXT, MAPS_TEXT), small) {
+            Ok(n) => &small[..n],
+            Err(maps::MapsError::TooMany { .. }) => {
+                let out = table(MAX_MAPPINGS);
+                let n = maps::read_self(sys, scratch.bytes(OFF_MAPS_TEXT, MAPS_TEXT), out)
+                    .map_err(|_| fail("reading /proc/self/maps", EIO))?;
+                &out[..n]
+            }
+            Err(_) => return Err(fail("reading /proc/self/maps", EIO)),
+        };
     // SAFETY: scratch memory for PageRegion values (plain integers).
     let regions: &mut [PageRegion] = unsafe {
         core::slice::from_raw_parts_mut(
