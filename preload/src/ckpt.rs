@@ -168,23 +168,7 @@ fn bit(sig: i32) -> u64 {
 /// Install the checkpoint signal's handler: every signal but SIGSYS
 /// blocked while it runs, interrupted calls restarted.
 pub fn install_handler() {
-    #[repr(C)]
-    struct KSigaction {
-        handler: usize,
-        flags: u64,
-        restorer: usize,
-        mask: u64,
-    }
-    let act = KSigaction {
-        handler: on_signal as *const () as usize,
-        flags: (SA_SIGINFO | SA_RESTART | sys::SA_RESTORER) as u64,
-        restorer: sys::ferry_restorer as *const () as usize,
-        mask: !bit(SIGSYS),
-    };
-    raw(
-        SYS_rt_sigaction,
-        [CKPT_SIGNAL as usize, &act as *const _ as usize, 0, 8, 0, 0],
-    );
+    sys::install_shim_handler(CKPT_SIGNAL, on_signal, SA_RESTART, !bit(SIGSYS));
 }
 
 /// The pid the program sees: the one it had before a restore.
@@ -374,17 +358,7 @@ fn pending_set(key: &[u8]) -> u64 {
     let Ok(n) = read_file(c"/proc/thread-self/status", &mut buf) else {
         return 0;
     };
-    let text = &buf[..n];
-    let Some(at) = text.windows(key.len()).position(|w| w == key) else {
-        return 0;
-    };
-    text[at + key.len()..]
-        .iter()
-        .skip_while(|b| b.is_ascii_whitespace())
-        .take_while(|b| b.is_ascii_hexdigit())
-        .fold(0u64, |a, &d| {
-            a << 4 | (d as char).to_digit(16).unwrap_or(0) as u64
-        })
+    crate::ckpt_fd::field_num(&buf[..n], key, 16).unwrap_or(0)
 }
 
 /// Take a slot and note the calling thread's state in it.

@@ -111,7 +111,8 @@ fn number(s: &[u8], radix: u32) -> Option<(u64, &[u8])> {
     Some((v, &s[digits..]))
 }
 
-fn field_num(text: &[u8], key: &[u8], radix: u32) -> Option<u64> {
+/// The number after `key` on its line of `text`, in `radix`.
+pub(crate) fn field_num(text: &[u8], key: &[u8], radix: u32) -> Option<u64> {
     number(field(text, key)?, radix).map(|(v, _)| v)
 }
 

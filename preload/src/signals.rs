@@ -8,7 +8,7 @@
 //! deterministic and go straight to the program's handler.
 
 use crate::state::{self, consume, emit, mode, Rec};
-use crate::sys::{self, raw, GateFutex, SA_RESTORER};
+use crate::sys::{self, raw, GateFutex, KSigaction, SA_RESTORER};
 use core::cell::Cell;
 use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use ferry_proto::{Kind, RecordHeader};
@@ -17,16 +17,6 @@ use libc::*;
 
 const NSIG: usize = 65;
 const SIGINFO_LEN: usize = 128;
-
-/// The kernel's `struct sigaction` (x86_64).
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct KSigaction {
-    handler: usize,
-    flags: u64,
-    restorer: usize,
-    mask: u64,
-}
 
 /// The program's own disposition of each signal.
 struct Action {

@@ -6,7 +6,7 @@
 
 use crate::engine;
 use crate::state;
-use crate::sys::{self, raw, SA_RESTORER};
+use crate::sys::{self, raw};
 use libc::*;
 
 const PR_SET_SYSCALL_USER_DISPATCH: usize = 59;
@@ -17,23 +17,7 @@ pub const BLOCK: u8 = 1;
 
 /// Install the SIGSYS handler, returning through the gate's restorer.
 pub fn install_handler() {
-    #[repr(C)]
-    struct KSigaction {
-        handler: usize,
-        flags: u64,
-        restorer: usize,
-        mask: u64,
-    }
-    let act = KSigaction {
-        handler: on_sigsys as *const () as usize,
-        flags: (SA_SIGINFO | SA_RESTORER | SA_NODEFER) as u64,
-        restorer: sys::ferry_restorer as *const () as usize,
-        mask: 0,
-    };
-    raw(
-        SYS_rt_sigaction,
-        [SIGSYS as usize, &act as *const _ as usize, 0, 8, 0, 0],
-    );
+    sys::install_shim_handler(SIGSYS, on_sigsys, SA_NODEFER, 0);
 }
 
 /// Switch dispatch on for the calling thread.

@@ -219,3 +219,34 @@ impl core::fmt::Write for Line {
         Ok(())
     }
 }
+
+/// The kernel's `struct sigaction` (x86_64).
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct KSigaction {
+    pub handler: usize,
+    pub flags: u64,
+    pub restorer: usize,
+    pub mask: u64,
+}
+
+/// Install one of the shim's own handlers for `sig` (`SA_SIGINFO`, returning
+/// through the shim's restorer), with `flags` added and `mask` blocked
+/// while it runs.
+pub fn install_shim_handler(
+    sig: i32,
+    handler: extern "C" fn(i32, *mut libc::siginfo_t, *mut core::ffi::c_void),
+    flags: i32,
+    mask: u64,
+) {
+    let act = KSigaction {
+        handler: handler as *const () as usize,
+        flags: (libc::SA_SIGINFO | SA_RESTORER | flags) as u64,
+        restorer: ferry_restorer as *const () as usize,
+        mask,
+    };
+    raw(
+        libc::SYS_rt_sigaction,
+        [sig as usize, &act as *const _ as usize, 0, 8, 0, 0],
+    );
+}

@@ -81,12 +81,11 @@ __attribute__((unused)) static void ckpt_sleep_ms(long ms) {
     }
 }
 
-static void ckpt_ready_then_wait_go(void) {
+/* Block in read(2) on descriptor 0 until a whole line arrives; it must be
+ * `want`. */
+__attribute__((unused)) static void ckpt_wait_line(const char *want) {
     char line[32];
     size_t n = 0;
-    printf("ready\n");
-    if (fflush(stdout) != 0)
-        exit(1);
     for (;;) {
         char c;
         ssize_t r = read(0, &c, 1);
@@ -99,10 +98,17 @@ static void ckpt_ready_then_wait_go(void) {
         }
         if (r == -1 && errno == EINTR)
             continue;
-        fail("reading \"go\" from stdin: %s", r == 0 ? "end of file" : strerror(errno));
+        fail("reading \"%s\" from stdin: %s", want, r == 0 ? "end of file" : strerror(errno));
     }
     line[n] = '\0';
-    CHECK(strcmp(line, "go") == 0, "stdin: expected \"go\", got \"%s\"", line);
+    CHECK(strcmp(line, want) == 0, "stdin: expected \"%s\", got \"%s\"", want, line);
+}
+
+static void ckpt_ready_then_wait_go(void) {
+    printf("ready\n");
+    if (fflush(stdout) != 0)
+        exit(1);
+    ckpt_wait_line("go");
 }
 
 __attribute__((noreturn)) static void ckpt_ok(void) {

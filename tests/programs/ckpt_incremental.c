@@ -42,28 +42,6 @@ static void *map(void *at, size_t len, int flags) {
     return p;
 }
 
-/* Wait for the line `want` on stdin. */
-static void wait_line(const char *want) {
-    char line[32];
-    size_t n = 0;
-    for (;;) {
-        char c;
-        ssize_t r = read(0, &c, 1);
-        if (r == 1) {
-            if (c == '\n')
-                break;
-            if (n < sizeof line - 1)
-                line[n++] = c;
-            continue;
-        }
-        if (r == -1 && errno == EINTR)
-            continue;
-        fail("reading \"%s\" from stdin: %s", want, r == 0 ? "end of file" : strerror(errno));
-    }
-    line[n] = '\0';
-    CHECK(strcmp(line, want) == 0, "stdin: expected \"%s\", got \"%s\"", want, line);
-}
-
 int main(int argc, char **argv) {
     /* With "native", the steps run without waiting (the test's native run). */
     int native = argc > 1 && strcmp(argv[1], "native") == 0;
@@ -78,7 +56,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     if (!native)
-        wait_line("1");
+        ckpt_wait_line("1");
     for (size_t pg = 0; pg < BLOCK / PAGE; pg += 100)
         fill(block + pg * PAGE, PAGE, 10);
     memset(block + 5 * PAGE, 0, PAGE);
@@ -91,7 +69,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     if (!native)
-        wait_line("2");
+        ckpt_wait_line("2");
     for (size_t pg = 50; pg < BLOCK / PAGE; pg += 100)
         fill(block + pg * PAGE, PAGE, 11);
     unsigned char *again = map(old_small, SMALL, MAP_FIXED);
@@ -100,7 +78,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     if (!native)
-        wait_line("go");
+        ckpt_wait_line("go");
     for (size_t pg = 0; pg < BLOCK / PAGE; pg++) {
         const unsigned char *p = block + pg * PAGE;
         char what[64];
