@@ -764,7 +764,7 @@ const MAPS_TEXT: usize = 4 << 20;
 const MAX_MAPPINGS: usize = 32768;
 const IO_BUF: usize = 1 << 20;
 const MISC_BUF: usize = 1 << 20;
-const MAX_REGIONS: usize = 1024;
+const MAX_REGIONS: usize = 8192;
 const MAX_RUNS: usize = 4096;
 
 impl Scratch {
@@ -981,11 +981,11 @@ fn write_file(fd: i32, vpid: u32, scratch: &Scratch) -> Result<Outcome, Fail> {
     rlimits_section(&mut w)?;
     let threads = thread_sections(&mut w)?;
     sigactions_section(&mut w)?;
-    let (mappings, memory) = memory_sections(&mut w, scratch, incremental)?;
+    let (mappings, memory, vdso) = memory_sections(&mut w, scratch, incremental)?;
     fd_sections(&mut w, fd, misc)?;
     itimers_section(&mut w)?;
     crate::ckpt_fd::posix_timers(&mut w, misc, shown_of_real)?;
-    address_space_section(&mut w, scratch)?;
+    address_space_section(&mut w, scratch, vdso)?;
     w.finish()?;
     sink.flush()
         .map_err(|e| fail("writing the image file", e))?;
@@ -1327,11 +1327,13 @@ impl MemoryPlan<'_> {
 
 const MAX_FRESH: usize = 4096;
 
+/// The mappings and their pages; returns how many mappings, the bytes of
+/// memory saved, and the vDSO's identity (CRC-32C, length).
 fn memory_sections(
     w: &mut W<'_>,
     scratch: &Scratch,
     incremental: bool,
-) -> Result<(u32, u64), Fail> {
+) -> Result<(u32, u64, (u32, u64)), Fail> {
     let sys = syscalls();
     let raw_maps = scratch.bytes(OFF_MAPPINGS, MAPPINGS_BYTES);
     // SAFETY: the bytes are zeroed, suitably aligned scratch memory (page
@@ -1419,6 +1421,7 @@ fn memory_sections(
     let pm = Pagemap::open_self(sys).map_err(|e| fail("opening /proc/self/pagemap", e.errno.0))?;
     let mut count = 0u32;
     let mut memory = 0u64;
+    let mut vdso = (0u32, 0u64);
     for m in maps {
         if m.kind == MapKind::Vsyscall || (m.start < skip.end && skip.start < m.end) {
             continue;
@@ -1474,6 +1477,11 @@ fn memory_sections(
         };
         w.mapping(&info, m.path)?;
         count += 1;
+        if m.kind == MapKind::Vdso {
+            // SAFETY: the vDSO is mapped readable for its whole length.
+            let b = unsafe { core::slice::from_raw_parts(m.start as *const u8, m.end - m.start) };
+            vdso = (crc32c::crc32c(b), b.len() as u64);
+        }
         if special != 0 || m.kind == MapKind::Other {
             continue;
         }
@@ -1498,6 +1506,7 @@ fn memory_sections(
         let mut out = Runs {
             w,
             bounce: &mut *bounce,
+            through_bounce: changes_while_written(m, maps),
             mapping_start: m.start,
             runs: &mut *runs,
             n: 0,
@@ -1517,7 +1526,46 @@ fn memory_sections(
         r?;
         memory += out.saved;
     }
-    Ok((count, memory))
+    Ok((count, memory, vdso))
+}
+
+/// Whether mapping `m` may change while the coordinator writes it: the
+/// coordinator's stack, its TLS block, and the shim's own writable memory
+/// (its file's mappings, and the anonymous one right after them that holds
+/// the rest of its `.bss`), and shared memory (another process may write
+/// it). Every other thread is stopped, so the rest of the program's memory
+/// holds still.
+fn changes_while_written(m: &Mapping<'_>, maps: &[Mapping<'_>]) -> bool {
+    if m.shared {
+        return true;
+    }
+    let local = 0u8;
+    let mut fs = 0u64;
+    raw(
+        SYS_arch_prctl,
+        [ARCH_GET_FS, &mut fs as *mut u64 as usize, 0, 0, 0, 0],
+    );
+    let inside = |a: usize| m.start <= a && a < m.end;
+    if inside(&local as *const u8 as usize)
+        || inside(fs as usize)
+        || inside(&PHASE as *const AtomicU32 as usize)
+        || inside(SLOTS.as_ptr() as usize)
+    {
+        return true;
+    }
+    let code = ferry_ckpt_park as *const () as usize;
+    let Some(shim) = maps.iter().position(|x| x.start <= code && code < x.end) else {
+        return true;
+    };
+    let path = maps[shim].path;
+    if !path.is_empty() && m.path == path {
+        return true;
+    }
+    // The anonymous mapping right after the shim's last one.
+    let last = maps.iter().rposition(|x| x.path == path).unwrap_or(shim);
+    maps.get(last + 1).is_some_and(|next| {
+        next.start == m.start && next.path.is_empty() && next.start == maps[last].end
+    })
 }
 
 /// The runs of one mapping on their way into pages sections of at most
@@ -1525,6 +1573,9 @@ fn memory_sections(
 struct Runs<'a, 'w> {
     w: &'a mut W<'w>,
     bounce: &'a mut [u8],
+    /// Whether the mapping's bytes go through `bounce` (see
+    /// [`changes_while_written`]).
+    through_bounce: bool,
     mapping_start: usize,
     runs: &'a mut [[u64; 3]],
     n: usize,
@@ -1591,11 +1642,19 @@ impl Runs<'_, '_> {
             if r[2] != RUN_DATA as u64 {
                 continue;
             }
+            let mut at = r[0] as usize;
+            let end = at + r[1] as usize * 4096;
+            if !self.through_bounce {
+                // SAFETY: the run lies in a readable mapping (see the
+                // callers) that nothing writes while the threads are
+                // stopped.
+                let bytes = unsafe { core::slice::from_raw_parts(at as *const u8, end - at) };
+                self.w.page_data(bytes)?;
+                continue;
+            }
             // Through a bounce buffer: the coordinator's own stack, its TLS
             // and the shim's statics change while they are written, and the
             // checksum must cover the bytes the file holds.
-            let mut at = r[0] as usize;
-            let end = at + r[1] as usize * 4096;
             while at < end {
                 let len = (end - at).min(self.bounce.len());
                 // SAFETY: the run lies in a readable mapping (see the
@@ -1697,7 +1756,7 @@ fn dirty_pages(
     Ok(())
 }
 
-fn address_space_section(w: &mut W<'_>, scratch: &Scratch) -> Result<(), Fail> {
+fn address_space_section(w: &mut W<'_>, scratch: &Scratch, vdso: (u32, u64)) -> Result<(), Fail> {
     let buf = scratch.bytes(OFF_MISC, MISC_BUF);
     let (stat, auxv_buf) = buf.split_at_mut(8192);
     let n = read_file(c"/proc/self/stat", stat).map_err(|e| fail("reading /proc/self/stat", e))?;
@@ -1723,7 +1782,7 @@ fn address_space_section(w: &mut W<'_>, scratch: &Scratch) -> Result<(), Fail> {
     let auxv_n = read_file(c"/proc/self/auxv", &mut auxv_buf[..4096])
         .map_err(|e| fail("reading /proc/self/auxv", e))?;
     let brk = raw(SYS_brk, [0; 6]) as u64;
-    let (vdso_crc, vdso_len) = vdso_identity(scratch);
+    let (vdso_crc, vdso_len) = vdso;
     let xcr0 = xgetbv0();
     let xsave_size = {
         let n = NSLOTS.load(Ordering::Acquire);
@@ -1754,32 +1813,6 @@ fn address_space_section(w: &mut W<'_>, scratch: &Scratch) -> Result<(), Fail> {
     };
     w.address_space(&info, &auxv_buf[..auxv_n])?;
     Ok(())
-}
-
-/// The CRC-32C and length of `[vdso]`.
-fn vdso_identity(scratch: &Scratch) -> (u32, u64) {
-    let text = scratch.bytes(OFF_MAPS_TEXT, MAPS_TEXT);
-    let raw_maps = scratch.bytes(OFF_MAPPINGS, MAPPINGS_BYTES);
-    // SAFETY: as in memory_sections: scratch slots written with
-    // `Mapping::default()` before use.
-    let out: &mut [Mapping<'static>] = unsafe {
-        let p = raw_maps.as_mut_ptr() as *mut Mapping<'static>;
-        for i in 0..MAX_MAPPINGS {
-            p.add(i).write(Mapping::default());
-        }
-        core::slice::from_raw_parts_mut(p, MAX_MAPPINGS)
-    };
-    let Ok(n) = maps::read_self(syscalls(), text, out) else {
-        return (0, 0);
-    };
-    for m in &out[..n] {
-        if m.kind == MapKind::Vdso {
-            // SAFETY: the vDSO is mapped readable for its whole length.
-            let b = unsafe { core::slice::from_raw_parts(m.start as *const u8, m.end - m.start) };
-            return (crc32c::crc32c(b), b.len() as u64);
-        }
-    }
-    (0, 0)
 }
 
 fn xgetbv0() -> u64 {
