@@ -457,6 +457,8 @@ struct Outcome {
     mappings: u32,
     memory: u64,
     file: u64,
+    /// A writer process writes the memory and answers the requester.
+    forked: bool,
 }
 
 /// Why a checkpoint failed: what was being done, and the errno.
@@ -527,13 +529,21 @@ fn coordinate(uc: *mut c_void, selector: u8) {
         sys::futex_wait(&PARKED, p, Some(100));
     }
     NSLOTS.store(0, Ordering::Release);
-    answer(result, freeze);
+    match result {
+        // The writer answers once the memory is written.
+        Ok(o) if o.forked => {
+            if let Some(r) = state::region() {
+                r.ckpt().freeze_ns.store(freeze, Ordering::Release);
+            }
+        }
+        r => answer(r, Some(freeze)),
+    }
     PHASE.store(IDLE, Ordering::Release);
     COORD.store(0, Ordering::Release);
 }
 
 /// Put the answer in the region and wake the requester.
-fn answer(result: Result<Outcome, Fail>, freeze_ns: u64) {
+fn answer(result: Result<Outcome, Fail>, freeze_ns: Option<u64>) {
     let Some(r) = state::region() else { return };
     let c = r.ckpt();
     match result {
@@ -542,7 +552,9 @@ fn answer(result: Result<Outcome, Fail>, freeze_ns: u64) {
             c.mappings.store(o.mappings, Ordering::Relaxed);
             c.memory_bytes.store(o.memory, Ordering::Relaxed);
             c.file_bytes.store(o.file, Ordering::Relaxed);
-            c.freeze_ns.store(freeze_ns, Ordering::Relaxed);
+            if let Some(f) = freeze_ns {
+                c.freeze_ns.store(f, Ordering::Relaxed);
+            }
             c.message_len.store(0, Ordering::Relaxed);
             c.status.store(CKPT_OK, Ordering::Release);
         }
@@ -832,7 +844,12 @@ const OFF_MISC: usize = OFF_IO + IO_BUF;
 const OFF_REGIONS: usize = OFF_MISC + MISC_BUF;
 const OFF_RUNS: usize = OFF_REGIONS + MAX_REGIONS * core::mem::size_of::<PageRegion>();
 const OFF_FRESH: usize = OFF_RUNS + MAX_RUNS * 24;
-const _: () = assert!(OFF_FRESH + MAX_FRESH * 16 <= SCRATCH_LEN);
+/// The pages of shared memory that hold data, found while the threads are
+/// stopped: a copy made by fork has no page tables for shared mappings,
+/// so a writer cannot ask its own.
+const OFF_SHARED: usize = OFF_FRESH + MAX_FRESH * 16;
+const MAX_SHARED_REGIONS: usize = 16384;
+const _: () = assert!(OFF_SHARED + MAX_SHARED_REGIONS * 16 <= SCRATCH_LEN);
 
 /// A [`Sink`] over a raw descriptor, buffered.
 pub(crate) struct FdSink {
@@ -931,7 +948,7 @@ fn write_image(scratch: &Scratch) -> Result<Outcome, Fail> {
     // Neither fsync nor the cut to length here, in the freeze: the
     // requester does both (it is told the length) before it makes the
     // image whole.
-    let r = write_file(fd, vpid, scratch);
+    let r = write_file(fd, vpid, scratch, &path);
     raw(SYS_close, [fd as usize, 0, 0, 0, 0, 0]);
     if r.is_err() {
         raw(
@@ -942,7 +959,7 @@ fn write_image(scratch: &Scratch) -> Result<Outcome, Fail> {
     r
 }
 
-fn write_file(fd: i32, vpid: u32, scratch: &Scratch) -> Result<Outcome, Fail> {
+fn write_file(fd: i32, vpid: u32, scratch: &Scratch, path: &[u8]) -> Result<Outcome, Fail> {
     // The sequence numbers of one process's images only go up (across a
     // restore too), so that an incremental image names its parent
     // without doubt.
@@ -977,29 +994,133 @@ fn write_file(fd: i32, vpid: u32, scratch: &Scratch) -> Result<Outcome, Fail> {
     // last one.
     BASELINE.store(false, Ordering::Relaxed);
     let misc = scratch.bytes(OFF_MISC, MISC_BUF);
+    // Everything but memory is taken while the threads are stopped: it is
+    // small, and it is not the process's memory (a descriptor's queue, a
+    // timer) so a copy of the memory would not keep it.
     process_section(&mut w, vpid, misc)?;
     rlimits_section(&mut w)?;
     let threads = thread_sections(&mut w)?;
     sigactions_section(&mut w)?;
-    let (mappings, memory, vdso) = memory_sections(&mut w, scratch, incremental)?;
     fd_sections(&mut w, fd, misc)?;
     itimers_section(&mut w)?;
     crate::ckpt_fd::posix_timers(&mut w, misc, shown_of_real)?;
-    address_space_section(&mut w, scratch, vdso)?;
+    let prep = prepare_memory(scratch, incremental)?;
+    address_space_section(&mut w, scratch, prep.vdso)?;
+    let done = |seq: u64| {
+        LAST_SEQ.store(seq, Ordering::Relaxed);
+        BASELINE.store(tracker().is_some(), Ordering::Relaxed);
+        if let Some(r) = state::region() {
+            r.ckpt().seq.store(seq, Ordering::Release);
+        }
+    };
+    if !incremental {
+        // A full image: the memory is written by a copy of the process
+        // (fork's copy-on-write) while the program runs on. The sequence
+        // number is told first: the writer may answer before this returns.
+        done(seq);
+        if let Some(forked) = fork_writer(fd) {
+            if !forked {
+                // The writer: its memory is the program's at the fork.
+                let r = match memory_sections(&mut w, scratch, &prep) {
+                    Err(f) => Err(f),
+                    Ok((mappings, memory)) => match w.finish() {
+                        Err(e) => Err(Fail::from(e)),
+                        Ok(_) => match sink.flush() {
+                            Err(e) => Err(fail("writing the image file", e)),
+                            Ok(()) => Ok(Outcome {
+                                threads,
+                                mappings,
+                                memory,
+                                file: sink.total,
+                                forked: true,
+                            }),
+                        },
+                    },
+                };
+                writer_exit(r, path);
+            }
+            return Ok(Outcome {
+                threads,
+                mappings: 0,
+                memory: 0,
+                file: 0,
+                forked: true,
+            });
+        }
+    }
+    let (mappings, memory) = memory_sections(&mut w, scratch, &prep)?;
     w.finish()?;
     sink.flush()
         .map_err(|e| fail("writing the image file", e))?;
-    LAST_SEQ.store(seq, Ordering::Relaxed);
-    BASELINE.store(tracker().is_some(), Ordering::Relaxed);
-    if let Some(r) = state::region() {
-        r.ckpt().seq.store(seq, Ordering::Release);
-    }
+    done(seq);
     Ok(Outcome {
         threads,
         mappings,
         memory,
         file: sink.total,
+        forked: false,
     })
+}
+
+/// Make the process that writes a full image's memory: a grandchild (its
+/// parent exits at once and is reaped here), so that the program never
+/// sees a child of its own (it sends no signal when it exits). Returns
+/// `Some(true)` in the program, `Some(false)` in the writer, `None` if no
+/// process could be made (the program then writes in the freeze).
+fn fork_writer(image_fd: i32) -> Option<bool> {
+    let child = raw(SYS_clone, [0, 0, 0, 0, 0, 0]);
+    if child < 0 {
+        return None;
+    }
+    if child == 0 {
+        let grandchild = raw(SYS_clone, [0, 0, 0, 0, 0, 0]);
+        if grandchild != 0 {
+            raw(SYS_exit_group, [(grandchild < 0) as usize, 0, 0, 0, 0, 0]);
+        }
+        // The writer holds none of the program's descriptors (a socket
+        // the program closes must close), only the image's.
+        let fd = image_fd as usize;
+        if fd > 0 {
+            raw(SYS_close_range, [0, fd - 1, 0, 0, 0, 0]);
+        }
+        raw(SYS_close_range, [fd + 1, u32::MAX as usize, 0, 0, 0, 0]);
+        if let Some(r) = state::region() {
+            r.ckpt().writer_pid.store(sys::getpid(), Ordering::Release);
+        }
+        return Some(false);
+    }
+    let mut status = 0i32;
+    let r = raw(
+        SYS_wait4,
+        [
+            child as usize,
+            &mut status as *mut i32 as usize,
+            __WALL as usize,
+            0,
+            0,
+            0,
+        ],
+    );
+    if r != child || status != 0 {
+        // The writer was not made: nothing will answer.
+        return None;
+    }
+    Some(true)
+}
+
+/// The writer's end: answer the requester and exit (an image it could not
+/// finish is removed).
+fn writer_exit(r: Result<Outcome, Fail>, path: &[u8]) -> ! {
+    if r.is_err() {
+        raw(
+            SYS_unlinkat,
+            [AT_FDCWD as usize, path.as_ptr() as usize, 0, 0, 0, 0],
+        );
+    }
+    answer(r, None);
+    loop {
+        raw(SYS_exit_group, [0, 0, 0, 0, 0, 0]);
+    }
 }
 
 pub(crate) type W<'a> = ImageWriter<&'a mut FdSink>;
@@ -1327,13 +1448,34 @@ impl MemoryPlan<'_> {
 
 const MAX_FRESH: usize = 4096;
 
-/// The mappings and their pages; returns how many mappings, the bytes of
-/// memory saved, and the vDSO's identity (CRC-32C, length).
-fn memory_sections(
-    w: &mut W<'_>,
-    scratch: &Scratch,
+/// What the memory sections are written from: the mappings, and which of
+/// them the tracker began tracking for this checkpoint.
+struct MemoryPrep {
+    maps: &'static [Mapping<'static>],
     incremental: bool,
-) -> Result<(u32, u64, (u32, u64)), Fail> {
+    /// See [`MemoryPlan::fresh`].
+    fresh: Option<&'static [Range]>,
+    /// The vDSO's CRC-32C and length.
+    vdso: (u32, u64),
+    /// The populated parts of the shared mappings whose content is saved,
+    /// in address order; `None` when there were more than the list holds
+    /// (a writer then reads those mappings whole).
+    shared: Option<&'static [Range]>,
+}
+
+/// Whether the content of mapping `m` is saved (not a file's, not special).
+fn content_saved(m: &Mapping<'_>) -> bool {
+    let file_backed = m.kind == MapKind::File && !m.deleted && !memfd_like(m);
+    let special = matches!(
+        m.kind,
+        MapKind::Vdso | MapKind::Vvar | MapKind::VvarVclock | MapKind::Vsyscall | MapKind::Other
+    );
+    !(special || (m.shared && file_backed))
+}
+
+/// Read the mappings and start (or extend) tracking, before any page is
+/// copied: a write after this is in the next incremental image.
+fn prepare_memory(scratch: &Scratch, incremental: bool) -> Result<MemoryPrep, Fail> {
     let sys = syscalls();
     let raw_maps = scratch.bytes(OFF_MAPPINGS, MAPPINGS_BYTES);
     // SAFETY: the bytes are zeroed, suitably aligned scratch memory (page
@@ -1372,13 +1514,6 @@ fn memory_sections(
             MAX_REGIONS,
         )
     };
-    // SAFETY: scratch memory for (addr, pages, kind) triples.
-    let runs: &mut [[u64; 3]] = unsafe {
-        core::slice::from_raw_parts_mut(
-            scratch.bytes(OFF_RUNS, MAX_RUNS * 24).as_mut_ptr() as *mut [u64; 3],
-            MAX_RUNS,
-        )
-    };
     // SAFETY: scratch memory for ranges (plain integers).
     let fresh: &mut [Range] = unsafe {
         core::slice::from_raw_parts_mut(
@@ -1410,10 +1545,100 @@ fn memory_sections(
             listed = false;
         }
     }
+    let mut vdso = (0u32, 0u64);
+    if let Some(m) = maps.iter().find(|m| m.kind == MapKind::Vdso) {
+        // SAFETY: the vDSO is mapped readable for its whole length.
+        let b = unsafe { core::slice::from_raw_parts(m.start as *const u8, m.end - m.start) };
+        vdso = (crc32c::crc32c(b), b.len() as u64);
+    }
+    let fresh: &'static [Range] = fresh;
+    // SAFETY: scratch memory for ranges (plain integers).
+    let shared_out: &'static mut [Range] = unsafe {
+        core::slice::from_raw_parts_mut(
+            scratch
+                .bytes(OFF_SHARED, MAX_SHARED_REGIONS * 16)
+                .as_mut_ptr() as *mut Range,
+            MAX_SHARED_REGIONS,
+        )
+    };
+    let pm = Pagemap::open_self(sys).map_err(|e| fail("opening /proc/self/pagemap", e.errno.0))?;
+    let skip = scratch.range();
+    let mut nshared = 0usize;
+    let mut complete = true;
+    for m in maps.iter().filter(|m| m.shared && content_saved(m)) {
+        if m.start < skip.end && skip.start < m.end {
+            continue;
+        }
+        let mut at = m.start;
+        while at < m.end && complete {
+            let mut got = 0usize;
+            let r = pm.populated(
+                Range {
+                    start: at,
+                    end: m.end,
+                },
+                Swap::Include,
+                false,
+                regions,
+                |b| {
+                    got = b.len();
+                    ControlFlow::Break(())
+                },
+            );
+            if r.is_err() || nshared + got > shared_out.len() {
+                complete = false;
+                break;
+            }
+            for g in &regions[..got] {
+                shared_out[nshared] = Range {
+                    start: g.start as usize,
+                    end: (g.end as usize).min(m.end),
+                };
+                nshared += 1;
+            }
+            if got < regions.len() {
+                break;
+            }
+            at = regions[got - 1].end as usize;
+        }
+    }
+    let shared: &'static [Range] = shared_out;
+    Ok(MemoryPrep {
+        maps,
+        incremental,
+        fresh: listed.then_some(&fresh[..nfresh]),
+        vdso,
+        shared: complete.then_some(&shared[..nshared]),
+    })
+}
+
+/// The mapping and pages sections; returns how many mappings and the bytes
+/// of memory saved.
+fn memory_sections(
+    w: &mut W<'_>,
+    scratch: &Scratch,
+    prep: &MemoryPrep,
+) -> Result<(u32, u64), Fail> {
+    let sys = syscalls();
+    let (maps, incremental) = (prep.maps, prep.incremental);
+    // SAFETY: scratch memory for PageRegion values (plain integers).
+    let regions: &mut [PageRegion] = unsafe {
+        core::slice::from_raw_parts_mut(
+            scratch.bytes(OFF_REGIONS, MAX_REGIONS * 24).as_mut_ptr() as *mut PageRegion,
+            MAX_REGIONS,
+        )
+    };
+    // SAFETY: scratch memory for (addr, pages, kind) triples.
+    let runs: &mut [[u64; 3]] = unsafe {
+        core::slice::from_raw_parts_mut(
+            scratch.bytes(OFF_RUNS, MAX_RUNS * 24).as_mut_ptr() as *mut [u64; 3],
+            MAX_RUNS,
+        )
+    };
     let plan = MemoryPlan {
         incremental,
         tracker: tracker().as_ref(),
-        fresh: listed.then_some(&fresh[..nfresh]),
+        fresh: prep.fresh,
     };
     // Half the I/O buffer's size, so the sink writes each chunk directly.
     let bounce = &mut scratch.bytes(OFF_MISC, MISC_BUF)[..IO_BUF / 2];
@@ -1421,7 +1646,6 @@ fn memory_sections(
     let pm = Pagemap::open_self(sys).map_err(|e| fail("opening /proc/self/pagemap", e.errno.0))?;
     let mut count = 0u32;
     let mut memory = 0u64;
-    let mut vdso = (0u32, 0u64);
     for m in maps {
         if m.kind == MapKind::Vsyscall || (m.start < skip.end && skip.start < m.end) {
             continue;
@@ -1477,11 +1701,6 @@ fn memory_sections(
         };
         w.mapping(&info, m.path)?;
         count += 1;
-        if m.kind == MapKind::Vdso {
-            // SAFETY: the vDSO is mapped readable for its whole length.
-            let b = unsafe { core::slice::from_raw_parts(m.start as *const u8, m.end - m.start) };
-            vdso = (crc32c::crc32c(b), b.len() as u64);
-        }
         if special != 0 || m.kind == MapKind::Other {
             continue;
         }
@@ -1514,6 +1733,7 @@ fn memory_sections(
         };
         let r = match (whole, plan.tracker) {
             (false, Some(t)) => dirty_pages(&mut out, t, m, regions),
+            _ if m.shared => shared_pages(&mut out, m, prep.shared),
             _ => populated_pages(&mut out, &pm, m, file_backed, regions),
         }
         .and_then(|()| out.flush());
@@ -1526,7 +1746,7 @@ fn memory_sections(
         r?;
         memory += out.saved;
     }
-    Ok((count, memory, vdso))
+    Ok((count, memory))
 }
 
 /// Whether mapping `m` may change while the coordinator writes it: the
@@ -1671,6 +1891,26 @@ impl Runs<'_, '_> {
         self.saved += data * 4096;
         Ok(())
     }
+}
+
+/// The pages of shared mapping `m` that hold data, from the list made while
+/// the threads were stopped (all of `m` without one).
+fn shared_pages(
+    out: &mut Runs<'_, '_>,
+    m: &Mapping<'_>,
+    list: Option<&[Range]>,
+) -> Result<(), Fail> {
+    let Some(list) = list else {
+        return out.bytes(m.start, m.end, false);
+    };
+    let first = list.partition_point(|r| r.end <= m.start);
+    for r in list[first..].iter().take_while(|r| r.start < m.end) {
+        let (s, e) = (r.start.max(m.start), r.end.min(m.end));
+        if s < e {
+            out.bytes(s, e, false)?;
+        }
+    }
+    Ok(())
 }
 
 /// The pages of `m` that hold data (all-zero pages left out; with

@@ -254,6 +254,9 @@ pub struct CkptControl {
     /// Request: 0 for a full image; else the sequence number of the image
     /// this one is incremental to (the process's last checkpoint).
     pub parent_seq: AtomicU64,
+    /// Answer in progress: the pid of the process writing the image's
+    /// memory (a copy of the program), or 0; if it dies, nothing answers.
+    pub writer_pid: AtomicU32,
 }
 
 const _: () = assert!(CKPT_OFFSET + core::mem::size_of::<CkptControl>() <= PROCS_OFFSET);
