@@ -186,17 +186,21 @@ pub fn real_id(id: i32) -> i32 {
     if id == shown as i32 {
         return sys::getpid() as i32;
     }
-    let n = NSLOTS.load(Ordering::Acquire).min(MAX_THREADS);
-    for s in &SLOTS[..n] {
-        if s.shown_tid.load(Ordering::Relaxed) == id as u32 {
-            let t = s.new_tid.load(Ordering::Relaxed);
-            if t != 0 {
-                return t as i32;
-            }
+    let n = NIDS.load(Ordering::Acquire).min(MAX_THREADS);
+    for pair in &IDS[..n] {
+        if pair[0].load(Ordering::Relaxed) == id as u32 {
+            return pair[1].load(Ordering::Relaxed) as i32;
         }
     }
     id
 }
+
+/// After a restore: the tid each restored thread is shown by, and its real
+/// one now (the stopped threads' slots are free for the next checkpoint).
+#[allow(clippy::declare_interior_mutable_const)]
+const NO_IDS: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+static IDS: [[AtomicU32; 2]; MAX_THREADS] = [NO_IDS; MAX_THREADS];
+static NIDS: AtomicUsize = AtomicUsize::new(0);
 
 /// The tid the program knows the stopped thread whose real tid is `real`
 /// by (`real` itself if it is none of them).
@@ -658,8 +662,10 @@ fn after_restore(slot: &'static Slot, info: usize) {
     let shown = slot.shown_tid.load(Ordering::Relaxed);
     state::after_restore_thread(shown);
     if slot.coordinator.load(Ordering::Relaxed) {
-        // A new process: the tracker's descriptors were not carried over.
+        // A new process: the tracker's descriptors were not carried over,
+        // and the last writer is not its child.
         forget_tracker(false);
+        forget_writer();
         LAST_SEQ.store(info.seq, Ordering::Relaxed);
     }
     slot.new_tid.store(sys::gettid(), Ordering::Release);
@@ -754,10 +760,16 @@ fn after_restore(slot: &'static Slot, info: usize) {
     }
     RESUMED.store(0, Ordering::Release);
     PARKED.store(0, Ordering::Release);
-    NSLOTS.store(
-        NSLOTS.load(Ordering::Acquire).min(info.threads as usize),
-        Ordering::Release,
-    );
+    let n = NSLOTS
+        .load(Ordering::Acquire)
+        .min(info.threads as usize)
+        .min(MAX_THREADS);
+    for (pair, s) in IDS.iter().zip(&SLOTS[..n]) {
+        pair[0].store(s.shown_tid.load(Ordering::Relaxed), Ordering::Relaxed);
+        pair[1].store(s.new_tid.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+    NIDS.store(n, Ordering::Release);
+    NSLOTS.store(0, Ordering::Release);
     PHASE.store(IDLE, Ordering::Release);
     COORD.store(0, Ordering::Release);
 }
@@ -1062,21 +1074,33 @@ fn write_file(fd: i32, vpid: u32, scratch: &Scratch, path: &[u8]) -> Result<Outc
     })
 }
 
-/// Make the process that writes a full image's memory: a grandchild (its
-/// parent exits at once and is reaped here), so that the program never
-/// sees a child of its own (it sends no signal when it exits). Returns
-/// `Some(true)` in the program, `Some(false)` in the writer, `None` if no
-/// process could be made (the program then writes in the freeze).
+/// The last writer process made (a child of this process), reaped at the
+/// next full checkpoint; 0 for none.
+static WRITER: AtomicU32 = AtomicU32::new(0);
+
+/// Make the process that writes a full image's memory: a child that sends
+/// no signal when it exits, so that the program's own `wait` calls do not
+/// see it (only `__WALL` does); the shim reaps it at the next full
+/// checkpoint. Returns `Some(true)` in the program, `Some(false)` in the
+/// writer, `None` if no process could be made (the program then writes in
+/// the freeze).
 fn fork_writer(image_fd: i32) -> Option<bool> {
+    let last = WRITER.swap(0, Ordering::Relaxed);
+    if last != 0 {
+        let r = raw(
+            SYS_wait4,
+            [last as usize, 0, (__WALL | WNOHANG) as usize, 0, 0, 0],
+        );
+        // r == 0: still running (its requester gave up on it); it stays a
+        // zombie until the program exits. Rare, and never more than one
+        // per abandoned checkpoint.
+        let _ = r;
+    }
     let child = raw(SYS_clone, [0, 0, 0, 0, 0, 0]);
     if child < 0 {
         return None;
     }
     if child == 0 {
-        let grandchild = raw(SYS_clone, [0, 0, 0, 0, 0, 0]);
-        if grandchild != 0 {
-            raw(SYS_exit_group, [(grandchild < 0) as usize, 0, 0, 0, 0, 0]);
-        }
         // The writer holds none of the program's descriptors (a socket
         // the program closes must close), only the image's.
         let fd = image_fd as usize;
@@ -1089,23 +1113,14 @@ fn fork_writer(image_fd: i32) -> Option<bool> {
         }
         return Some(false);
     }
-    let mut status = 0i32;
-    let r = raw(
-        SYS_wait4,
-        [
-            child as usize,
-            &mut status as *mut i32 as usize,
-            __WALL as usize,
-            0,
-            0,
-            0,
-        ],
-    );
-    if r != child || status != 0 {
-        // The writer was not made: nothing will answer.
-        return None;
-    }
+    WRITER.store(child as u32, Ordering::Relaxed);
     Some(true)
+}
+
+/// In a process that did not make the last writer (a forked child, a
+/// restored process): it is not this one's to reap.
+pub fn forget_writer() {
+    WRITER.store(0, Ordering::Relaxed);
 }
 
 /// The writer's end: answer the requester and exit (an image it could not

@@ -137,6 +137,7 @@ pub fn init() {
 /// In a forked child: nothing noted in the parent is the child's.
 pub fn after_fork_child() {
     crate::ckpt::forget_tracker(true);
+    crate::ckpt::forget_writer();
     state::me().pending.set(0);
     state::me().follow.set(false);
 }

@@ -535,3 +535,45 @@ fn an_incremental_checkpoint_whose_parent_is_not_the_last_is_refused() {
     );
     program.kill();
 }
+
+#[test]
+fn a_restored_program_is_checkpointed_and_restored_again() {
+    let t = Trial::c_program("incremental");
+    let ferry = t.ferry();
+    let mut program = t.exec(&ferry);
+    let (full, first) = (t.work.file("full"), t.work.file("first"));
+    checkpoint_into(&t, &program, &full, None);
+    program.send(b"1\n");
+    program.wait_for_line("stepped 1", TIMEOUT);
+    checkpoint_into(&t, &program, &first, Some(&full));
+    program.kill();
+    // The restored process (ferry restore's pid) goes on from step 1 and
+    // is checkpointed in its turn: full (its tracking starts afresh),
+    // then incremental.
+    let mut restore = t.ferry().raw(&["restore", "--image"]);
+    restore.arg(&first);
+    let mut restored = Running::spawn_with_stdin("ferry restore (first generation)", restore);
+    // Restored once the shim's region is back at its descriptor.
+    let region = format!("/proc/{}/fd/1000", restored.pid());
+    let deadline = std::time::Instant::now() + TIMEOUT;
+    while fs::read_link(&region).is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restored process has no region at {region} after {TIMEOUT:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let (again, second) = (t.work.file("again"), t.work.file("second"));
+    let line = checkpoint_into(&t, &restored, &again, None);
+    assert!(
+        line.contains("full image 3"),
+        "the restored process numbers its images on from the one it came from: {line}"
+    );
+    restored.send(b"2\n");
+    restored.wait_for_line("stepped 2", TIMEOUT);
+    checkpoint_into(&t, &restored, &second, Some(&again));
+    restored.kill();
+    let mut last = t.ferry().raw(&["restore", "--image"]);
+    last.arg(&second);
+    t.restore_and_check("ferry restore (second generation)", last);
+}

@@ -160,7 +160,18 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         }
         None => return Err(Error::Version { pid }),
     }
-    let slot = region.slot_of_real_pid(pid).ok_or(Error::NoSlot { pid })?;
+    // A process restored a moment ago notes its new pid in the table as
+    // its threads come back: give it that moment.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let slot = loop {
+        match region.slot_of_real_pid(pid) {
+            Some(s) => break s,
+            None if Instant::now() < deadline && alive(pid) => {
+                std::thread::sleep(Duration::from_millis(5))
+            }
+            None => return Err(Error::NoSlot { pid }),
+        }
+    };
     let vpid = region.proc(slot).vpid.load(Ordering::Acquire);
 
     let created_ns = SystemTime::now()

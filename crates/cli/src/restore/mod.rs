@@ -40,6 +40,10 @@ use ferry_image::sections::*;
 use ferry_memtrack::maps::{self, Kind as MapKind};
 
 use crate::exit::{report, BAD_INPUT};
+use ferry_ring::REGION_FD;
+
+/// The name the shim's region has in /proc/self/maps.
+const REGION_MEMFD: &str = "/memfd:ferry-region";
 use blob::{Op, FATAL, IGNORE, JUMP, THREAD};
 
 /// What `ferry restore` was asked to do.
@@ -577,8 +581,23 @@ fn prepare(dir: &Path) -> Result<Ready, String> {
     create_timers(&g.timers, process.info.vpid).map_err(|e| format!("{name}: {e}"))?;
     // Every descriptor the first stage opens for the program sits above
     // all of the program's numbers until the plan moves it.
-    let floor = (g.fds.iter().map(|f| f.info.fd).max().unwrap_or(0) as i32 + 1).max(64);
-    let fds = open_fds(&mut g, &name, floor)?;
+    let floor = (g.fds.iter().map(|f| f.info.fd).max().unwrap_or(0) as i32 + 1).max(REGION_FD + 1);
+    let mut fds = open_fds(&mut g, &name, floor)?;
+    // The shim's region: the same memory as its mapping, at its number
+    // again (the image leaves the descriptor out), so that the restored
+    // process can be checkpointed in turn.
+    if let Some(memfd) = g
+        .shared
+        .iter()
+        .find(|((_, _, p), _)| undeleted(p) == REGION_MEMFD.as_bytes())
+        .map(|(_, fd)| fd)
+    {
+        let fd = memfd
+            .try_clone()
+            .and_then(|fd| lift(fd, floor))
+            .map_err(|e| format!("{name}: the shim's region: {e}"))?;
+        fds.push((REGION_FD as u32, fd, false));
+    }
     let mut plan = Plan::new(&g, &process, &space, &sigactions, vpid, image.seq(), &name)?;
     // /proc/PID/exe names the program's executable again (where it still
     // exists; the kernel allows it once ferry's own is unmapped).
