@@ -577,3 +577,61 @@ fn a_restored_program_is_checkpointed_and_restored_again() {
     last.arg(&second);
     t.restore_and_check("ferry restore (second generation)", last);
 }
+
+#[test]
+fn restoring_an_image_with_a_flipped_byte_names_the_file_and_the_offset() {
+    let trial = Trial::c_program("pipes");
+    let ferry = trial.ferry();
+    let original = trial.exec(&ferry);
+    trial.checkpoint(&ferry, &original);
+    original.kill();
+    let files = process_files(&trial.image());
+    let victim = &files[0];
+    let mut bytes = fs::read(victim).expect("read the process file");
+    // A byte in the middle: page data, most likely; whatever it is, a
+    // checksum covers it.
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    fs::write(victim, &bytes).expect("write the process file back");
+    let name = victim
+        .file_name()
+        .expect("a file name")
+        .to_string_lossy()
+        .into_owned();
+    let out = run(
+        "ferry restore (a flipped byte)",
+        trial.restore_command(&ferry),
+    );
+    assert_one_line_error(&out, 2, &[&name, "offset"]);
+}
+
+#[test]
+fn a_checkpoint_whose_program_dies_leaves_no_image() {
+    let trial = Trial::c_program("pipes");
+    let ferry = trial.ferry();
+    let original = trial.exec(&ferry);
+    // Stopped, the program cannot take the checkpoint signal: the request
+    // waits, and the program dies meanwhile.
+    let pid = original.pid();
+    // SAFETY: signals to the test's own child.
+    assert_eq!(
+        unsafe { libc::kill(pid, libc::SIGSTOP) },
+        0,
+        "SIGSTOP the program"
+    );
+    let mut cmd = ferry.raw(&["checkpoint", &pid.to_string(), "--image"]);
+    cmd.arg(trial.image());
+    let checkpoint = Running::spawn_with_stdin("ferry checkpoint (of a program that dies)", cmd);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    original.kill();
+    let out = checkpoint.finish(TIMEOUT);
+    assert_one_line_error(&out, 1, &["died during the checkpoint", "holds no image"]);
+    assert!(
+        !trial.image().join("manifest.fimg").exists(),
+        "an interrupted checkpoint must leave no manifest"
+    );
+    assert!(
+        process_files(&trial.image()).is_empty(),
+        "an interrupted checkpoint must leave no process file"
+    );
+}
