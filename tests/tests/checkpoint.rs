@@ -613,12 +613,9 @@ fn a_checkpoint_whose_program_dies_leaves_no_image() {
     // Stopped, the program cannot take the checkpoint signal: the request
     // waits, and the program dies meanwhile.
     let pid = original.pid();
-    // SAFETY: signals to the test's own child.
-    assert_eq!(
-        unsafe { libc::kill(pid, libc::SIGSTOP) },
-        0,
-        "SIGSTOP the program"
-    );
+    // SAFETY: a signal to the test's own child; no memory is involved.
+    let stopped = unsafe { libc::kill(pid, libc::SIGSTOP) };
+    assert_eq!(stopped, 0, "SIGSTOP the program");
     let mut cmd = ferry.raw(&["checkpoint", &pid.to_string(), "--image"]);
     cmd.arg(trial.image());
     let checkpoint = Running::spawn_with_stdin("ferry checkpoint (of a program that dies)", cmd);
