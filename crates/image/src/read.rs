@@ -443,6 +443,21 @@ pub trait Visitor {
         Ok(())
     }
 
+    /// Where the `len` bytes of page data at `addr` (of the mapping
+    /// starting at `mapping_start`) are to be read, when the visitor wants
+    /// them straight in its own memory: a slice of exactly `len` bytes. They
+    /// are then checked as they arrive and [`Visitor::page_data`] is not
+    /// called for them. `None` (the default): `page_data` gets them.
+    fn page_target(
+        &mut self,
+        mapping_start: u64,
+        addr: u64,
+        len: u64,
+    ) -> io::Result<Option<&mut [u8]>> {
+        let _ = (mapping_start, addr, len);
+        Ok(None)
+    }
+
     /// `count` pages at `addr` that are zero.
     fn zero_pages(&mut self, mapping_start: u64, addr: u64, count: u64) -> io::Result<()> {
         let _ = (mapping_start, addr, count);
@@ -1208,9 +1223,25 @@ impl<R: Read> ProcessReader<R> {
             if run.kind == RUN_DATA {
                 summary.data_pages += count;
                 let addr = run.addr;
-                self.stream(p, count * PAGE_SIZE, "its pages", &mut |at, bytes| {
-                    v.page_data(m.start, addr + at, bytes)
-                })?;
+                let len = count * PAGE_SIZE;
+                let target =
+                    v.page_target(m.start, addr, len)
+                        .map_err(|source| ImageError::Visitor {
+                            path: self.path.clone(),
+                            offset,
+                            source,
+                        })?;
+                match target {
+                    Some(t) if t.len() as u64 == len && len <= p.left => {
+                        // In pieces, each checked while it is in the cache.
+                        for piece in t.chunks_mut(16 * CHUNK) {
+                            self.take(p, piece, "its pages")?;
+                        }
+                    }
+                    _ => self.stream(p, len, "its pages", &mut |at, bytes| {
+                        v.page_data(m.start, addr + at, bytes)
+                    })?,
+                }
             } else {
                 summary.zero_pages += count;
                 v.zero_pages(m.start, run.addr, count)

@@ -430,6 +430,36 @@ impl Visitor for Gather {
         Ok(())
     }
 
+    fn page_target(
+        &mut self,
+        mapping_start: u64,
+        addr: u64,
+        len: u64,
+    ) -> io::Result<Option<&mut [u8]>> {
+        if self.older {
+            return Ok(None);
+        }
+        let chained = self.chained;
+        let s = self.staged(mapping_start)?;
+        let off = (addr - s.info.start) as usize;
+        if off as u64 + len > s.info.end - s.info.start {
+            return Err(io_err(format!(
+                "pages past the end of mapping {mapping_start:#x}"
+            )));
+        }
+        let at = s.at + off;
+        if chained {
+            let last = self.mappings.len() - 1;
+            self.mappings[last].mark(off / PAGE, len as usize / PAGE);
+        }
+        // SAFETY: [at, at + len) lies inside the staged mapping, mapped
+        // read-write by `stage`, owned by this process alone, and not
+        // otherwise borrowed while the reader fills it.
+        Ok(Some(unsafe {
+            core::slice::from_raw_parts_mut(at as *mut u8, len as usize)
+        }))
+    }
+
     fn zero_pages(&mut self, mapping_start: u64, addr: u64, count: u64) -> io::Result<()> {
         if self.older {
             self.apply_older(addr, None, count);
