@@ -146,10 +146,11 @@ enum Cmd {
             host with the same files. The image is whole only once DIR/manifest.fimg exists: \
             an interrupted checkpoint leaves none. The format is docs/IMAGE-FORMAT.md.",
         after_help = concat!(
-            "Example:\n  ferry exec -- ./server & ferry checkpoint $! --image /var/tmp/server.img\n\n",
+            "Example:\n  ferry exec -- ./server & ferry checkpoint $! --image /var/tmp/server.img\n",
+            "  ferry checkpoint $! --image /var/tmp/server.2 --parent /var/tmp/server.img\n\n",
             "Exit codes:\n",
             "  0  the image is written\n",
-            "  1  the checkpoint failed in the process, or the process died meanwhile\n",
+            "  1  the checkpoint failed in the process (one line says why: PARENT is not its last image, …), or the process died meanwhile\n",
             "  2  bad usage, no such process, not under the shim, DIR already holds an image"
         )
     )]
