@@ -291,41 +291,13 @@ pub fn write(
     if !(udp || (ty == SOCK_STREAM && listening)) {
         return Ok(false);
     }
-    if udp {
-        // A connected UDP socket has a peer this format does not carry.
-        let mut peer = [0u8; 128];
-        let mut len = peer.len() as u32;
-        if raw(
-            SYS_getpeername,
-            [
-                fd as usize,
-                peer.as_mut_ptr() as usize,
-                &mut len as *mut u32 as usize,
-                0,
-                0,
-                0,
-            ],
-        ) == 0
-        {
-            return Ok(false);
-        }
-    }
-    let mut addr = [0u8; 128];
-    let mut len = addr.len() as u32;
-    if raw(
-        SYS_getsockname,
-        [
-            fd as usize,
-            addr.as_mut_ptr() as usize,
-            &mut len as *mut u32 as usize,
-            0,
-            0,
-            0,
-        ],
-    ) != 0
-    {
+    // A connected UDP socket has a peer this format does not carry.
+    if udp && sock_name(SYS_getpeername, fd).is_some() {
         return Ok(false);
     }
+    let Some(addr) = sock_name(SYS_getsockname, fd) else {
+        return Ok(false);
+    };
     let port = u16::from_be_bytes([addr[2], addr[3]]);
     let mut body = SocketInfo {
         family: domain as u16,
@@ -405,6 +377,25 @@ pub fn write(
     };
     w.fd(&info, &kind, &[])?;
     Ok(true)
+}
+
+/// `getsockname` or `getpeername` (`nr`) of socket `fd`, as the kernel's
+/// sockaddr bytes.
+fn sock_name(nr: i64, fd: i32) -> Option<[u8; 128]> {
+    let mut addr = [0u8; 128];
+    let mut len = addr.len() as u32;
+    let r = raw(
+        nr,
+        [
+            fd as usize,
+            addr.as_mut_ptr() as usize,
+            &mut len as *mut u32 as usize,
+            0,
+            0,
+            0,
+        ],
+    );
+    (r == 0).then_some(addr)
 }
 
 /// What is queued for `fd` to read, peeked (the queue stays whole): the

@@ -333,34 +333,41 @@ fn a_listening_socket_restores_into_another_network_namespace() {
 
 #[test]
 fn restoring_a_truncated_image_file_names_the_file_and_the_offset() {
+    let (trial, victim, name) = killed_pipes_image();
+    let len = fs::metadata(&victim).expect("stat the process file").len();
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&victim)
+        .and_then(|f| f.set_len(len / 2))
+        .expect("truncate the process file");
+    let out = run(
+        "ferry restore (truncated image)",
+        trial.restore_command(&trial.ferry()),
+    );
+    assert_one_line_error(&out, 2, &[&name, "offset"]);
+}
+
+/// The `pipes` program checkpointed and killed: the trial, its process
+/// file and that file's name.
+fn killed_pipes_image() -> (Trial, std::path::PathBuf, String) {
     let trial = Trial::c_program("pipes");
     let ferry = trial.ferry();
     let original = trial.exec(&ferry);
     trial.checkpoint(&ferry, &original);
     original.kill();
     let files = process_files(&trial.image());
-    let victim = files.first().unwrap_or_else(|| {
+    let victim = files.first().cloned().unwrap_or_else(|| {
         panic!(
             "the image {} holds no process file (N.fimg)",
             trial.image().display()
         )
     });
-    let len = fs::metadata(victim).expect("stat the process file").len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(victim)
-        .and_then(|f| f.set_len(len / 2))
-        .expect("truncate the process file");
     let name = victim
         .file_name()
         .expect("a file name")
         .to_string_lossy()
         .into_owned();
-    let out = run(
-        "ferry restore (truncated image)",
-        trial.restore_command(&ferry),
-    );
-    assert_one_line_error(&out, 2, &[&name, "offset"]);
+    (trial, victim, name)
 }
 
 #[test]
@@ -580,27 +587,16 @@ fn a_restored_program_is_checkpointed_and_restored_again() {
 
 #[test]
 fn restoring_an_image_with_a_flipped_byte_names_the_file_and_the_offset() {
-    let trial = Trial::c_program("pipes");
-    let ferry = trial.ferry();
-    let original = trial.exec(&ferry);
-    trial.checkpoint(&ferry, &original);
-    original.kill();
-    let files = process_files(&trial.image());
-    let victim = &files[0];
-    let mut bytes = fs::read(victim).expect("read the process file");
+    let (trial, victim, name) = killed_pipes_image();
+    let mut bytes = fs::read(&victim).expect("read the process file");
     // A byte in the middle: page data, most likely; whatever it is, a
     // checksum covers it.
     let at = bytes.len() / 2;
     bytes[at] ^= 0x40;
-    fs::write(victim, &bytes).expect("write the process file back");
-    let name = victim
-        .file_name()
-        .expect("a file name")
-        .to_string_lossy()
-        .into_owned();
+    fs::write(&victim, &bytes).expect("write the process file back");
     let out = run(
         "ferry restore (a flipped byte)",
-        trial.restore_command(&ferry),
+        trial.restore_command(&trial.ferry()),
     );
     assert_one_line_error(&out, 2, &[&name, "offset"]);
 }
