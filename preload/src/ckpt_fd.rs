@@ -288,16 +288,20 @@ pub fn write(
     }
     let listening = sockopt_int(fd, SOL_SOCKET, SO_ACCEPTCONN) == Some(1);
     let udp = ty == SOCK_DGRAM;
-    if !(udp || (ty == SOCK_STREAM && listening)) {
-        return Ok(false);
-    }
-    // A connected UDP socket has a peer this format does not carry.
-    if udp && sock_name(SYS_getpeername, fd).is_some() {
-        return Ok(false);
-    }
     let Some(addr) = sock_name(SYS_getsockname, fd) else {
         return Ok(false);
     };
+    let connected = sock_name(SYS_getpeername, fd).is_some();
+    // As `socket` made it: no port (so no address) and no peer. A
+    // replay's sockets are such, since it never binds or connects them.
+    let unbound = ty == SOCK_STREAM && !listening && !connected && addr[2..4] == [0, 0];
+    if !(udp || unbound || (ty == SOCK_STREAM && listening)) {
+        return Ok(false);
+    }
+    // A connected UDP socket has a peer this format does not carry.
+    if udp && connected {
+        return Ok(false);
+    }
     let port = u16::from_be_bytes([addr[2], addr[3]]);
     let mut body = SocketInfo {
         family: domain as u16,
@@ -372,6 +376,8 @@ pub fn write(
     body.opt_count = n as u32;
     let kind = if udp {
         FdBody::Udp(body, &opts[..n])
+    } else if unbound {
+        FdBody::TcpUnbound(body, &opts[..n])
     } else {
         FdBody::TcpListen(body, &opts[..n])
     };

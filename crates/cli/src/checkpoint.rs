@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ferry_image::dir::{CheckpointError, CheckpointWriter, Image};
+use ferry_image::manifest::ReplayPosition;
 use ferry_ring::{Futex, Mode, Region, CKPT_OK, CKPT_PATH_LEN, CKPT_SIGNAL, REGION_FD, REGION_LEN};
 use memmap2::MmapMut;
 
@@ -45,7 +46,7 @@ pub struct CheckpointArgs {
 
 /// Why a checkpoint could not be taken.
 #[derive(Debug, thiserror::Error)]
-enum Error {
+pub enum Error {
     #[error("no process {0}")]
     NoProcess(u32),
     #[error("process {pid} is not running under the shim (it has no region at descriptor {REGION_FD}): start it with `ferry exec -- CMD`")]
@@ -72,10 +73,13 @@ enum Error {
     Parent(String),
     #[error("process {pid}: the checkpoint failed: {why}")]
     Failed { pid: u32, why: String },
+    #[error("process {pid} cannot be checkpointed: {why}")]
+    Refused { pid: u32, why: String },
 }
 
 impl Error {
-    fn code(&self) -> u8 {
+    /// The exit code (DESIGN §8).
+    pub fn code(&self) -> u8 {
         match self {
             Error::Died { .. } | Error::Timeout { .. } | Error::Failed { .. } => PROGRAM_FAILED,
             _ => BAD_INPUT,
@@ -160,6 +164,41 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         }
         None => return Err(Error::Version { pid }),
     }
+    let request = Request {
+        image: &args.image,
+        parent: args.parent.as_deref(),
+        timeout: args.timeout,
+        position: None,
+    };
+    take(&region, pid, &request).map(|t| t.line)
+}
+
+/// A checkpoint to take: where, of what, for how long at most.
+pub struct Request<'a> {
+    /// The image directory (created; must not hold an image already).
+    pub image: &'a Path,
+    /// The parent image, for an incremental one.
+    pub parent: Option<&'a Path>,
+    /// Seconds to wait for the shim before giving up.
+    pub timeout: u64,
+    /// For a replay paused at a record boundary: where in its log.
+    pub position: Option<ReplayPosition>,
+}
+
+/// A checkpoint taken.
+pub struct Taken {
+    /// The one line saying what was written and how long it took.
+    pub line: String,
+    /// The image's sequence number.
+    pub seq: u64,
+    /// How long the program was stopped.
+    pub freeze: Duration,
+}
+
+/// Checkpoint process `pid`, whose region is `region`, as `req` says, and
+/// make the image whole. The caller has checked that the process may be
+/// checkpointed now (its mode; for a replay, that it is at a boundary).
+pub fn take(region: &Region, pid: u32, req: &Request) -> Result<Taken, Error> {
     // A process restored a moment ago notes its new pid in the table as
     // its threads come back: give it that moment.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -177,7 +216,7 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
     let created_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
-    let parent = match &args.parent {
+    let parent = match req.parent {
         None => None,
         Some(p) => {
             let image = Image::open(p).map_err(|e| Error::Parent(e.to_string()))?;
@@ -187,15 +226,15 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
                     p.display()
                 )));
             }
-            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.clone());
+            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
             Some((image.seq(), abs))
         }
     };
     // The directory is made and checked now; the image's sequence number
     // is the process's to choose (one after its last), so the writer that
     // makes it whole comes once the process has answered.
-    CheckpointWriter::create(&args.image, 1, created_ns, None)?;
-    let dir = std::fs::canonicalize(&args.image).unwrap_or_else(|_| args.image.clone());
+    CheckpointWriter::create(req.image, 1, created_ns, None)?;
+    let dir = std::fs::canonicalize(req.image).unwrap_or_else(|_| req.image.to_path_buf());
     let dir_bytes = dir.as_os_str().as_bytes();
     if dir_bytes.len() > CKPT_PATH_LEN {
         return Err(Error::PathTooLong(dir));
@@ -230,7 +269,7 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         &dir,
         dir_bytes,
         parent_seq,
-        args.timeout,
+        req.timeout,
     );
     let seq = c.seq.load(Ordering::Acquire);
     c.owner.store(0, Ordering::Release);
@@ -247,11 +286,14 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
             why: format!("{}: cutting the image file to length: {e}", tmp.display()),
         })?;
     let mut writer = CheckpointWriter::create(
-        &args.image,
+        req.image,
         seq,
         created_ns,
         parent.as_ref().map(|(s, d)| (*s, d.as_path())),
     )?;
+    if let Some(at) = req.position {
+        writer.set_replay_position(at);
+    }
     writer.adopt(vpid)?;
     writer.finish()?;
     let kind = match &parent {
@@ -259,7 +301,8 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         None => format!("full image {seq}"),
     };
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    Ok(format!(
+    let freeze = Duration::from_nanos(c.freeze_ns.load(Ordering::Acquire));
+    let line = format!(
         "checkpoint of process {pid} in {}, {kind}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; the program was stopped for {:.1} ms, the image written in {:.0} ms ({:.0} ms in all, with its check)",
         dir.display(),
         c.threads.load(Ordering::Acquire),
@@ -269,7 +312,8 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         c.freeze_ns.load(Ordering::Acquire) as f64 / 1e6,
         written.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3,
-    ))
+    );
+    Ok(Taken { line, seq, freeze })
 }
 
 /// Allocate the image file's blocks before the program is stopped, so

@@ -7,9 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use ferry_image::dir::Image;
+use ferry_image::manifest::ReplayPosition;
 use ferry_proto::log::{validate_with, LogError};
 use ferry_proto::{Kind, RecordHeader, RECORD_HEADER_LEN};
-use ferry_ring::{Mode, Region, CTL_CONSUMER_GONE, CTL_DIVERGED, CTL_END_OF_LOG, CTL_FAILED};
+use ferry_ring::{
+    Mode, Region, CTL_CONSUMER_GONE, CTL_DIVERGED, CTL_END_OF_LOG, CTL_FAILED, REGION_LEN,
+};
 use zerocopy::FromBytes;
 
 use crate::exit::{report, report_error, ExitCodeOf, BAD_INPUT, DIVERGED, SUCCESS};
@@ -28,6 +32,19 @@ pub struct ReplayArgs {
     /// Print a one-line summary on stderr when the replay is done.
     #[arg(short, long)]
     pub verbose: bool,
+    /// Once record N has been replayed, checkpoint the program (it must be
+    /// a single process) into the image directory `--image`, then go on.
+    /// The image goes on later with `--from-image`.
+    #[arg(long, value_name = "N", requires = "image")]
+    pub checkpoint_at: Option<u64>,
+    /// Where `--checkpoint-at` writes its image (a new directory).
+    #[arg(long, value_name = "DIR", requires = "checkpoint_at")]
+    pub image: Option<PathBuf>,
+    /// Start from an image `--checkpoint-at` made of a replay of this same
+    /// log, instead of from the beginning: restore it and replay the
+    /// records after it.
+    #[arg(long, value_name = "DIR")]
+    pub from_image: Option<PathBuf>,
     /// The program and its arguments, after `--`: exactly as they were
     /// recorded.
     #[arg(last = true, required = true, value_name = "CMD")]
@@ -86,12 +103,36 @@ pub enum ReplayError {
     /// A system call of ferry itself failed.
     #[error(transparent)]
     Sys(#[from] SysError),
+    /// `--from-image` names no usable image.
+    #[error("--from-image: {0}")]
+    Image(String),
+    /// `--checkpoint-at` is beyond the log, or before the image it starts from.
+    #[error("--checkpoint-at {at}: {why}")]
+    CheckpointAt {
+        /// The record asked for.
+        at: u64,
+        /// Why it cannot be.
+        why: String,
+    },
+    /// The checkpoint `--checkpoint-at` asked for failed (the replay went
+    /// on to its end).
+    #[error("--checkpoint-at: {0}")]
+    Checkpoint(#[from] crate::checkpoint::Error),
+    /// The restore of `--from-image` failed before the program ran.
+    #[error("--from-image {}: the restore failed (exit status {status})", dir.display())]
+    Restore {
+        /// The image.
+        dir: PathBuf,
+        /// The restore's exit status.
+        status: i32,
+    },
 }
 
 impl ExitCodeOf for ReplayError {
     fn exit_code(&self) -> u8 {
         match self {
             ReplayError::ArgvMismatch { .. } => DIVERGED,
+            ReplayError::Checkpoint(e) => e.code(),
             _ => BAD_INPUT,
         }
     }
@@ -200,19 +241,69 @@ fn replay(args: &ReplayArgs) -> Result<u8, ReplayError> {
     let exe = resolve(OsStr::from_bytes(&start.argv[0]), path_var, cwd)?;
     let launch = Launch::new(&exe, &start.argv, &start.env, Some(&start.cwd))?;
     let total = records.len() as u64;
+    let log = Log {
+        bytes,
+        records: &records,
+    };
+    let from = match &args.from_image {
+        Some(dir) => Some(image_position(dir, &log)?),
+        None => None,
+    };
+    let first = from.map_or(0, |p| p.records);
+    if let Some(at) = args.checkpoint_at {
+        if at > total {
+            return Err(ReplayError::CheckpointAt {
+                at,
+                why: format!("the log has {total} records"),
+            });
+        }
+        if at <= first && from.is_some() {
+            return Err(ReplayError::CheckpointAt {
+                at,
+                why: format!("the image starts after record #{first}"),
+            });
+        }
+    }
 
-    let shared = SharedRegion::create(Mode::Replay)?;
-    let region = shared.region();
     sys::set_child_subreaper()?;
     let signals = IgnoredSignals::ignore_interrupts()?;
-    let root = spawn(&launch, region, shared.fd(), &signals, &Default::default())?;
+    // The program: started afresh, or restored from the image (then its
+    // region, saved in the image, comes from the restore).
+    let shared;
+    let restored;
+    let (region, root) = match &args.from_image {
+        None => {
+            shared = SharedRegion::create(Mode::Replay)?;
+            let region = shared.region();
+            let root = spawn(&launch, region, shared.fd(), &signals, &Default::default())?;
+            (region, root)
+        }
+        Some(dir) => {
+            let (map, root) = restore_replay(dir)?;
+            restored = map;
+            // SAFETY: the mapping is the program's region, REGION_LEN bytes
+            // (checked by the restore before it sent it), and `restored`
+            // lives until this function returns, longer than every use of
+            // `region`.
+            let region = unsafe { Region::from_raw(restored.as_ptr() as *mut u8) };
+            (region, root)
+        }
+    };
+    let pause = match (args.checkpoint_at, &args.image) {
+        (Some(at), Some(image)) => Some(Pause {
+            at,
+            image: image.clone(),
+            pid: root as u32,
+        }),
+        _ => None,
+    };
 
-    let (root_status, published) = std::thread::scope(|s| {
-        let producer = s.spawn(|| produce(region, bytes, &records));
+    let (root_status, (published, checkpoint)) = std::thread::scope(|s| {
+        let producer = s.spawn(|| produce(region, &log, first, pause.as_ref()));
         let reaped = reap_all(region, root);
         region.raise(CTL_CONSUMER_GONE, &SysFutex);
-        let published = producer.join().unwrap_or(0);
-        reaped.map(|status| (status, published))
+        let produced = producer.join().unwrap_or((0, None));
+        reaped.map(|status| (status, produced))
     })?;
 
     if region.has(CTL_DIVERGED) {
@@ -223,6 +314,9 @@ fn replay(args: &ReplayArgs) -> Result<u8, ReplayError> {
     }
     if region.has(CTL_FAILED) {
         return Ok(report(BAD_INPUT, region::message(&region)));
+    }
+    if let Some(Err(e)) = checkpoint {
+        return Err(e.into());
     }
     let consumed = region.control().consumed.load(Ordering::Acquire);
     if consumed < total {
@@ -269,26 +363,267 @@ fn map_log(path: &Path) -> io::Result<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }
 }
 
-/// Publish `records` (offsets of whole records in `bytes`) in order, then mark the end of the log. Stops early if
-/// the consumers went away or replay stopped. Returns how many it published.
-fn produce(region: Region, bytes: &[u8], records: &[usize]) -> u64 {
+/// The log being replayed: its bytes, and the offsets of the records
+/// replay publishes (every record after the start record, before the end).
+struct Log<'a> {
+    bytes: &'a [u8],
+    records: &'a [usize],
+}
+
+impl Log<'_> {
+    /// Record `i` (from 0) whole: header and payload, as in the file.
+    fn record(&self, i: usize) -> Option<(RecordHeader, &[u8])> {
+        let at = self.records[i];
+        let (header, _) = RecordHeader::read_from_prefix(&self.bytes[at..]).ok()?;
+        Some((header, &self.bytes[at..at + header.len as usize]))
+    }
+
+    /// Where a replay is once it has replayed the first `n` records.
+    fn position(&self, n: u64) -> ReplayPosition {
+        let mut crc = 0;
+        let mut gseq = 0;
+        for i in 0..n as usize {
+            if let Some((h, whole)) = self.record(i) {
+                crc = crc32c::crc32c_append(crc, whole);
+                gseq = h.gseq;
+            }
+        }
+        ReplayPosition {
+            records: n,
+            prefix_crc: crc,
+            gseq,
+            ..ReplayPosition::default()
+        }
+    }
+}
+
+/// Where `--from-image` starts, checked against the log.
+fn image_position(dir: &Path, log: &Log) -> Result<ReplayPosition, ReplayError> {
+    let image = Image::open(dir).map_err(|e| ReplayError::Image(e.to_string()))?;
+    let Some(at) = image.replay_position() else {
+        return Err(ReplayError::Image(format!(
+            "{}: the image is not of a replay (restore it with `ferry restore --image {}`)",
+            dir.display(),
+            dir.display()
+        )));
+    };
+    let total = log.records.len() as u64;
+    if at.records > total {
+        return Err(ReplayError::Image(format!(
+            "{}: the image was taken after record #{}, but the log has {total} records",
+            dir.display(),
+            at.records
+        )));
+    }
+    let here = log.position(at.records);
+    if here.prefix_crc != at.prefix_crc || here.gseq != at.gseq {
+        return Err(ReplayError::Image(format!(
+            "{}: the image is of a replay of another log (its first {} records differ from this log's)",
+            dir.display(),
+            at.records
+        )));
+    }
+    Ok(at)
+}
+
+/// Restore the image of a replay in a child process, which becomes the
+/// program; returns its region (sent by the restore once it is ready to
+/// be fed) and its pid.
+fn restore_replay(dir: &Path) -> Result<(memmap2::MmapMut, i32), ReplayError> {
+    use std::os::fd::OwnedFd;
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
+        SysError::from_io("socketpair", e)
+    })?;
+    let me = std::process::id();
+    // SAFETY: this process has one thread here (the producer starts after),
+    // so the child may run ordinary code; it ends in the restore or _exit.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(SysError::from_io("fork", io::Error::last_os_error())
+        .into());
+    }
+    if child == 0 {
+        drop(ours);
+        let theirs = OwnedFd::from(theirs);
+        let why = crate::restore::into_replay(
+            dir,
+            crate::restore::Feeder {
+                pid: me,
+                socket: &theirs,
+            },
+        );
+        eprintln!("ferry: {why}");
+        // SAFETY: ends the child without running the parent's destructors.
+        unsafe { libc::_exit(BAD_INPUT as i32) };
+    }
+    drop(theirs);
+    let restore_failed = |status: i32| ReplayError::Restore {
+        dir: dir.to_path_buf(),
+        status: if libc::WIFEXITED(status) {
+            libc::WEXITSTATUS(status)
+        } else {
+            128 + libc::WTERMSIG(status)
+        },
+    };
+    let fd = loop {
+        match receive_fd(&ours, 100) {
+            Ok(Some(fd)) => break fd,
+            Ok(None) => {}
+            Err(source) => {
+                // The restore ended before it sent anything: it said why.
+                let status = wait_for(child);
+                return Err(match status {
+                    Some(status) => restore_failed(status),
+                    None => SysError::from_io("recvmsg", source)
+                    .into(),
+                });
+            }
+        }
+    };
+    let file = std::fs::File::from(fd);
+    // SAFETY: the memfd is the program's region (its size checked by the
+    // restore), accessed only through Region's atomics.
+    let map = unsafe { memmap2::MmapOptions::new().len(REGION_LEN).map_mut(&file) }.map_err(
+        |source| SysError::from_io("mmap of the restored region", source),
+    )?;
+    Ok((map, child))
+}
+
+/// Wait for `pid` to end; its raw status.
+fn wait_for(pid: i32) -> Option<i32> {
+    let mut status = 0;
+    // SAFETY: status is a valid out pointer for the call's duration.
+    (unsafe { libc::waitpid(pid, &mut status, 0) } == pid).then_some(status)
+}
+
+/// One descriptor from `sock`, waiting at most `ms`: `Ok(None)` when
+/// nothing came in that time, an error when the other end closed.
+fn receive_fd(
+    sock: &std::os::unix::net::UnixStream,
+    ms: i32,
+) -> io::Result<Option<std::os::fd::OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let mut pfd = libc::pollfd {
+        fd: sock.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd of our own for the call's duration.
+    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+    if n == 0 {
+        return Ok(None);
+    }
+    let mut byte = [0u8; 1];
+    let mut iov = [io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        sock.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(fds) = c {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just gave us this descriptor.
+                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the restore ended without sending the region",
+    ))
+}
+
+/// `--checkpoint-at`: where to pause, where the image goes, of which process.
+struct Pause {
+    at: u64,
+    image: PathBuf,
+    pid: u32,
+}
+
+/// Publish the log's records after the first `first` in order, then mark
+/// the end of the log. Stops early if the consumers went away or replay
+/// stopped. With `pause`, stops feeding once record `pause.at` is
+/// published, waits until the program has replayed it, checkpoints it and
+/// goes on. Returns how many it published, and the checkpoint's outcome.
+fn produce(
+    region: Region,
+    log: &Log,
+    first: u64,
+    pause: Option<&Pause>,
+) -> (u64, Option<Result<(), crate::checkpoint::Error>>) {
     let mut published = 0;
-    for &at in records {
-        if region.has(CTL_DIVERGED | CTL_FAILED | CTL_CONSUMER_GONE) {
-            return published;
+    let mut checkpoint = None;
+    let stopped = || region.has(CTL_DIVERGED | CTL_FAILED | CTL_CONSUMER_GONE);
+    for i in first as usize..log.records.len() {
+        if let Some(p) = pause.filter(|p| p.at == i as u64) {
+            checkpoint = Some(pause_and_checkpoint(region, log, p));
+        }
+        if stopped() {
+            return (published, checkpoint);
         }
         // Validated above: a whole record starts at every offset kept.
-        let Ok((header, _)) = RecordHeader::read_from_prefix(&bytes[at..]) else {
-            return published;
+        let Some((header, whole)) = log.record(i) else {
+            return (published, checkpoint);
         };
-        let payload = &bytes[at + RECORD_HEADER_LEN..at + header.len as usize];
-        if !region.publish(&header, payload, &PollFutex) {
-            return published;
+        if !region.publish(&header, &whole[RECORD_HEADER_LEN..], &PollFutex) {
+            return (published, checkpoint);
         }
         published += 1;
     }
+    if let Some(p) = pause.filter(|p| p.at == log.records.len() as u64) {
+        checkpoint = Some(pause_and_checkpoint(region, log, p));
+    }
     region.raise(CTL_END_OF_LOG, &SysFutex);
-    published
+    (published, checkpoint)
+}
+
+/// Wait until the program has replayed every record published (the first
+/// `p.at`), then checkpoint it there.
+fn pause_and_checkpoint(region: Region, log: &Log, p: &Pause) -> Result<(), crate::checkpoint::Error> {
+    let c = region.control();
+    while c.consumed.load(Ordering::Acquire) < p.at {
+        if region.has(CTL_DIVERGED | CTL_FAILED | CTL_CONSUMER_GONE) {
+            return Err(crate::checkpoint::Error::Died {
+                pid: p.pid,
+                dir: p.image.clone(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    // The process to checkpoint is the program's only one (the root may
+    // have exec'd; its children may have ended).
+    let live: Vec<u32> = (0..ferry_ring::MAX_PROCS)
+        .map(|s| region.proc(s))
+        .filter(|p| p.state.load(Ordering::Acquire) == ferry_ring::PROC_LIVE)
+        .map(|p| p.real_pid.load(Ordering::Acquire))
+        .collect();
+    let pid = match live.as_slice() {
+        [one] => *one,
+        _ => {
+            return Err(crate::checkpoint::Error::Refused {
+                pid: p.pid,
+                why: format!(
+                    "the program has {} processes after record #{}, and an image holds one",
+                    live.len(),
+                    p.at
+                ),
+            })
+        }
+    };
+    let request = crate::checkpoint::Request {
+        image: &p.image,
+        parent: None,
+        timeout: 600,
+        position: Some(log.position(p.at)),
+    };
+    let taken = crate::checkpoint::take(&region, pid, &request)?;
+    eprintln!("ferry: after record #{}: {}", p.at, taken.line);
+    Ok(())
 }
 
 /// Reap the program's processes until none remains; on a divergence or a

@@ -8,7 +8,9 @@
 //! any point leaves either no `manifest.fimg` (the image is refused) or a
 //! complete image.
 
-use crate::manifest::{write_manifest, Manifest, ManifestEntry, MAX_MANIFEST_LEN, MAX_PROCESSES};
+use crate::manifest::{
+    write_manifest, Manifest, ManifestEntry, ReplayPosition, MAX_MANIFEST_LEN, MAX_PROCESSES,
+};
 use crate::read::{Check, ImageError, ProcessReader, ProcessSummary, Visitor, CHUNK};
 use crate::write::{Finished, ImageWriter, IoSink, WriteError};
 use crate::MAX_PATH;
@@ -81,6 +83,7 @@ pub struct CheckpointWriter {
     parent_dir: Vec<u8>,
     created_ns: u64,
     entries: Vec<ManifestEntry>,
+    position: Option<ReplayPosition>,
 }
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> CheckpointError + 'a {
@@ -180,7 +183,13 @@ impl CheckpointWriter {
             parent_dir,
             created_ns,
             entries: Vec::new(),
+            position: None,
         })
+    }
+
+    /// Mark the image as one of a replay, at `position` in its log.
+    pub fn set_replay_position(&mut self, position: ReplayPosition) {
+        self.position = Some(position);
     }
 
     /// Where process `vpid`'s file is written before the image is
@@ -282,6 +291,7 @@ impl CheckpointWriter {
             self.created_ns,
             &self.parent_dir,
             &self.entries,
+            self.position.as_ref(),
         )
         .map_err(|source| CheckpointError::Write {
             path: manifest.clone(),
@@ -372,6 +382,11 @@ impl Image {
     /// The checkpoint's sequence number.
     pub fn seq(&self) -> u64 {
         self.manifest.header.seq
+    }
+
+    /// Where in its log the replay was, for an image of a replay.
+    pub fn replay_position(&self) -> Option<ReplayPosition> {
+        self.manifest.position
     }
 
     /// The path of process `vpid`'s file.

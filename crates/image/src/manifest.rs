@@ -15,9 +15,15 @@ pub const MANIFEST_MAGIC: [u8; 8] = *b"FERRYMAN";
 /// Major version: a reader refuses any other.
 pub const MANIFEST_MAJOR: u16 = 1;
 /// Minor version: a newer minor only adds what an older reader may skip.
-pub const MANIFEST_MINOR: u16 = 0;
+/// Minor 1 adds the [`ReplayPosition`] header extension.
+pub const MANIFEST_MINOR: u16 = 1;
 /// Size of [`ManifestHeader`].
 pub const MANIFEST_HEADER_LEN: usize = 64;
+/// Size of [`ReplayPosition`], the extension minor 1 writes after the
+/// fixed header (so its `header_len` is 96).
+pub const REPLAY_POSITION_LEN: usize = 32;
+/// [`ReplayPosition::flags`]: the image is of a replay, at this position.
+pub const POSITION_PRESENT: u32 = 1;
 /// Size of [`ManifestEntry`].
 pub const MANIFEST_ENTRY_LEN: usize = 24;
 /// Most processes in one image.
@@ -72,6 +78,28 @@ impl ManifestHeader {
     }
 }
 
+/// Where in its log a replay was when it was checkpointed (minor ≥ 1; the
+/// 32 bytes after the fixed header). An image of a replay goes on only
+/// with the records after `records`, fed from the same log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+pub struct ReplayPosition {
+    /// [`POSITION_PRESENT`], or 0: the image is not of a replay.
+    pub flags: u32,
+    /// CRC-32C of records 1 to `records` of the log, each as it is in the
+    /// log (header and payload), in order: which log the image belongs to.
+    pub prefix_crc: u32,
+    /// Records replayed, counted after the start record: every record up to
+    /// and including number `records` had been replayed, none after it.
+    pub records: u64,
+    /// The `gseq` of record `records` (0 when `records` is 0).
+    pub gseq: u64,
+    /// Zero.
+    pub reserved: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<ReplayPosition>() == REPLAY_POSITION_LEN);
+
 /// One process of the image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
@@ -100,6 +128,7 @@ pub fn write_manifest<S: Sink>(
     created_ns: u64,
     parent_dir: &[u8],
     entries: &[ManifestEntry],
+    position: Option<&ReplayPosition>,
 ) -> Result<u64, WriteError> {
     if seq == 0 || parent_seq >= seq {
         return Err(WriteError::Invalid {
@@ -127,12 +156,24 @@ pub fn write_manifest<S: Sink>(
             max: MAX_PROCESSES as u64,
         });
     }
-    let body_crc = crc32c::crc32c_append(crc32c::crc32c(parent_dir), entries.as_bytes());
+    let position = match position {
+        Some(p) => ReplayPosition {
+            flags: POSITION_PRESENT,
+            reserved: 0,
+            ..*p
+        },
+        None => ReplayPosition::default(),
+    };
+    let body_crc = crc32c::crc32c_append(
+        crc32c::crc32c_append(crc32c::crc32c(position.as_bytes()), parent_dir),
+        entries.as_bytes(),
+    );
+    let header_len = MANIFEST_HEADER_LEN + REPLAY_POSITION_LEN;
     let mut h = ManifestHeader {
         magic: MANIFEST_MAGIC,
         major: MANIFEST_MAJOR,
         minor: MANIFEST_MINOR,
-        header_len: MANIFEST_HEADER_LEN as u32,
+        header_len: header_len as u32,
         seq,
         parent_seq,
         created_ns,
@@ -144,11 +185,16 @@ pub fn write_manifest<S: Sink>(
         crc: 0,
     };
     h.crc = h.compute_crc();
-    for part in [h.as_bytes(), parent_dir, entries.as_bytes()] {
+    for part in [
+        h.as_bytes(),
+        position.as_bytes(),
+        parent_dir,
+        entries.as_bytes(),
+    ] {
         sink.write_all(part)
             .map_err(|errno| WriteError::Io { errno })?;
     }
-    Ok((MANIFEST_HEADER_LEN + parent_dir.len() + entries.len() * MANIFEST_ENTRY_LEN) as u64)
+    Ok((header_len + parent_dir.len() + entries.len() * MANIFEST_ENTRY_LEN) as u64)
 }
 
 #[cfg(feature = "std")]
@@ -173,6 +219,8 @@ mod parse {
         pub parent_dir: Vec<u8>,
         /// The processes, in file order.
         pub entries: Vec<ManifestEntry>,
+        /// Where in its log the replay was, for an image of a replay.
+        pub position: Option<ReplayPosition>,
     }
 
     impl Manifest {
@@ -311,6 +359,16 @@ mod parse {
                 ));
             }
             let parent_dir = bytes[header_len..dir_end].to_vec();
+            // Minor 0 has no extension; a newer minor's longer one starts
+            // with the position.
+            let position = if h.minor >= 1 && header_len >= MANIFEST_HEADER_LEN + REPLAY_POSITION_LEN {
+                ReplayPosition::read_from_prefix(&bytes[MANIFEST_HEADER_LEN..])
+                    .ok()
+                    .map(|(p, _)| p)
+                    .filter(|p| p.flags & POSITION_PRESENT != 0)
+            } else {
+                None
+            };
             let mut entries = Vec::with_capacity(h.process_count as usize);
             let mut parents = HashMap::with_capacity(h.process_count as usize);
             for (i, chunk) in bytes[dir_end..]
@@ -365,6 +423,7 @@ mod parse {
                 header: h,
                 parent_dir,
                 entries,
+                position,
             })
         }
     }

@@ -366,6 +366,8 @@ pub enum FdKind {
     TcpListen(SocketInfo, Vec<SockOpt>),
     /// A UDP socket and its options.
     Udp(SocketInfo, Vec<SockOpt>),
+    /// A TCP socket not yet bound, connected or listening, and its options.
+    TcpUnbound(SocketInfo, Vec<SockOpt>),
     /// An epoll set and its entries.
     Epoll(EpollSet, Vec<EpollEntry>),
     /// An eventfd.
@@ -1340,7 +1342,7 @@ impl<R: Read> ProcessReader<R> {
                 FdKind::Pipe(e, c.take(n).ok_or_else(short)?.to_vec())
             }
             FD_UNIX_PAIR => FdKind::UnixPair(c.fixed().ok_or_else(short)?),
-            FD_TCP_LISTEN | FD_UDP => {
+            FD_TCP_LISTEN | FD_UDP | FD_TCP_UNBOUND => {
                 let s: SocketInfo = c.fixed().ok_or_else(short)?;
                 let n = capped("socket option count", s.opt_count, MAX_SOCKOPTS)?;
                 let raw = c.take(n * SockOpt::LEN).ok_or_else(short)?;
@@ -1357,10 +1359,10 @@ impl<R: Read> ProcessReader<R> {
                         ),
                     ));
                 }
-                if info.kind == FD_UDP {
-                    FdKind::Udp(s, opts)
-                } else {
-                    FdKind::TcpListen(s, opts)
+                match info.kind {
+                    FD_UDP => FdKind::Udp(s, opts),
+                    FD_TCP_UNBOUND => FdKind::TcpUnbound(s, opts),
+                    _ => FdKind::TcpListen(s, opts),
                 }
             }
             FD_EPOLL => {

@@ -99,6 +99,9 @@ pub const FD_TIMERFD: u16 = 8;
 pub const FD_SIGNALFD: u16 = 9;
 /// [`FdInfo::kind`]: a descriptor the restorer cannot rebuild ([`OtherFd`]).
 pub const FD_OTHER: u16 = 10;
+/// [`FdInfo::kind`]: a TCP socket neither bound nor connected nor
+/// listening, as `socket` made it ([`SocketInfo`], address and port zero).
+pub const FD_TCP_UNBOUND: u16 = 11;
 
 /// [`RegularFile::flags`]: the file was unlinked; its content is the
 /// descriptor's data.
@@ -405,7 +408,7 @@ layout! {
         pub reserved: u32,
     } = 24;
 
-    /// [`FD_TCP_LISTEN`] and [`FD_UDP`] body. Followed by `opt_count`
+    /// [`FD_TCP_LISTEN`], [`FD_UDP`] and [`FD_TCP_UNBOUND`] body. Followed by `opt_count`
     /// [`SockOpt`].
     pub struct SocketInfo {
         /// `AF_INET` or `AF_INET6`.
@@ -567,7 +570,7 @@ pub fn fd_body_len(kind: u16) -> Option<usize> {
         FD_REGULAR => RegularFile::LEN,
         FD_PIPE => PipeEnd::LEN,
         FD_UNIX_PAIR => UnixPairEnd::LEN,
-        FD_TCP_LISTEN | FD_UDP => SocketInfo::LEN,
+        FD_TCP_LISTEN | FD_UDP | FD_TCP_UNBOUND => SocketInfo::LEN,
         FD_EPOLL => EpollSet::LEN,
         FD_EVENTFD => Eventfd::LEN,
         FD_TIMERFD => Timerfd::LEN,

@@ -811,6 +811,8 @@ pub enum FdBody<'a> {
     TcpListen(SocketInfo, &'a [SockOpt]),
     /// A UDP socket and its options.
     Udp(SocketInfo, &'a [SockOpt]),
+    /// A TCP socket not yet bound, connected or listening, and its options.
+    TcpUnbound(SocketInfo, &'a [SockOpt]),
     /// An epoll set and its entries.
     Epoll(EpollSet, &'a [EpollEntry]),
     /// An eventfd.
@@ -842,7 +844,9 @@ impl<'a> FdBody<'a> {
                 (FD_PIPE, put(fixed, &p), path)
             }
             FdBody::UnixPair(u) => (FD_UNIX_PAIR, put(fixed, &u), &[]),
-            FdBody::TcpListen(mut s, opts) | FdBody::Udp(mut s, opts) => {
+            FdBody::TcpListen(mut s, opts)
+            | FdBody::Udp(mut s, opts)
+            | FdBody::TcpUnbound(mut s, opts) => {
                 s.opt_count = cap("socket options", opts.len(), MAX_SOCKOPTS)?;
                 if opts.iter().any(|o| o.len > 20) {
                     return Err(WriteError::Invalid {
@@ -850,10 +854,10 @@ impl<'a> FdBody<'a> {
                         why: "value longer than 20 bytes",
                     });
                 }
-                let kind = if matches!(self, FdBody::Udp(..)) {
-                    FD_UDP
-                } else {
-                    FD_TCP_LISTEN
+                let kind = match self {
+                    FdBody::Udp(..) => FD_UDP,
+                    FdBody::TcpUnbound(..) => FD_TCP_UNBOUND,
+                    _ => FD_TCP_LISTEN,
                 };
                 (kind, put(fixed, &s), opts.as_bytes())
             }

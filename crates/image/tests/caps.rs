@@ -304,7 +304,7 @@ fn manifest_bytes() -> Vec<u8> {
         file_crc: 2,
         reserved: 0,
     };
-    write_manifest(&mut out, 1, 0, 0, &[], &[e]).unwrap();
+    write_manifest(&mut out, 1, 0, 0, &[], &[e], None).unwrap();
     out
 }
 

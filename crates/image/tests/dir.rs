@@ -265,7 +265,7 @@ fn the_process_tree_is_checked() {
     };
     let parse = |entries: &[ManifestEntry]| {
         let mut bytes = Vec::new();
-        write_manifest(&mut bytes, 1, 0, 0, &[], entries).unwrap();
+        write_manifest(&mut bytes, 1, 0, 0, &[], entries, None).unwrap();
         Manifest::parse(&bytes, Path::new("m"))
     };
     assert!(parse(&[entry(1, 0), entry(2, 1), entry(3, 0), entry(4, 3)]).is_ok());
@@ -518,7 +518,7 @@ fn a_foreign_or_newer_manifest() {
         reserved: 0,
     };
     let mut good = Vec::new();
-    write_manifest(&mut good, 1, 0, 0, &[], &[entry]).unwrap();
+    write_manifest(&mut good, 1, 0, 0, &[], &[entry], None).unwrap();
     let path = Path::new("d/manifest.fimg");
     let mut bad = good.clone();
     bad[..8].copy_from_slice(b"FERRYIMG");
@@ -532,16 +532,17 @@ fn a_foreign_or_newer_manifest() {
     let e = Manifest::parse(&bad, path).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "d/manifest.fimg: offset 8: manifest format version 2.0 is not supported (this reader reads version 1.x)"
+        "d/manifest.fimg: offset 8: manifest format version 2.1 is not supported (this reader reads version 1.x)"
     );
     // A newer minor with a longer header and longer entries is read.
     use ferry_image::manifest::ManifestHeader;
     use zerocopy::{FromBytes, IntoBytes};
     let (mut h, _) = ManifestHeader::read_from_prefix(&good).unwrap();
     h.minor = 4;
-    h.header_len = 64 + 8;
+    h.header_len = 96 + 8;
     h.entry_len = 24 + 8;
-    let mut body = vec![0xcc; 8];
+    let mut body = good[64..96].to_vec();
+    body.extend_from_slice(&[0xcc; 8]);
     body.extend_from_slice(entry.as_bytes());
     body.extend_from_slice(&[0xdd; 8]);
     h.body_crc = crc32c::crc32c(&body);
@@ -552,4 +553,49 @@ fn a_foreign_or_newer_manifest() {
     // header extension included.
     let m = Manifest::parse(&newer, path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.entries, [entry]);
+    assert_eq!(m.position, None);
+    // Minor 0 had no extension: its header is the 64 fixed bytes.
+    let (mut h, _) = ManifestHeader::read_from_prefix(&good).unwrap();
+    h.minor = 0;
+    h.header_len = 64;
+    h.body_crc = crc32c::crc32c(entry.as_bytes());
+    h.crc = h.compute_crc();
+    let mut older = h.as_bytes().to_vec();
+    older.extend_from_slice(entry.as_bytes());
+    let m = Manifest::parse(&older, path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((m.entries.as_slice(), m.position), ([entry].as_slice(), None));
+}
+
+#[test]
+fn an_image_of_a_replay_keeps_its_log_position() {
+    use ferry_image::manifest::{ReplayPosition, POSITION_PRESENT};
+    let entry = ManifestEntry {
+        vpid: 1,
+        parent_vpid: 0,
+        file_len: 9,
+        file_crc: 0,
+        reserved: 0,
+    };
+    let at = ReplayPosition {
+        flags: 0,
+        prefix_crc: 0xdead_beef,
+        records: 1234,
+        gseq: 5678,
+        reserved: 7,
+    };
+    let mut bytes = Vec::new();
+    write_manifest(&mut bytes, 3, 0, 0, &[], &[entry], Some(&at)).unwrap();
+    let path = Path::new("d/manifest.fimg");
+    let m = Manifest::parse(&bytes, path).unwrap_or_else(|e| panic!("{e}"));
+    let want = ReplayPosition {
+        flags: POSITION_PRESENT,
+        reserved: 0,
+        ..at
+    };
+    assert_eq!(m.position, Some(want));
+    // The position is under the body checksum.
+    let mut bad = bytes.clone();
+    bad[72] ^= 1;
+    let e = Manifest::parse(&bad, path).unwrap_err();
+    assert!(e.to_string().contains("offset 64"), "{e}");
 }

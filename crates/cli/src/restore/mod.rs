@@ -57,10 +57,84 @@ pub struct RestoreArgs {
 /// Run `ferry restore`. Returns only on an error found before the point of
 /// no return.
 pub fn run(args: RestoreArgs) -> u8 {
-    match prepare(&args.image) {
+    match prepare(&args.image, None) {
         Ok(ready) => ready.go(),
         Err(e) => report(BAD_INPUT, e),
     }
+}
+
+/// Who feeds a replay restored from an image: the process that will
+/// publish the records after the image's position, and the socket the
+/// program's region is sent to it through.
+pub struct Feeder<'a> {
+    /// Its pid: the restored shim's consumer from now on.
+    pub pid: u32,
+    /// One end of a unix socket pair; the feeder holds the other.
+    pub socket: &'a OwnedFd,
+}
+
+/// Become the program of an image of a replay, fed by `feeder`. Returns
+/// only with the line saying why not, before the point of no return.
+pub fn into_replay(dir: &Path, feeder: Feeder) -> String {
+    match prepare(dir, Some(feeder)) {
+        Ok(ready) => {
+            ready.go();
+            format!("{}: the restore did not start", dir.display())
+        }
+        Err(e) => e,
+    }
+}
+
+/// Hand the region of a replay being restored to its feeder: the shim's
+/// consumer is the feeder from now on, and the log goes on.
+fn hand_over(region: &OwnedFd, feeder: &Feeder, name: &str) -> Result<(), String> {
+    let file = std::fs::File::from(
+        region
+            .try_clone()
+            .map_err(|e| format!("{name}: the shim's region: {e}"))?,
+    );
+    // SAFETY: the memfd holds the region the image saved, REGION_LEN
+    // bytes (checked by `is_valid` below before any use); it is accessed
+    // only through Region's atomics, and no one else maps it yet.
+    let mut map = unsafe {
+        memmap2::MmapOptions::new()
+            .len(ferry_ring::REGION_LEN)
+            .map_mut(&file)
+    }
+    .map_err(|e| format!("{name}: the shim's region: {e}"))?;
+    // SAFETY: the mapping is REGION_LEN bytes and page aligned, and lives
+    // until the end of this function, longer than `r`.
+    let r = unsafe { ferry_ring::Region::from_raw(map.as_mut_ptr()) };
+    if !r.is_valid() || r.mode() != Some(ferry_ring::Mode::Replay) {
+        return Err(format!(
+            "{name}: the shim's region in the image is not that of a replay"
+        ));
+    }
+    r.control()
+        .consumer_pid
+        .store(feeder.pid, std::sync::atomic::Ordering::Release);
+    r.lower(
+        ferry_ring::CTL_END_OF_LOG | ferry_ring::CTL_CONSUMER_GONE,
+        &ferry_host::region::SysFutex,
+    );
+    drop(map);
+    send_fd(feeder.socket, region).map_err(|e| format!("{name}: sending the region to the replay: {e}"))
+}
+
+/// Send descriptor `fd` over the unix socket `sock`.
+fn send_fd(sock: &OwnedFd, fd: &OwnedFd) -> io::Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds = [fd.as_raw_fd()];
+    let iov = [io::IoSlice::new(b"R")];
+    sendmsg::<()>(
+        sock.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map(|_| ())
+    .map_err(io::Error::from)
 }
 
 /// Where staged mappings go: a window far from where programs map
@@ -541,8 +615,26 @@ impl Ready {
 }
 
 /// The first stage.
-fn prepare(dir: &Path) -> Result<Ready, String> {
+fn prepare(dir: &Path, feeder: Option<Feeder>) -> Result<Ready, String> {
     let image = Image::open(dir).map_err(|e| e.to_string())?;
+    match (image.replay_position(), &feeder) {
+        (Some(at), None) => {
+            return Err(format!(
+                "{}: the image is of a replay, at record #{} of its log: go on with `ferry replay --log LOG --from-image {} -- CMD`",
+                dir.display(),
+                at.records,
+                dir.display()
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(format!(
+                "{}: the image is not of a replay (made by `ferry replay --checkpoint-at`): restore it with `ferry restore --image {}`",
+                dir.display(),
+                dir.display()
+            ))
+        }
+        _ => {}
+    }
     let entries = &image.manifest().entries;
     let vpid = match entries.as_slice() {
         [one] => one.vpid,
@@ -616,12 +708,16 @@ fn prepare(dir: &Path) -> Result<Ready, String> {
     // The shim's region: the same memory as its mapping, at its number
     // again (the image leaves the descriptor out), so that the restored
     // process can be checkpointed in turn.
-    if let Some(memfd) = g
+    let region = g
         .shared
         .iter()
         .find(|((_, _, p), _)| undeleted(p) == REGION_MEMFD.as_bytes())
-        .map(|(_, fd)| fd)
-    {
+        .map(|(_, fd)| fd);
+    if let Some(feeder) = &feeder {
+        let memfd = region.ok_or_else(|| format!("{name}: the image holds no shim region"))?;
+        hand_over(memfd, feeder, &name)?;
+    }
+    if let Some(memfd) = region {
         let fd = memfd
             .try_clone()
             .and_then(|fd| lift(fd, floor))
@@ -962,9 +1058,13 @@ fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd,
                 set_status_flags(fd.as_raw_fd(), status);
                 fd
             }
-            FdKind::TcpListen(info, opts) | FdKind::Udp(info, opts) => {
-                let udp = matches!(f.kind, FdKind::Udp(..));
-                let fd = new_socket(info, opts, udp).map_err(|e| what(&e))?;
+            FdKind::TcpListen(info, opts) | FdKind::Udp(info, opts) | FdKind::TcpUnbound(info, opts) => {
+                let how = match f.kind {
+                    FdKind::Udp(..) => Socket::Udp,
+                    FdKind::TcpUnbound(..) => Socket::TcpUnbound,
+                    _ => Socket::TcpListen,
+                };
+                let fd = new_socket(info, opts, how).map_err(|e| what(&e))?;
                 set_status_flags(fd.as_raw_fd(), status);
                 fd
             }
@@ -1052,7 +1152,21 @@ fn refill_socket(fd: RawFd, ty: i32, data: &[u8]) -> io::Result<()> {
 
 /// A UDP socket, or a listening TCP one, bound where the image's was,
 /// with its options.
-fn new_socket(info: &SocketInfo, opts: &[SockOpt], udp: bool) -> Result<OwnedFd, String> {
+/// What [`new_socket`] makes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Socket {
+    /// A listening TCP socket.
+    TcpListen,
+    /// A bound UDP socket.
+    Udp,
+    /// A TCP socket as `socket` made it.
+    TcpUnbound,
+}
+
+/// A socket as the image's: its options set, then bound and listening as
+/// `how` says.
+fn new_socket(info: &SocketInfo, opts: &[SockOpt], how: Socket) -> Result<OwnedFd, String> {
+    let udp = how == Socket::Udp;
     let ty = if udp {
         libc::SOCK_DGRAM
     } else {
@@ -1082,6 +1196,9 @@ fn new_socket(info: &SocketInfo, opts: &[SockOpt], udp: bool) -> Result<OwnedFd,
                 4,
             )
         };
+    }
+    if how == Socket::TcpUnbound {
+        return Ok(fd);
     }
     let (addr, text) = sockaddr(info);
     // SAFETY: bind with a sockaddr of the right length for its family.

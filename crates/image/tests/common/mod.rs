@@ -304,6 +304,20 @@ pub fn model(rng: &mut Rng, scale: usize) -> Model {
             vec![],
         ),
         (
+            FdKind::TcpUnbound(
+                SocketInfo {
+                    family: 2,
+                    port: 0,
+                    backlog: 0,
+                    addr: [0; 16],
+                    scope_id: 0,
+                    opt_count: 0,
+                },
+                opts(rng),
+            ),
+            vec![],
+        ),
+        (
             FdKind::Udp(
                 SocketInfo {
                     family: 10,
@@ -402,6 +416,7 @@ fn body(kind: &FdKind) -> FdBody<'_> {
         FdKind::UnixPair(u) => FdBody::UnixPair(*u),
         FdKind::TcpListen(s, o) => FdBody::TcpListen(*s, o),
         FdKind::Udp(s, o) => FdBody::Udp(*s, o),
+        FdKind::TcpUnbound(s, o) => FdBody::TcpUnbound(*s, o),
         FdKind::Epoll(e, x) => FdBody::Epoll(*e, x),
         FdKind::Eventfd(e) => FdBody::Eventfd(*e),
         FdKind::Timerfd(t) => FdBody::Timerfd(*t),
@@ -600,6 +615,10 @@ pub fn expected_sections(m: &Model) -> Vec<Section> {
             FdKind::Udp(s, o) => {
                 s.opt_count = o.len() as u32;
                 (FD_UDP, SocketInfo::LEN, o.len() * SockOpt::LEN)
+            }
+            FdKind::TcpUnbound(s, o) => {
+                s.opt_count = o.len() as u32;
+                (FD_TCP_UNBOUND, SocketInfo::LEN, o.len() * SockOpt::LEN)
             }
             FdKind::Epoll(e, x) => {
                 e.count = x.len() as u32;
