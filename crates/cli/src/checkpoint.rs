@@ -170,7 +170,7 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         timeout: args.timeout,
         position: None,
     };
-    take(&region, pid, &request).map(|t| t.line)
+    take(&region, pid, &request)
 }
 
 /// A checkpoint to take: where, of what, for how long at most.
@@ -185,20 +185,11 @@ pub struct Request<'a> {
     pub position: Option<ReplayPosition>,
 }
 
-/// A checkpoint taken.
-pub struct Taken {
-    /// The one line saying what was written and how long it took.
-    pub line: String,
-    /// The image's sequence number.
-    pub seq: u64,
-    /// How long the program was stopped.
-    pub freeze: Duration,
-}
-
 /// Checkpoint process `pid`, whose region is `region`, as `req` says, and
 /// make the image whole. The caller has checked that the process may be
 /// checkpointed now (its mode; for a replay, that it is at a boundary).
-pub fn take(region: &Region, pid: u32, req: &Request) -> Result<Taken, Error> {
+/// Returns the one line saying what was written and how long it took.
+pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
     // A process restored a moment ago notes its new pid in the table as
     // its threads come back: give it that moment.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -262,15 +253,7 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<Taken, Error> {
         parent.as_ref().map(|p| p.1.as_path()),
         vpid,
     );
-    let result = ask(
-        &region,
-        pid,
-        vpid,
-        &dir,
-        dir_bytes,
-        parent_seq,
-        req.timeout,
-    );
+    let result = ask(region, pid, vpid, &dir, dir_bytes, parent_seq, req.timeout);
     let seq = c.seq.load(Ordering::Acquire);
     c.owner.store(0, Ordering::Release);
     let started = result?;
@@ -301,7 +284,6 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<Taken, Error> {
         None => format!("full image {seq}"),
     };
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let freeze = Duration::from_nanos(c.freeze_ns.load(Ordering::Acquire));
     let line = format!(
         "checkpoint of process {pid} in {}, {kind}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; the program was stopped for {:.1} ms, the image written in {:.0} ms ({:.0} ms in all, with its check)",
         dir.display(),
@@ -313,7 +295,7 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<Taken, Error> {
         written.as_secs_f64() * 1e3,
         started.elapsed().as_secs_f64() * 1e3,
     );
-    Ok(Taken { line, seq, freeze })
+    Ok(line)
 }
 
 /// Allocate the image file's blocks before the program is stopped, so

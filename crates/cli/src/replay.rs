@@ -431,16 +431,14 @@ fn image_position(dir: &Path, log: &Log) -> Result<ReplayPosition, ReplayError> 
 /// be fed) and its pid.
 fn restore_replay(dir: &Path) -> Result<(memmap2::MmapMut, i32), ReplayError> {
     use std::os::fd::OwnedFd;
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(|e| {
-        SysError::from_io("socketpair", e)
-    })?;
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().map_err(|e| SysError::from_io("socketpair", e))?;
     let me = std::process::id();
     // SAFETY: this process has one thread here (the producer starts after),
     // so the child may run ordinary code; it ends in the restore or _exit.
     let child = unsafe { libc::fork() };
     if child < 0 {
-        return Err(SysError::from_io("fork", io::Error::last_os_error())
-        .into());
+        return Err(SysError::from_io("fork", io::Error::last_os_error()).into());
     }
     if child == 0 {
         drop(ours);
@@ -474,8 +472,7 @@ fn restore_replay(dir: &Path) -> Result<(memmap2::MmapMut, i32), ReplayError> {
                 let status = wait_for(child);
                 return Err(match status {
                     Some(status) => restore_failed(status),
-                    None => SysError::from_io("recvmsg", source)
-                    .into(),
+                    None => SysError::from_io("recvmsg", source).into(),
                 });
             }
         }
@@ -483,9 +480,8 @@ fn restore_replay(dir: &Path) -> Result<(memmap2::MmapMut, i32), ReplayError> {
     let file = std::fs::File::from(fd);
     // SAFETY: the memfd is the program's region (its size checked by the
     // restore), accessed only through Region's atomics.
-    let map = unsafe { memmap2::MmapOptions::new().len(REGION_LEN).map_mut(&file) }.map_err(
-        |source| SysError::from_io("mmap of the restored region", source),
-    )?;
+    let map = unsafe { memmap2::MmapOptions::new().len(REGION_LEN).map_mut(&file) }
+        .map_err(|source| SysError::from_io("mmap of the restored region", source))?;
     Ok((map, child))
 }
 
@@ -584,7 +580,11 @@ fn produce(
 
 /// Wait until the program has replayed every record published (the first
 /// `p.at`), then checkpoint it there.
-fn pause_and_checkpoint(region: Region, log: &Log, p: &Pause) -> Result<(), crate::checkpoint::Error> {
+fn pause_and_checkpoint(
+    region: Region,
+    log: &Log,
+    p: &Pause,
+) -> Result<(), crate::checkpoint::Error> {
     let c = region.control();
     while c.consumed.load(Ordering::Acquire) < p.at {
         if region.has(CTL_DIVERGED | CTL_FAILED | CTL_CONSUMER_GONE) {
@@ -621,8 +621,8 @@ fn pause_and_checkpoint(region: Region, log: &Log, p: &Pause) -> Result<(), crat
         timeout: 600,
         position: Some(log.position(p.at)),
     };
-    let taken = crate::checkpoint::take(&region, pid, &request)?;
-    eprintln!("ferry: after record #{}: {}", p.at, taken.line);
+    let line = crate::checkpoint::take(&region, pid, &request)?;
+    eprintln!("ferry: after record #{}: {line}", p.at);
     Ok(())
 }
 

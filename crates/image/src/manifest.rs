@@ -81,7 +81,9 @@ impl ManifestHeader {
 /// Where in its log a replay was when it was checkpointed (minor ≥ 1; the
 /// 32 bytes after the fixed header). An image of a replay goes on only
 /// with the records after `records`, fed from the same log.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 #[repr(C)]
 pub struct ReplayPosition {
     /// [`POSITION_PRESENT`], or 0: the image is not of a replay.
@@ -361,14 +363,15 @@ mod parse {
             let parent_dir = bytes[header_len..dir_end].to_vec();
             // Minor 0 has no extension; a newer minor's longer one starts
             // with the position.
-            let position = if h.minor >= 1 && header_len >= MANIFEST_HEADER_LEN + REPLAY_POSITION_LEN {
-                ReplayPosition::read_from_prefix(&bytes[MANIFEST_HEADER_LEN..])
-                    .ok()
-                    .map(|(p, _)| p)
-                    .filter(|p| p.flags & POSITION_PRESENT != 0)
-            } else {
-                None
-            };
+            let position =
+                if h.minor >= 1 && header_len >= MANIFEST_HEADER_LEN + REPLAY_POSITION_LEN {
+                    ReplayPosition::read_from_prefix(&bytes[MANIFEST_HEADER_LEN..])
+                        .ok()
+                        .map(|(p, _)| p)
+                        .filter(|p| p.flags & POSITION_PRESENT != 0)
+                } else {
+                    None
+                };
             let mut entries = Vec::with_capacity(h.process_count as usize);
             let mut parents = HashMap::with_capacity(h.process_count as usize);
             for (i, chunk) in bytes[dir_end..]

@@ -563,7 +563,10 @@ fn a_foreign_or_newer_manifest() {
     let mut older = h.as_bytes().to_vec();
     older.extend_from_slice(entry.as_bytes());
     let m = Manifest::parse(&older, path).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!((m.entries.as_slice(), m.position), ([entry].as_slice(), None));
+    assert_eq!(
+        (m.entries.as_slice(), m.position),
+        ([entry].as_slice(), None)
+    );
 }
 
 #[test]

@@ -118,7 +118,8 @@ fn hand_over(region: &OwnedFd, feeder: &Feeder, name: &str) -> Result<(), String
         &ferry_host::region::SysFutex,
     );
     drop(map);
-    send_fd(feeder.socket, region).map_err(|e| format!("{name}: sending the region to the replay: {e}"))
+    send_fd(feeder.socket, region)
+        .map_err(|e| format!("{name}: sending the region to the replay: {e}"))
 }
 
 /// Send descriptor `fd` over the unix socket `sock`.
@@ -1058,7 +1059,9 @@ fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd,
                 set_status_flags(fd.as_raw_fd(), status);
                 fd
             }
-            FdKind::TcpListen(info, opts) | FdKind::Udp(info, opts) | FdKind::TcpUnbound(info, opts) => {
+            FdKind::TcpListen(info, opts)
+            | FdKind::Udp(info, opts)
+            | FdKind::TcpUnbound(info, opts) => {
                 let how = match f.kind {
                     FdKind::Udp(..) => Socket::Udp,
                     FdKind::TcpUnbound(..) => Socket::TcpUnbound,
