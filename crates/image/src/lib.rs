@@ -40,7 +40,7 @@ pub const IMAGE_MAGIC: [u8; 8] = *b"FERRYIMG";
 /// Major version: a reader refuses any other.
 pub const IMAGE_MAJOR: u16 = 1;
 /// Minor version: a newer minor only adds what an older reader may skip.
-pub const IMAGE_MINOR: u16 = 0;
+pub const IMAGE_MINOR: u16 = 1;
 /// Size of [`FileHeader`].
 pub const FILE_HEADER_LEN: usize = 64;
 /// Size of [`SectionHeader`].
