@@ -1,7 +1,7 @@
 //! `docs/IMAGE-FORMAT.md` gives the offset and size of every field of
 //! every fixed-layout struct; this test holds the document to the code.
 
-use ferry_image::manifest::{ManifestEntry, ManifestHeader};
+use ferry_image::manifest::{ManifestEntry, ManifestHeader, ReplayPosition};
 use ferry_image::sections::*;
 use ferry_image::{FileHeader, SectionHeader};
 use std::collections::BTreeMap;
@@ -61,6 +61,13 @@ fn code() -> BTreeMap<&'static str, (usize, Fields)> {
             reserved,
             body_crc,
             crc
+        }),
+        fields!(ReplayPosition {
+            flags,
+            prefix_crc,
+            records,
+            gseq,
+            reserved
         }),
         fields!(ManifestEntry {
             vpid,
