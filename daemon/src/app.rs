@@ -22,7 +22,9 @@ use ferry_proto::log::{start_record, StartInfo};
 use ferry_proto::Kind;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::images::{self, Policy};
 
 /// How many bytes of records travel in one batch.
 pub const BATCH_BYTES: usize = 256 << 10;
@@ -134,18 +136,33 @@ pub struct AppShared {
     pub vip: Mutex<Option<String>>,
     /// Set when the application is forgotten: threads and tasks end.
     pub gone: AtomicBool,
+    /// When the replica is checkpointed.
+    pub policy: Policy,
+}
+
+/// How every application's files are kept (from the settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Storage {
+    /// When replicas are checkpointed.
+    pub checkpoints: Policy,
+    /// The size at which a log segment is closed and a new one started.
+    pub segment_bytes: u64,
 }
 
 impl AppShared {
     /// Open (or create) the application's directory and log. A log that
     /// cannot be opened is moved aside and a new empty one made; the
     /// caller reports the damage with `Corrupt`.
-    pub fn open(data: &Path, name: &str) -> Result<(Arc<AppShared>, bool), LogError> {
+    pub fn open(
+        data: &Path,
+        name: &str,
+        storage: Storage,
+    ) -> Result<(Arc<AppShared>, bool), LogError> {
         let dir = data.join("apps").join(name);
         let log_dir = dir.join("log");
         let options = SegmentOptions {
             app_id: app_id(name),
-            ..SegmentOptions::default()
+            segment_bytes: storage.segment_bytes,
         };
         let (log, damaged) = match SegmentLog::open(&log_dir, options) {
             Ok((log, recovery)) => {
@@ -178,6 +195,7 @@ impl AppShared {
                 pid: AtomicI32::new(0),
                 vip: Mutex::new(vip),
                 gone: AtomicBool::new(false),
+                policy: storage.checkpoints,
             }),
             damaged,
         ))
@@ -193,17 +211,60 @@ impl AppShared {
         *self.vip.lock().unwrap() = vip;
     }
 
-    /// The start information from record 0 of the log.
+    /// The start information from record 0: from the log, or once the
+    /// log's first segments are dropped, from the copy kept beside it.
     pub fn start_info(&self) -> Option<StartInfo> {
         let mut log = self.log.lock().unwrap();
-        if log.first_gseq() != 0 || log.last_gseq().is_none() {
+        if log.last_gseq().is_none() {
             return None;
+        }
+        if log.first_gseq() != 0 {
+            drop(log);
+            return self.saved_start();
         }
         let rec = log.read_from(0).ok()?.next()?.ok()?;
         if Kind::from_u16(rec.header.kind) != Some(Kind::Start) {
             return None;
         }
         StartInfo::decode(&rec.payload).ok()
+    }
+
+    /// The start record kept in DATA/apps/NAME/start (header and payload,
+    /// checked by its CRC).
+    fn saved_start(&self) -> Option<StartInfo> {
+        let bytes = std::fs::read(self.dir.join(START_FILE)).ok()?;
+        let (h, rest) = ferry_proto::RecordHeader::read_from_prefix(&bytes).ok()?;
+        let payload = rest.get(..h.payload_len as usize)?;
+        if h.crc != h.compute_crc(payload) || Kind::from_u16(h.kind) != Some(Kind::Start) {
+            warn!(app = %self.name, "the saved start record is damaged");
+            return None;
+        }
+        StartInfo::decode(payload).ok()
+    }
+
+    /// Drop the log's segments wholly at or below `gseq`, the position of
+    /// the oldest image kept: a replica starts from an image, not from
+    /// record 1. The start record is kept first (DATA/apps/NAME/start).
+    pub fn trim_log(&self, gseq: u64) {
+        let mut log = self.log.lock().unwrap();
+        if log.first_gseq() == 0 {
+            let rec = log.read_from(0).ok().and_then(|mut r| r.next()).and_then(Result::ok);
+            let Some(rec) = rec.filter(|r| Kind::from_u16(r.header.kind) == Some(Kind::Start))
+            else {
+                return;
+            };
+            let mut bytes = Vec::new();
+            rec.write_to(&mut bytes);
+            if let Err(e) = crate::persist::write_atomic(&self.dir.join(START_FILE), &bytes) {
+                warn!(app = %self.name, error = %e, "cannot keep the start record; the log is not trimmed");
+                return;
+            }
+        }
+        match log.drop_below(gseq + 1) {
+            Ok(0) => {}
+            Ok(n) => info!(app = %self.name, segments = n, first_gseq = log.first_gseq(), "dropped log segments an image covers"),
+            Err(e) => warn!(app = %self.name, error = %e, "cannot drop log segments"),
+        }
     }
 
     /// The durable gseq of the log (0 when it holds only record 0 or less).
@@ -241,6 +302,9 @@ impl AppShared {
 /// The file where a runner lists the processes of its program, so that a
 /// ferryd started after a crash can end what the crashed one left running.
 const PIDS_FILE: &str = "pids";
+
+/// The copy of the start record, once the log no longer holds it.
+const START_FILE: &str = "start";
 
 use ferry_host::sys::start_time;
 
@@ -374,6 +438,7 @@ impl Runner {
                     wake: thread_wake,
                     pids: Vec::new(),
                     pids_checked: Instant::now(),
+                    ckpt: Checkpoints::new(0, 0),
                 }
                 .run()
             })
@@ -406,6 +471,72 @@ struct RunnerThread {
     /// The program's processes as last written to the pids file.
     pids: Vec<i32>,
     pids_checked: Instant,
+    /// Replica: its checkpoints.
+    ckpt: Checkpoints,
+}
+
+/// A replica's checkpoints: what it was fed since its last image, and a
+/// checkpoint under way.
+struct Checkpoints {
+    /// CRC-32C of records 1 to `fed` as fed (each header and payload, as in
+    /// an image's position): which history an image belongs to.
+    crc: u32,
+    /// The position of the last image (or where the replica started).
+    last: u64,
+    /// When that image was taken (or the replica started).
+    since: Instant,
+    /// Bytes of records fed since.
+    bytes: u64,
+    /// Feeding stopped after this gseq, at this time: the checkpoint is
+    /// taken once the replica has replayed it.
+    pending: Option<(u64, Instant)>,
+}
+
+/// How long a replica may take to replay what it was fed before a
+/// checkpoint; after that the checkpoint is given up for this time.
+const CHECKPOINT_WAIT: Duration = Duration::from_secs(10);
+
+impl Checkpoints {
+    fn new(at: u64, crc: u32) -> Checkpoints {
+        Checkpoints {
+            crc,
+            last: at,
+            since: Instant::now(),
+            bytes: 0,
+            pending: None,
+        }
+    }
+
+    /// Account for `records`, just fed (whole records in the log encoding).
+    fn fed(&mut self, records: &[u8]) {
+        self.bytes += records.len() as u64;
+        let mut at = 0;
+        while let Ok((h, _)) = ferry_proto::RecordHeader::read_from_prefix(&records[at..]) {
+            let len = h.len as usize;
+            let Some(whole) = records.get(at..at + len) else {
+                break;
+            };
+            if !matches!(Kind::from_u16(h.kind), Some(Kind::Start) | Some(Kind::End)) {
+                self.crc = crc32c::crc32c_append(self.crc, whole);
+            }
+            at += ferry_proto::padded(len);
+            if at >= records.len() {
+                break;
+            }
+        }
+    }
+}
+
+/// The `ferry` executable (it restores images): `$FERRY_CLI`, else `ferry`
+/// beside this one.
+fn ferry_cli() -> PathBuf {
+    match std::env::var_os("FERRY_CLI") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|d| d.join("ferry")))
+            .unwrap_or_else(|| PathBuf::from("ferry")),
+    }
 }
 
 fn output(shared: &AppShared) -> Output {
@@ -616,10 +747,33 @@ impl RunnerThread {
     }
 
     fn start_replica(&mut self) {
+        self.ckpt = Checkpoints::new(0, 0);
+        if let Some(image) = self.usable_image() {
+            let started = Instant::now();
+            match self.restore_replica(&image) {
+                Ok(p) => {
+                    let at = image.position.gseq;
+                    info!(app = %self.shared.name, pid = p.root_pid(), at, ms = started.elapsed().as_millis() as u64, image = %image.dir.display(), "replica restored from an image");
+                    self.started(&p);
+                    self.shared.replayed.store(at, Ordering::SeqCst);
+                    self.ckpt = Checkpoints::new(at, image.position.prefix_crc);
+                    self.side = Side::Replica(p);
+                    return;
+                }
+                Err(e) => {
+                    warn!(app = %self.shared.name, image = %image.dir.display(), error = %e, "cannot restore the replica from its image; starting it from the log");
+                }
+            }
+        }
         let Some(start) = self.shared.start_info() else {
             warn!(app = %self.shared.name, "no start record in the log yet; no replica");
             return;
         };
+        let first = self.shared.log.lock().unwrap().first_gseq();
+        if first > 1 {
+            error!(app = %self.shared.name, first, "the log starts after record 1 and no image covers what it dropped; no replica");
+            return;
+        }
         match Program::replica(&start, &output(&self.shared)) {
             Ok(p) => {
                 info!(app = %self.shared.name, pid = p.root_pid(), "replica started");
@@ -629,6 +783,133 @@ impl RunnerThread {
             }
             Err(e) => error!(app = %self.shared.name, error = %e, "cannot start the replica"),
         }
+    }
+
+    /// The newest image the log continues: taken at a record the log has,
+    /// with every record after it still in the log, and (while the log
+    /// holds them) the records before it those the image replayed.
+    fn usable_image(&self) -> Option<images::Stored> {
+        let mut list = images::list(&self.shared.dir);
+        while let Some(image) = list.pop() {
+            let at = image.position.gseq;
+            let (first, last) = {
+                let log = self.shared.log.lock().unwrap();
+                (log.first_gseq(), log.last_gseq())
+            };
+            if last.is_none_or(|l| l < at) || first > at + 1 {
+                continue;
+            }
+            if first <= 1 {
+                match self.prefix_crc(at) {
+                    Some(crc) if crc == image.position.prefix_crc => {}
+                    _ => {
+                        warn!(app = %self.shared.name, image = %image.dir.display(), "an image of the replica is not of this log; removed");
+                        images::remove(&image.dir);
+                        continue;
+                    }
+                }
+            }
+            return Some(image);
+        }
+        None
+    }
+
+    /// The CRC-32C of records 1 to `at` of the log, as an image's position
+    /// has it.
+    fn prefix_crc(&self, at: u64) -> Option<u32> {
+        let mut c = Checkpoints::new(0, 0);
+        let mut next = 1;
+        while next <= at {
+            let (bytes, last) = self.shared.read_records(next, BATCH_BYTES).ok()?;
+            let last = last?;
+            // Only the records up to `at`.
+            let mut end = 0;
+            while end < bytes.len() {
+                let (h, _) = ferry_proto::RecordHeader::read_from_prefix(&bytes[end..]).ok()?;
+                if h.gseq > at {
+                    break;
+                }
+                end += ferry_proto::padded(h.len as usize);
+            }
+            c.fed(&bytes[..end.min(bytes.len())]);
+            next = last.min(at) + 1;
+        }
+        Some(c.crc)
+    }
+
+    /// Restore `image` into a live replica: `ferry restore --feeder-fd`
+    /// becomes the program, a child of this process in its own process
+    /// group, and sends its region back once it can be fed.
+    fn restore_replica(&self, image: &images::Stored) -> Result<Program, String> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+        let out_path = self.shared.dir.join("program.out");
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&out_path)
+            .map_err(|e| format!("{}: {e}", out_path.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", out_path.display()))?;
+        let cli = ferry_cli();
+        let mut cmd = std::process::Command::new(&cli);
+        cmd.arg("restore")
+            .arg("--image")
+            .arg(&image.dir)
+            .arg("--feeder-fd")
+            .arg("3")
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0);
+        let fd = theirs.as_raw_fd();
+        // SAFETY: the closure runs in the child between fork and exec and
+        // calls only dup2 and fcntl, which are async-signal-safe.
+        unsafe {
+            cmd.pre_exec(move || {
+                let r = if fd == 3 {
+                    libc::fcntl(3, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(fd, 3)
+                };
+                if r < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        let child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot run {}: {e}", cli.display()))?;
+        // This process reaps its children itself (the core): never wait here.
+        let pid = child.id() as i32;
+        drop(child);
+        drop(theirs);
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let fd = loop {
+            match ferry_host::sys::receive_fd(&ours, 100) {
+                Ok(Some(fd)) => break fd,
+                Ok(None) if Instant::now() < deadline => {}
+                Ok(None) => {
+                    ferry_host::sys::kill_hard(pid);
+                    return Err("the restore did not finish within 120 s".into());
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "the restore ended before it was ready ({e}); its message is in {}",
+                        out_path.display()
+                    ))
+                }
+            }
+        };
+        let region = ferry_host::region::SharedRegion::adopt(fd).map_err(|e| {
+            ferry_host::sys::kill_hard(pid);
+            e.to_string()
+        })?;
+        Ok(Program::restored(region, pid, image.position.gseq))
     }
 
     fn drained(&self) -> u64 {
@@ -707,11 +988,21 @@ impl RunnerThread {
     }
 
     fn replica_step(&mut self) {
+        if self.ckpt.pending.is_some() {
+            return self.checkpoint_step();
+        }
         let Side::Replica(p) = &mut self.side else {
             return;
         };
         self.shared.replayed.store(p.replayed(), Ordering::Relaxed);
         let fed = p.fed();
+        let policy = self.shared.policy;
+        if fed > self.ckpt.last && policy.due(self.ckpt.since.elapsed(), self.ckpt.bytes) {
+            // Stop feeding here: the image is taken once the replica has
+            // replayed everything it was given.
+            self.ckpt.pending = Some((fed, Instant::now()));
+            return;
+        }
         let last = self.shared.progress.get();
         if last.is_none_or(|l| l <= fed) {
             self.shared
@@ -724,6 +1015,8 @@ impl RunnerThread {
                 if let Err(e) = p.feed(&bytes) {
                     warn!(app = %self.shared.name, error = %e, "the replica stopped; it will be started again at a promotion");
                     self.kill();
+                } else {
+                    self.ckpt.fed(&bytes);
                 }
             }
             Ok((_, None)) => std::thread::sleep(Duration::from_millis(2)),
@@ -738,6 +1031,83 @@ impl RunnerThread {
                 });
             }
         }
+    }
+
+    /// A checkpoint is under way: take it once the replica has replayed
+    /// every record fed, or give up after [`CHECKPOINT_WAIT`].
+    fn checkpoint_step(&mut self) {
+        let Some((at, asked)) = self.ckpt.pending else {
+            return;
+        };
+        let Side::Replica(p) = &self.side else {
+            self.ckpt.pending = None;
+            return;
+        };
+        let region = p.region();
+        self.shared.replayed.store(p.replayed(), Ordering::Relaxed);
+        if p.failure().is_some() || p.root_status().is_some() {
+            self.ckpt.pending = None;
+            return;
+        }
+        if region.control().consumed.load(Ordering::Acquire) < at {
+            if asked.elapsed() > CHECKPOINT_WAIT {
+                warn!(app = %self.shared.name, at, "the replica did not replay what it was fed in time; no checkpoint now");
+                self.ckpt.pending = None;
+                self.ckpt.since = Instant::now();
+            } else {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            return;
+        }
+        let result = self.take_checkpoint(at);
+        self.ckpt.pending = None;
+        self.ckpt.since = Instant::now();
+        match result {
+            Ok(line) => {
+                info!(app = %self.shared.name, at, "{line}");
+                self.ckpt.last = at;
+                self.ckpt.bytes = 0;
+                if let Some(oldest) = images::prune(&self.shared.dir, self.shared.policy.keep) {
+                    self.shared.trim_log(oldest);
+                }
+            }
+            Err(e) => warn!(app = %self.shared.name, at, error = %e, "cannot checkpoint the replica"),
+        }
+    }
+
+    /// Checkpoint the replica, which has replayed up to `at` and no further.
+    fn take_checkpoint(&self, at: u64) -> Result<String, String> {
+        let Side::Replica(p) = &self.side else {
+            return Err("no replica".into());
+        };
+        let region = p.region();
+        let live = ferry_host::region::live_pids(&region);
+        let [pid] = live[..] else {
+            return Err(format!(
+                "the replica has {} processes after gseq {at}, and an image holds one",
+                live.len()
+            ));
+        };
+        let dir = images::dir_for(&self.shared.dir, at);
+        images::remove(&dir);
+        std::fs::create_dir_all(images::images_dir(&self.shared.dir))
+            .map_err(|e| format!("{}: {e}", images::images_dir(&self.shared.dir).display()))?;
+        let request = ferry_host::checkpoint::Request {
+            image: &dir,
+            parent: None,
+            timeout: 120,
+            position: Some(ferry_image::manifest::ReplayPosition {
+                flags: ferry_image::manifest::POSITION_PRESENT,
+                prefix_crc: self.ckpt.crc,
+                records: at,
+                gseq: at,
+                reserved: 0,
+            }),
+        };
+        ferry_host::checkpoint::take(&region, pid as u32, &request).map_err(|e| {
+            images::remove(&dir);
+            e.to_string()
+        })
     }
 
     fn root_exited(&mut self, status: i32) {
@@ -800,6 +1170,7 @@ impl RunnerThread {
             self.shared.primary.store(true, Ordering::SeqCst);
             self.shared.stream_gen.fetch_add(1, Ordering::SeqCst);
             if log.next_gseq() > base + 1 {
+                images::drop_after(&self.shared.dir, base);
                 log.truncate_after(base).map_err(|e| e.to_string())?;
             }
             if log.next_gseq() != base + 1 {
@@ -957,8 +1328,10 @@ fn writer_thread(
                     let before = log.next_gseq();
                     let keep = from_gseq.saturating_sub(1);
                     let result = if log.next_gseq() > from_gseq && from_gseq > 0 {
+                        images::drop_after(&shared.dir, keep);
                         log.truncate_after(keep)
                     } else if log.next_gseq() > from_gseq {
+                        images::drop_all(&shared.dir);
                         log.reset(0)
                     } else {
                         Ok(())

@@ -9,6 +9,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use ferry_replication::{Timings, MS};
+
+use crate::app::Storage;
+use crate::images::Policy;
 use serde::Deserialize;
 
 /// `ferryd`'s command line.
@@ -42,6 +45,22 @@ pub struct Args {
     /// Run no program; only vote and grant leases.
     #[arg(long)]
     pub witness: bool,
+    /// Checkpoint each replica this often at most, in seconds (0: never by
+    /// time). Default 600.
+    #[arg(long, value_name = "SECONDS")]
+    pub checkpoint_every: Option<u64>,
+    /// Checkpoint each replica once it has replayed this many MiB of
+    /// records since its last image (0: never by size). Default 256.
+    #[arg(long, value_name = "MIB")]
+    pub checkpoint_log_mib: Option<u64>,
+    /// How many images of each replica to keep (at least 1). Default 2.
+    #[arg(long, value_name = "N")]
+    pub checkpoints_kept: Option<usize>,
+    /// Close a log segment and start a new one at this size, in KiB (at
+    /// least 64). Segments wholly covered by an image are dropped. Default
+    /// 65536 (64 MiB).
+    #[arg(long, value_name = "KIB")]
+    pub log_segment_kib: Option<u64>,
     /// A TOML file with the same keys as these flags.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -60,6 +79,10 @@ struct File {
     control: Option<PathBuf>,
     certs: Option<PathBuf>,
     witness: Option<bool>,
+    checkpoint_every: Option<u64>,
+    checkpoint_log_mib: Option<u64>,
+    checkpoints_kept: Option<usize>,
+    log_segment_kib: Option<u64>,
     #[serde(default)]
     timings: FileTimings,
 }
@@ -138,6 +161,8 @@ pub struct Settings {
     pub witness: bool,
     /// Protocol timings.
     pub timings: Timings,
+    /// Checkpoints and log segments.
+    pub storage: Storage,
 }
 
 fn bad(what: &'static str, value: &str, why: impl ToString) -> ConfigError {
@@ -213,6 +238,48 @@ impl Settings {
             .ok_or(ConfigError::Missing("certs"))?;
         let witness = args.witness || file.witness.unwrap_or(false);
         let timings = timings(&file.timings)?;
+        let dflt = Policy::default();
+        let every = args.checkpoint_every.or(file.checkpoint_every);
+        let mib = args.checkpoint_log_mib.or(file.checkpoint_log_mib);
+        let kept = args
+            .checkpoints_kept
+            .or(file.checkpoints_kept)
+            .unwrap_or(dflt.keep);
+        if kept == 0 {
+            return Err(bad("--checkpoints-kept", "0", "at least one image is kept"));
+        }
+        if mib.is_some_and(|m| m > u64::MAX >> 20) {
+            return Err(bad(
+                "--checkpoint-log-mib",
+                &mib.unwrap_or(0).to_string(),
+                "too large",
+            ));
+        }
+        let checkpoints = Policy {
+            every: match every {
+                Some(0) => None,
+                Some(s) => Some(std::time::Duration::from_secs(s)),
+                None => dflt.every,
+            },
+            log_bytes: match mib {
+                Some(0) => None,
+                Some(m) => Some(m << 20),
+                None => dflt.log_bytes,
+            },
+            keep: kept,
+        };
+        let dflt_kib = ferry_log::DEFAULT_SEGMENT_BYTES >> 10;
+        let kib = args
+            .log_segment_kib
+            .or(file.log_segment_kib)
+            .unwrap_or(dflt_kib);
+        if !(64..=(1 << 30)).contains(&kib) {
+            return Err(bad(
+                "--log-segment-kib",
+                &kib.to_string(),
+                "must be between 64 and 1073741824",
+            ));
+        }
         Ok(Settings {
             node,
             listen,
@@ -222,6 +289,10 @@ impl Settings {
             certs,
             witness,
             timings,
+            storage: Storage {
+                checkpoints,
+                segment_bytes: kib << 10,
+            },
         })
     }
 }
@@ -350,6 +421,28 @@ mod tests {
             parse(&["ferryd", "--node", "a"]).unwrap_err(),
             ConfigError::Missing("listen")
         ));
+    }
+
+    #[test]
+    fn checkpoint_settings_come_from_flags_or_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.toml");
+        std::fs::write(
+            &path,
+            "node = \"a\"\nlisten = \"127.0.0.1:1\"\ndata-dir = \"/d\"\ncontrol = \"/c\"\n\
+             certs = \"/k\"\ncheckpoint-every = 30\ncheckpoint-log-mib = 0\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let s = parse(&["ferryd", "--config", p]).unwrap();
+        assert_eq!(s.storage.checkpoints.every, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(s.storage.checkpoints.log_bytes, None);
+        assert_eq!(s.storage.checkpoints.keep, 2);
+        let s = parse(&["ferryd", "--config", p, "--checkpoint-every", "0", "--checkpoint-log-mib", "4"]).unwrap();
+        assert_eq!(s.storage.checkpoints.every, None);
+        assert_eq!(s.storage.checkpoints.log_bytes, Some(4 << 20));
+        let e = parse(&["ferryd", "--config", p, "--checkpoints-kept", "0"]).unwrap_err();
+        assert!(e.to_string().contains("--checkpoints-kept"), "{e}");
     }
 
     #[test]

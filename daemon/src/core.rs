@@ -199,7 +199,7 @@ impl Core {
             let mut durable = 0;
             app::kill_leftovers(&dir, &name);
             if !settings.witness {
-                let (shared, was_damaged) = AppShared::open(&settings.data_dir, &name)?;
+                let (shared, was_damaged) = AppShared::open(&settings.data_dir, &name, settings.storage)?;
                 durable = shared.durable();
                 if was_damaged {
                     damaged.push(name.clone());
@@ -612,7 +612,7 @@ impl Core {
         if self.settings.witness || self.locals.contains_key(app) {
             return;
         }
-        match AppShared::open(&self.settings.data_dir, app) {
+        match AppShared::open(&self.settings.data_dir, app, self.settings.storage) {
             Ok((shared, damaged)) => {
                 self.locals
                     .insert(app.to_owned(), Local::new(shared, &self.app_tx));
@@ -1041,7 +1041,7 @@ impl Core {
         };
         let dir = self.settings.data_dir.join("apps").join(&r.name);
         let _ = std::fs::remove_dir_all(&dir);
-        let shared = match AppShared::open(&self.settings.data_dir, &r.name) {
+        let shared = match AppShared::open(&self.settings.data_dir, &r.name, self.settings.storage) {
             Ok((s, _)) => s,
             Err(e) => return failed(format!("cannot create the log: {e}")),
         };
@@ -1154,6 +1154,10 @@ impl Core {
                 .collect(),
             vip: local.and_then(|l| l.shared.vip.lock().unwrap().clone()),
             pid,
+            image: local
+                .and_then(|l| crate::images::latest(&l.shared.dir))
+                .map(|i| i.position.gseq),
+            log_first: local.map_or(0, |l| l.shared.log.lock().unwrap().first_gseq()),
         }
     }
 }

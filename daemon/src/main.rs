@@ -7,6 +7,7 @@
 //! - [`peer`]: QUIC connections to the other nodes.
 //! - [`core`]: the replication state machine and what it asks for.
 //! - [`app`]: each application's log, program or replica, and log writer.
+//! - [`images`]: the checkpoint images of a backup's replicas.
 //! - [`control`]: the unix socket `ferry` talks to.
 //! - [`persist`], [`vip`], [`garp`]: protocol state on disk; the service
 //!   address and its gratuitous ARP.
@@ -16,6 +17,7 @@ mod config;
 mod control;
 mod core;
 mod garp;
+mod images;
 mod peer;
 mod persist;
 mod vip;

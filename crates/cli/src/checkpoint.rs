@@ -1,26 +1,13 @@
 //! `ferry checkpoint PID --image DIR`: ask the shim inside a running
-//! program for a checkpoint of its process, and make the image whole.
-//!
-//! The request goes through the program's shared region (descriptor 1000
-//! in the program, opened here through `/proc/PID/fd/1000`): its checkpoint
-//! block takes the image directory, and the checkpoint signal starts it.
-//! The shim writes `DIR/<vpid>.fimg.tmp` from inside the process and says
-//! when it is done; this command then checks the file whole, renames it and
-//! writes the manifest last (`CheckpointWriter`), so an interrupted
-//! checkpoint leaves no image that looks whole. The program keeps running.
+//! program (started with `ferry exec`) for a checkpoint of its process.
+//! The region is opened through `/proc/PID/fd/1000`; the checkpoint itself
+//! is [`ferry_host::checkpoint::take`].
 
-use std::fs::OpenOptions;
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
 
-use ferry_image::dir::{CheckpointError, CheckpointWriter, Image};
-use ferry_image::manifest::ReplayPosition;
-use ferry_ring::{Futex, Mode, Region, CKPT_OK, CKPT_PATH_LEN, CKPT_SIGNAL, REGION_FD, REGION_LEN};
-use memmap2::MmapMut;
+use ferry_host::checkpoint::{alive, open_region, take, Request};
+pub use ferry_host::checkpoint::Error;
+use ferry_ring::{Mode, Region};
 
 use crate::exit::{report, BAD_INPUT, PROGRAM_FAILED, SUCCESS};
 
@@ -44,46 +31,12 @@ pub struct CheckpointArgs {
     pub timeout: u64,
 }
 
-/// Why a checkpoint could not be taken.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("no process {0}")]
-    NoProcess(u32),
-    #[error("process {pid} is not running under the shim (it has no region at descriptor {REGION_FD}): start it with `ferry exec -- CMD`")]
-    NotUnderShim { pid: u32 },
-    #[error("process {pid}: cannot open its region: {source}")]
-    Open { pid: u32, source: std::io::Error },
-    #[error("process {pid}: its region is from another version of Ferry")]
-    Version { pid: u32 },
-    #[error("process {pid} runs under `ferry {mode}`: only a program started with `ferry exec` can be checkpointed by `ferry checkpoint`")]
-    Mode { pid: u32, mode: &'static str },
-    #[error("process {pid} is not in its program's process table")]
-    NoSlot { pid: u32 },
-    #[error("{}: the path is longer than {CKPT_PATH_LEN} bytes", .0.display())]
-    PathTooLong(PathBuf),
-    #[error(transparent)]
-    Image(#[from] CheckpointError),
-    #[error("process {pid}: another checkpoint is in progress (by process {owner})")]
-    Busy { pid: u32, owner: u32 },
-    #[error("process {pid} died during the checkpoint; {} holds no image", .dir.display())]
-    Died { pid: u32, dir: PathBuf },
-    #[error("process {pid}: the checkpoint did not finish within {secs} s; {} holds no image", .dir.display())]
-    Timeout { pid: u32, secs: u64, dir: PathBuf },
-    #[error("--parent: {0}")]
-    Parent(String),
-    #[error("process {pid}: the checkpoint failed: {why}")]
-    Failed { pid: u32, why: String },
-    #[error("process {pid} cannot be checkpointed: {why}")]
-    Refused { pid: u32, why: String },
-}
-
-impl Error {
-    /// The exit code (DESIGN §8).
-    pub fn code(&self) -> u8 {
-        match self {
-            Error::Died { .. } | Error::Timeout { .. } | Error::Failed { .. } => PROGRAM_FAILED,
-            _ => BAD_INPUT,
-        }
+/// The exit code of a checkpoint that could not be taken (DESIGN §8).
+pub fn code(e: &Error) -> u8 {
+    if e.is_program_failure() {
+        PROGRAM_FAILED
+    } else {
+        BAD_INPUT
     }
 }
 
@@ -94,46 +47,8 @@ pub fn run(args: CheckpointArgs) -> u8 {
             println!("{line}");
             SUCCESS
         }
-        Err(e) => report(e.code(), &e),
+        Err(e) => report(code(&e), &e),
     }
-}
-
-fn alive(pid: u32) -> bool {
-    // SAFETY: signal 0 only checks that the process exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 || *libc::__errno_location() == libc::EPERM }
-}
-
-/// Map the region of process `pid`.
-fn open_region(pid: u32) -> Result<MmapMut, Error> {
-    let path = format!("/proc/{pid}/fd/{REGION_FD}");
-    let file = match OpenOptions::new().read(true).write(true).open(&path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(if alive(pid) {
-                Error::NotUnderShim { pid }
-            } else {
-                Error::NoProcess(pid)
-            })
-        }
-        Err(source) => return Err(Error::Open { pid, source }),
-    };
-    let link = std::fs::read_link(&path).unwrap_or_default();
-    if !link
-        .as_os_str()
-        .as_bytes()
-        .starts_with(b"/memfd:ferry-region")
-    {
-        return Err(Error::NotUnderShim { pid });
-    }
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len < REGION_LEN as u64 {
-        return Err(Error::Version { pid });
-    }
-    // SAFETY: the memfd is the program's region, shared memory accessed
-    // only through atomics (Region's contract); the mapping lives as long
-    // as the returned value.
-    unsafe { memmap2::MmapOptions::new().len(REGION_LEN).map_mut(&file) }
-        .map_err(|source| Error::Open { pid, source })
 }
 
 fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
@@ -171,270 +86,4 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         position: None,
     };
     take(&region, pid, &request)
-}
-
-/// A checkpoint to take: where, of what, for how long at most.
-pub struct Request<'a> {
-    /// The image directory (created; must not hold an image already).
-    pub image: &'a Path,
-    /// The parent image, for an incremental one.
-    pub parent: Option<&'a Path>,
-    /// Seconds to wait for the shim before giving up.
-    pub timeout: u64,
-    /// For a replay paused at a record boundary: where in its log.
-    pub position: Option<ReplayPosition>,
-}
-
-/// Checkpoint process `pid`, whose region is `region`, as `req` says, and
-/// make the image whole. The caller has checked that the process may be
-/// checkpointed now (its mode; for a replay, that it is at a boundary).
-/// Returns the one line saying what was written and how long it took.
-pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
-    // A process restored a moment ago notes its new pid in the table as
-    // its threads come back: give it that moment.
-    let deadline = Instant::now() + Duration::from_secs(2);
-    let slot = loop {
-        match region.slot_of_real_pid(pid) {
-            Some(s) => break s,
-            None if Instant::now() < deadline && alive(pid) => {
-                std::thread::sleep(Duration::from_millis(5))
-            }
-            None => return Err(Error::NoSlot { pid }),
-        }
-    };
-    let vpid = region.proc(slot).vpid.load(Ordering::Acquire);
-
-    let created_ns = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let parent = match req.parent {
-        None => None,
-        Some(p) => {
-            let image = Image::open(p).map_err(|e| Error::Parent(e.to_string()))?;
-            if image.manifest().entry(vpid).is_none() {
-                return Err(Error::Parent(format!(
-                    "{}: the image does not hold process {vpid}",
-                    p.display()
-                )));
-            }
-            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            Some((image.seq(), abs))
-        }
-    };
-    // The directory is made and checked now; the image's sequence number
-    // is the process's to choose (one after its last), so the writer that
-    // makes it whole comes once the process has answered.
-    CheckpointWriter::create(req.image, 1, created_ns, None)?;
-    let dir = std::fs::canonicalize(req.image).unwrap_or_else(|_| req.image.to_path_buf());
-    let dir_bytes = dir.as_os_str().as_bytes();
-    if dir_bytes.len() > CKPT_PATH_LEN {
-        return Err(Error::PathTooLong(dir));
-    }
-
-    let c = region.ckpt();
-    let me = std::process::id();
-    if let Err(owner) = c
-        .owner
-        .compare_exchange(0, me, Ordering::AcqRel, Ordering::Acquire)
-    {
-        // A requester that died mid-request leaves the block held.
-        if alive(owner)
-            || c.owner
-                .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire)
-                .is_err()
-        {
-            return Err(Error::Busy { pid, owner });
-        }
-    }
-    let parent_seq = parent.as_ref().map_or(0, |p| p.0);
-    preallocate(
-        &dir.join(format!("{vpid}.fimg.tmp")),
-        pid,
-        parent.as_ref().map(|p| p.1.as_path()),
-        vpid,
-    );
-    let result = ask(region, pid, vpid, &dir, dir_bytes, parent_seq, req.timeout);
-    let seq = c.seq.load(Ordering::Acquire);
-    c.owner.store(0, Ordering::Release);
-    let started = result?;
-    let written = started.elapsed();
-    // The shim wrote file_bytes; the rest is what was allocated ahead.
-    let tmp = dir.join(format!("{vpid}.fimg.tmp"));
-    OpenOptions::new()
-        .write(true)
-        .open(&tmp)
-        .and_then(|f| f.set_len(c.file_bytes.load(Ordering::Acquire)))
-        .map_err(|e| Error::Failed {
-            pid,
-            why: format!("{}: cutting the image file to length: {e}", tmp.display()),
-        })?;
-    let mut writer = CheckpointWriter::create(
-        req.image,
-        seq,
-        created_ns,
-        parent.as_ref().map(|(s, d)| (*s, d.as_path())),
-    )?;
-    if let Some(at) = req.position {
-        writer.set_replay_position(at);
-    }
-    writer.adopt(vpid)?;
-    writer.finish()?;
-    let kind = match &parent {
-        Some((s, _)) => format!("incremental image {seq} (parent {s})"),
-        None => format!("full image {seq}"),
-    };
-    let mib = |b: u64| b as f64 / (1 << 20) as f64;
-    let line = format!(
-        "checkpoint of process {pid} in {}, {kind}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; the program was stopped for {:.1} ms, the image written in {:.0} ms ({:.0} ms in all, with its check)",
-        dir.display(),
-        c.threads.load(Ordering::Acquire),
-        c.mappings.load(Ordering::Acquire),
-        mib(c.memory_bytes.load(Ordering::Acquire)),
-        mib(c.file_bytes.load(Ordering::Acquire)),
-        c.freeze_ns.load(Ordering::Acquire) as f64 / 1e6,
-        written.as_secs_f64() * 1e3,
-        started.elapsed().as_secs_f64() * 1e3,
-    );
-    Ok(line)
-}
-
-/// Allocate the image file's blocks before the program is stopped, so
-/// that the freeze is spent copying, not allocating (fresh pages of a tmpfs
-/// or of the page cache are what a write waits for most): the process's
-/// resident memory for a full image; for an incremental one twice its
-/// parent's file, at least 64 MiB, at most the resident memory. A guess
-/// either way: the shim cuts the file to what it wrote, and if allocation
-/// fails nothing is lost but the head start.
-fn preallocate(tmp: &Path, pid: u32, parent: Option<&Path>, vpid: u32) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-        })
-        .map_or(0, |kib| kib * 1024);
-    let want = match parent {
-        None => rss + (8 << 20),
-        Some(p) => {
-            let parent_len = std::fs::metadata(p.join(ferry_image::dir::process_file_name(vpid)))
-                .map_or(0, |m| m.len());
-            (2 * parent_len).max(64 << 20).min(rss + (8 << 20))
-        }
-    };
-    let _ = std::fs::remove_file(tmp);
-    let Ok(file) = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(tmp)
-    else {
-        return;
-    };
-    // On a tmpfs the pages are written once (zeros): a page is slow the
-    // first time it is touched, not when it is allocated. Elsewhere the
-    // blocks are only reserved.
-    // SAFETY: fstatfs into a zeroed struct of our own.
-    let tmpfs = unsafe {
-        let mut st: libc::statfs = core::mem::zeroed();
-        libc::fstatfs(file.as_raw_fd(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
-    };
-    if tmpfs {
-        use std::io::Write;
-        let zeros = vec![0u8; 1 << 20];
-        let mut left = want;
-        let mut w = &file;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            if w.write_all(&zeros[..n]).is_err() {
-                break;
-            }
-            left -= n as u64;
-        }
-    } else {
-        // SAFETY: fallocate on a file this function opened.
-        unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, want as libc::off_t) };
-    }
-}
-
-/// Make the request and wait for the answer.
-fn ask(
-    region: &Region,
-    pid: u32,
-    vpid: u32,
-    dir: &Path,
-    dir_bytes: &[u8],
-    parent_seq: u64,
-    timeout: u64,
-) -> Result<Instant, Error> {
-    let c = region.ckpt();
-    c.target_pid.store(pid, Ordering::Relaxed);
-    for (d, s) in c.path.iter().zip(dir_bytes) {
-        d.store(*s, Ordering::Relaxed);
-    }
-    c.path_len.store(dir_bytes.len() as u32, Ordering::Relaxed);
-    c.seq.store(0, Ordering::Relaxed);
-    c.writer_pid.store(0, Ordering::Relaxed);
-    c.freeze_ns.store(u64::MAX, Ordering::Relaxed);
-    c.parent_seq.store(parent_seq, Ordering::Relaxed);
-    c.message_len.store(0, Ordering::Relaxed);
-    let request = c.request.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
-    let started = Instant::now();
-    // SAFETY: sends the checkpoint signal; no memory is involved.
-    if unsafe { libc::kill(pid as i32, CKPT_SIGNAL) } != 0 {
-        return Err(Error::NoProcess(pid));
-    }
-    let tmp = dir.join(format!("{vpid}.fimg.tmp"));
-    let deadline = started + Duration::from_secs(timeout);
-    loop {
-        let done = c.done.load(Ordering::Acquire);
-        if done == request {
-            break;
-        }
-        if !alive(pid) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Died {
-                pid,
-                dir: dir.to_path_buf(),
-            });
-        }
-        // A full image's memory is written by a copy of the process.
-        let writer = c.writer_pid.load(Ordering::Acquire);
-        if writer != 0 && !alive(writer) && c.done.load(Ordering::Acquire) != request {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::Failed {
-                pid,
-                why: format!(
-                    "the process writing the image (pid {writer}) died; {} holds no image",
-                    dir.display()
-                ),
-            });
-        }
-        if Instant::now() > deadline {
-            return Err(Error::Timeout {
-                pid,
-                secs: timeout,
-                dir: dir.to_path_buf(),
-            });
-        }
-        ferry_host::region::SysFutex.wait(&c.done, done, Some(50));
-    }
-    // The writer of a full image may answer before the program has
-    // measured its freeze.
-    let freeze_deadline = Instant::now() + Duration::from_secs(2);
-    while c.freeze_ns.load(Ordering::Acquire) == u64::MAX && Instant::now() < freeze_deadline {
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    if c.status.load(Ordering::Acquire) != CKPT_OK {
-        let n = (c.message_len.load(Ordering::Acquire) as usize).min(c.message.len());
-        let bytes: Vec<u8> = c.message[..n]
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect();
-        return Err(Error::Failed {
-            pid,
-            why: String::from_utf8_lossy(&bytes).into_owned(),
-        });
-    }
-    Ok(started)
 }

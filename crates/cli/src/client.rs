@@ -216,6 +216,13 @@ pub fn table(s: &NodeStatus) -> String {
             a.lag_ms,
             protected(a)
         );
+        if let Some(at) = a.image {
+            let _ = writeln!(
+                out,
+                "  checkpoint image after gseq {at}; the log here starts at gseq {}",
+                a.log_first
+            );
+        }
         for b in &a.backups {
             let _ = writeln!(
                 out,

@@ -132,7 +132,7 @@ impl ExitCodeOf for ReplayError {
     fn exit_code(&self) -> u8 {
         match self {
             ReplayError::ArgvMismatch { .. } => DIVERGED,
-            ReplayError::Checkpoint(e) => e.code(),
+            ReplayError::Checkpoint(e) => crate::checkpoint::code(e),
             _ => BAD_INPUT,
         }
     }
@@ -464,7 +464,7 @@ fn restore_replay(dir: &Path) -> Result<(memmap2::MmapMut, i32), ReplayError> {
         },
     };
     let fd = loop {
-        match receive_fd(&ours, 100) {
+        match ferry_host::sys::receive_fd(&ours, 100) {
             Ok(Some(fd)) => break fd,
             Ok(None) => {}
             Err(source) => {
@@ -490,48 +490,6 @@ fn wait_for(pid: i32) -> Option<i32> {
     let mut status = 0;
     // SAFETY: status is a valid out pointer for the call's duration.
     (unsafe { libc::waitpid(pid, &mut status, 0) } == pid).then_some(status)
-}
-
-/// One descriptor from `sock`, waiting at most `ms`: `Ok(None)` when
-/// nothing came in that time, an error when the other end closed.
-fn receive_fd(
-    sock: &std::os::unix::net::UnixStream,
-    ms: i32,
-) -> io::Result<Option<std::os::fd::OwnedFd>> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let mut pfd = libc::pollfd {
-        fd: sock.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one pollfd of our own for the call's duration.
-    let n = unsafe { libc::poll(&mut pfd, 1, ms) };
-    if n == 0 {
-        return Ok(None);
-    }
-    let mut byte = [0u8; 1];
-    let mut iov = [io::IoSliceMut::new(&mut byte)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(
-        sock.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC,
-    )
-    .map_err(io::Error::from)?;
-    for c in msg.cmsgs().map_err(io::Error::from)? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            if let Some(&fd) = fds.first() {
-                // SAFETY: the kernel just gave us this descriptor.
-                return Ok(Some(unsafe { OwnedFd::from_raw_fd(fd) }));
-            }
-        }
-    }
-    Err(io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        "the restore ended without sending the region",
-    ))
 }
 
 /// `--checkpoint-at`: where to pause, where the image goes, of which process.
@@ -615,13 +573,13 @@ fn pause_and_checkpoint(
             })
         }
     };
-    let request = crate::checkpoint::Request {
+    let request = ferry_host::checkpoint::Request {
         image: &p.image,
         parent: None,
         timeout: 600,
         position: Some(log.position(p.at)),
     };
-    let line = crate::checkpoint::take(&region, pid, &request)?;
+    let line = ferry_host::checkpoint::take(&region, pid, &request)?;
     eprintln!("ferry: after record #{}: {line}", p.at);
     Ok(())
 }

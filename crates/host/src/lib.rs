@@ -2,6 +2,7 @@
 //! region it shares with the shim. The `ferry` CLI (record, replay, exec)
 //! and `ferryd` (primaries and live replicas) both start programs this way.
 
+pub mod checkpoint;
 pub mod program;
 pub mod region;
 pub mod resolve;

@@ -176,6 +176,24 @@ impl Program {
         Self::start(shared, start, Side::Replica, output)
     }
 
+    /// A live replica restored from an image (see `ferry restore
+    /// --feeder-fd`): `region` is its region, `root` the restored process
+    /// (a child of this one, leader of its own process group), `fed` the
+    /// gseq of the last record it has replayed. Feed it from `fed + 1`.
+    pub fn restored(region: SharedRegion, root: i32, fed: u64) -> Program {
+        region
+            .region()
+            .raise(ferry_ring::CTL_LIVE_REPLICA, &SysFutex);
+        Program {
+            shared: region,
+            root,
+            side: Side::Replica,
+            root_status: None,
+            fed,
+            drained: 0,
+        }
+    }
+
     fn start(
         shared: SharedRegion,
         start: &StartInfo,

@@ -77,6 +77,32 @@ impl SharedRegion {
         Ok(SharedRegion { file, map, region })
     }
 
+    /// Take over the region of a program restored from an image: `fd` is
+    /// its memfd, sent by the restore once the region is ready to be fed.
+    pub fn adopt(fd: OwnedFd) -> Result<SharedRegion, RegionError> {
+        let file = File::from(fd);
+        let len = file.metadata().map_err(RegionError::Map)?.len();
+        if len < REGION_LEN as u64 {
+            return Err(RegionError::Map(io::Error::other(format!(
+                "the restored region is {len} bytes, not {REGION_LEN}"
+            ))));
+        }
+        // SAFETY: the memfd is the program's region; the restored shim and
+        // this side access it only through Region's atomics, and nobody
+        // truncates it while it is mapped.
+        let mut map = unsafe { memmap2::MmapOptions::new().len(REGION_LEN).map_mut(&file) }
+            .map_err(RegionError::Map)?;
+        // SAFETY: as in `create`: a live, writable, page-aligned shared
+        // mapping of REGION_LEN bytes that `self` keeps alive.
+        let region = unsafe { Region::from_raw(map.as_mut_ptr()) };
+        if !region.is_valid() {
+            return Err(RegionError::Map(io::Error::other(
+                "the restored region is from another version of Ferry",
+            )));
+        }
+        Ok(SharedRegion { file, map, region })
+    }
+
     /// The region. Valid while `self` lives.
     pub fn region(&self) -> Region {
         debug_assert_eq!(self.region.base(), self.map.as_ptr() as *mut u8);

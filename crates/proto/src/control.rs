@@ -201,6 +201,12 @@ pub struct AppStatus {
     pub vip: Option<String>,
     /// Pid of the local program or replica, if one runs.
     pub pid: Option<i32>,
+    /// The position (gseq) of the newest checkpoint image of the replica
+    /// kept on this node, if any.
+    pub image: Option<u64>,
+    /// The first gseq this node's log holds (above 0 once segments an
+    /// image covers were dropped).
+    pub log_first: u64,
 }
 
 /// What a primary knows of one backup.

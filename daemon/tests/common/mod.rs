@@ -4,7 +4,8 @@
 
 #![allow(dead_code)]
 
-use std::net::UdpSocket;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -177,6 +178,12 @@ impl Cluster {
     /// Start `nodes`, all peers of each other, with certificates from one
     /// CA; wait until each is ready and connected to all the others.
     pub fn start(nodes: &[NodeSpec]) -> Cluster {
+        Self::start_with(nodes, "")
+    }
+
+    /// As [`Cluster::start`], with `extra` (top-level TOML keys) in every
+    /// node's config file.
+    pub fn start_with(nodes: &[NodeSpec], extra: &str) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let names: Vec<&str> = nodes.iter().map(|n| n.name).collect();
         certs(&dir.path().join("certs"), &names);
@@ -187,7 +194,7 @@ impl Cluster {
         let config = dir.path().join("ferryd.toml");
         std::fs::write(
             &config,
-            "[timings]\nlease-ms = 1500\nelection-timeout-min-ms = 200\nelection-timeout-max-ms = 400\n",
+            format!("{extra}\n[timings]\nlease-ms = 1500\nelection-timeout-min-ms = 200\nelection-timeout-max-ms = 400\n"),
         )
         .expect("write the config file");
         let mut daemons = Vec::new();
@@ -314,4 +321,115 @@ pub fn spawn_daemon(dir: &Path, name: &str, port: u16, args: &[String]) -> Daemo
         d.log_text()
     );
     d
+}
+
+/// `ferry run` the key-value server on a; its port.
+pub fn run_kv(cluster: &mut Cluster) -> u16 {
+    run_kv_mode(cluster, "sync")
+}
+
+/// `ferry run --mode MODE` the key-value server on a; its port.
+pub fn run_kv_mode(cluster: &mut Cluster, mode: &str) -> u16 {
+    let port = free_port_tcp();
+    let kv = bin("ferry-kv");
+    let listen = format!("127.0.0.1:{port}");
+    let out = cluster.node("a").ferry(&[
+        "run",
+        "--name",
+        "kv",
+        "--mode",
+        mode,
+        "--",
+        kv.to_str().unwrap(),
+        "--listen",
+        &listen,
+    ]);
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ferry run failed: {}{}\n{}",
+        said,
+        String::from_utf8_lossy(&out.stderr),
+        cluster.logs()
+    );
+    assert!(
+        said.contains("protected by b") && said.contains(mode),
+        "{said}"
+    );
+    let a = cluster.node("a").app("kv").unwrap();
+    if let Some(pid) = a["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+    port
+}
+
+pub fn free_port_tcp() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port()
+}
+
+/// Set `n` keys through the server; the versions it acknowledged.
+pub fn write_keys(cluster: &Cluster, port: u16, n: usize) -> Vec<String> {
+    write_keys_from(cluster, port, 0, n)
+}
+
+/// Set keys `first..first + n`; the versions the server acknowledged.
+pub fn write_keys_from(cluster: &Cluster, port: u16, first: usize, n: usize) -> Vec<String> {
+    let stream = wait_for(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok())
+        .expect("the key-value server does not accept connections");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let mut acks = Vec::new();
+    for i in first..first + n {
+        writeln!(w, "SET k{i} v{i}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        assert!(
+            line.starts_with("OK "),
+            "SET k{i} answered {line:?}; program output:\n{}\n{}",
+            std::fs::read_to_string(cluster.node("a").data.join("apps/kv/program.out"))
+                .unwrap_or_default(),
+            cluster.logs()
+        );
+        acks.push(line.trim().to_owned());
+    }
+    acks
+}
+
+/// Read back every key `write_keys` set (acknowledged as `acks`) from the
+/// server on `port`, whoever serves it now: each must have the version and
+/// value acknowledged.
+pub fn check_keys(cluster: &Cluster, port: u16, acks: &[String]) {
+    let stream = wait_for(Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nobody listens on the service port:\n{}",
+            cluster.logs()
+        )
+    });
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    for (i, ack) in acks.iter().enumerate() {
+        writeln!(w, "GET k{i}").unwrap();
+        let mut line = String::new();
+        r.read_line(&mut line).unwrap();
+        let version = ack.trim_start_matches("OK ");
+        assert_eq!(
+            line.trim(),
+            format!("VALUE {version} v{i}"),
+            "acknowledged write {i} of {} lost\n{}",
+            acks.len(),
+            cluster.logs()
+        );
+    }
 }

@@ -52,15 +52,37 @@ pub struct RestoreArgs {
     /// The image directory `ferry checkpoint` wrote.
     #[arg(long, value_name = "DIR")]
     pub image: PathBuf,
+    /// For `ferryd`: the image is of a replay, and this inherited unix
+    /// socket leads to its feeder, the parent process, which is sent the
+    /// program's region and publishes the records after the image.
+    #[arg(long, value_name = "FD", hide = true)]
+    pub feeder_fd: Option<i32>,
 }
 
 /// Run `ferry restore`. Returns only on an error found before the point of
 /// no return.
 pub fn run(args: RestoreArgs) -> u8 {
-    match prepare(&args.image, None) {
-        Ok(ready) => ready.go(),
-        Err(e) => report(BAD_INPUT, e),
+    let Some(fd) = args.feeder_fd else {
+        return match prepare(&args.image, None) {
+            Ok(ready) => ready.go(),
+            Err(e) => report(BAD_INPUT, e),
+        };
+    };
+    // SAFETY: F_GETFD only reads the descriptor's flags.
+    if fd < 3 || unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return report(
+            BAD_INPUT,
+            format!("--feeder-fd {fd}: not an open descriptor of this process"),
+        );
     }
+    // SAFETY: the descriptor is open (checked above) and was handed to this
+    // process to own; nothing else here uses it.
+    let socket = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let feeder = Feeder {
+        pid: std::os::unix::process::parent_id(),
+        socket: &socket,
+    };
+    report(BAD_INPUT, into_replay(&args.image, feeder))
 }
 
 /// Who feeds a replay restored from an image: the process that will

@@ -1,0 +1,213 @@
+//! A backup's checkpoint images of its replica, in DATA/apps/NAME/images.
+//!
+//! Each image is a directory `at-GSEQ` (twenty digits, so that names sort
+//! by position) holding a full image of the replica right after it
+//! replayed record GSEQ, with that position in its manifest
+//! (`docs/IMAGE-FORMAT.md`, `ReplayPosition`). The manifest is written
+//! last, so a directory without one is an image that was never finished:
+//! it is ignored and removed. A replica starts from the newest image the
+//! log continues, and the log keeps no segment wholly below the oldest
+//! image kept (`docs/CHECKPOINT.md`, "Checkpoints in ferryd").
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferry_image::dir::Image;
+use ferry_image::manifest::ReplayPosition;
+use tracing::warn;
+
+/// When a backup checkpoints its replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// At most this long after the last image (`None`: never by time).
+    pub every: Option<Duration>,
+    /// Once this many bytes of records were replayed since the last image
+    /// (`None`: never by size).
+    pub log_bytes: Option<u64>,
+    /// Images kept (at least 1).
+    pub keep: usize,
+}
+
+impl Default for Policy {
+    fn default() -> Policy {
+        Policy {
+            every: Some(Duration::from_secs(600)),
+            log_bytes: Some(256 << 20),
+            keep: 2,
+        }
+    }
+}
+
+impl Policy {
+    /// Whether one is due, `since` the last and `bytes` replayed after it.
+    pub fn due(&self, since: Duration, bytes: u64) -> bool {
+        self.every.is_some_and(|e| since >= e) || self.log_bytes.is_some_and(|b| bytes >= b)
+    }
+}
+
+/// A finished image and where in the log it was taken.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its position: after record `position.gseq`.
+    pub position: ReplayPosition,
+}
+
+const PREFIX: &str = "at-";
+
+/// DATA/apps/NAME/images.
+pub fn images_dir(app_dir: &Path) -> PathBuf {
+    app_dir.join("images")
+}
+
+/// The directory of the image taken after record `gseq`.
+pub fn dir_for(app_dir: &Path, gseq: u64) -> PathBuf {
+    images_dir(app_dir).join(format!("{PREFIX}{gseq:020}"))
+}
+
+fn gseq_of(name: &str) -> Option<u64> {
+    name.strip_prefix(PREFIX)?.parse().ok()
+}
+
+/// Every image directory by position, finished or not.
+fn dirs(app_dir: &Path) -> Vec<(u64, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(images_dir(app_dir)) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(u64, PathBuf)> = entries
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let gseq = gseq_of(e.file_name().to_str()?)?;
+            Some((gseq, e.path()))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The finished images, oldest first. One whose manifest does not read, or
+/// whose position disagrees with its name, is left out (and reported).
+pub fn list(app_dir: &Path) -> Vec<Stored> {
+    dirs(app_dir)
+        .into_iter()
+        .filter_map(|(gseq, dir)| {
+            let image = match Image::open(&dir) {
+                Ok(i) => i,
+                Err(ferry_image::read::ImageError::NoManifest { .. }) => return None,
+                Err(e) => {
+                    warn!(image = %dir.display(), error = %e, "an image of the replica does not read; not used");
+                    return None;
+                }
+            };
+            let position = image.replay_position().filter(|p| p.gseq == gseq);
+            if position.is_none() {
+                warn!(image = %dir.display(), "an image of the replica is not at the position its name says; not used");
+            }
+            Some(Stored {
+                dir,
+                position: position?,
+            })
+        })
+        .collect()
+}
+
+/// The newest finished image.
+pub fn latest(app_dir: &Path) -> Option<Stored> {
+    list(app_dir).pop()
+}
+
+/// Keep the newest `keep` finished images; remove older ones and every
+/// unfinished directory below the newest. Returns the position of the
+/// oldest image kept, below which the log is not needed.
+pub fn prune(app_dir: &Path, keep: usize) -> Option<u64> {
+    let finished = list(app_dir);
+    let kept: Vec<u64> = finished
+        .iter()
+        .rev()
+        .take(keep.max(1))
+        .map(|s| s.position.gseq)
+        .collect();
+    let newest = kept.first().copied()?;
+    for (gseq, dir) in dirs(app_dir) {
+        if gseq < newest && !kept.contains(&gseq) {
+            remove(&dir);
+        }
+    }
+    kept.last().copied()
+}
+
+/// Remove the images after `gseq`: the log was cut there, and what they
+/// replayed is no longer the application's history.
+pub fn drop_after(app_dir: &Path, gseq: u64) {
+    for (at, dir) in dirs(app_dir) {
+        if at > gseq {
+            remove(&dir);
+        }
+    }
+}
+
+/// Remove every image (the log was reset).
+pub fn drop_all(app_dir: &Path) {
+    for (_, dir) in dirs(app_dir) {
+        remove(&dir);
+    }
+}
+
+/// Remove one image directory.
+pub fn remove(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(image = %dir.display(), error = %e, "cannot remove an image");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_sort_by_position_and_parse_back() {
+        let d = Path::new("/x");
+        let a = dir_for(d, 9);
+        let b = dir_for(d, 10);
+        assert!(a.file_name() < b.file_name());
+        assert_eq!(gseq_of(b.file_name().unwrap().to_str().unwrap()), Some(10));
+        assert_eq!(gseq_of("at-x"), None);
+        assert_eq!(gseq_of("other"), None);
+    }
+
+    #[test]
+    fn a_policy_is_due_by_time_or_by_size() {
+        let p = Policy {
+            every: Some(Duration::from_secs(10)),
+            log_bytes: Some(100),
+            keep: 2,
+        };
+        assert!(!p.due(Duration::from_secs(9), 99));
+        assert!(p.due(Duration::from_secs(10), 0));
+        assert!(p.due(Duration::ZERO, 100));
+        let off = Policy {
+            every: None,
+            log_bytes: None,
+            keep: 1,
+        };
+        assert!(!off.due(Duration::from_secs(1 << 30), u64::MAX));
+    }
+
+    #[test]
+    fn unfinished_directories_are_not_images_and_are_pruned() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir_for(t.path(), 5)).unwrap();
+        std::fs::create_dir_all(images_dir(t.path()).join("junk")).unwrap();
+        assert!(list(t.path()).is_empty());
+        assert!(latest(t.path()).is_none());
+        // No finished image: nothing is removed, and the log is all needed.
+        assert_eq!(prune(t.path(), 2), None);
+        assert!(dir_for(t.path(), 5).is_dir());
+        drop_after(t.path(), 4);
+        assert!(!dir_for(t.path(), 5).exists());
+        assert!(images_dir(t.path()).join("junk").is_dir());
+    }
+}
