@@ -69,6 +69,9 @@ pub enum AppEvent {
     Corrupt { app: String, intact: u64 },
     /// The start record is in the log: a replica can start.
     HaveStart { app: String },
+    /// Backup: the log starts after a received image: the replica starts
+    /// (again) from it.
+    Installed { app: String },
     /// Backup: the record stream `gen` from `from` ended.
     StreamEnded { app: String, from: String, gen: u64 },
 }
@@ -215,12 +218,12 @@ impl AppShared {
     /// log's first segments are dropped, from the copy kept beside it.
     pub fn start_info(&self) -> Option<StartInfo> {
         let mut log = self.log.lock().unwrap();
-        if log.last_gseq().is_none() {
-            return None;
-        }
         if log.first_gseq() != 0 {
             drop(log);
             return self.saved_start();
+        }
+        if log.last_gseq().is_none() {
+            return None;
         }
         let rec = log.read_from(0).ok()?.next()?.ok()?;
         if Kind::from_u16(rec.header.kind) != Some(Kind::Start) {
@@ -240,6 +243,48 @@ impl AppShared {
             return None;
         }
         StartInfo::decode(payload).ok()
+    }
+
+    /// The start record as stored (header, payload, padding): from the log,
+    /// or the copy kept beside it.
+    pub fn start_record(&self) -> Option<Vec<u8>> {
+        let mut log = self.log.lock().unwrap();
+        if log.first_gseq() == 0 {
+            let rec = log.read_from(0).ok()?.next()?.ok()?;
+            return (Kind::from_u16(rec.header.kind) == Some(Kind::Start)).then(|| rec.to_bytes());
+        }
+        drop(log);
+        self.saved_start()?;
+        std::fs::read(self.dir.join(START_FILE)).ok()
+    }
+
+    /// Keep `bytes` as the start record (a backup seeded from an image).
+    pub fn save_start(&self, bytes: &[u8]) -> Result<(), String> {
+        crate::persist::write_atomic(&self.dir.join(START_FILE), bytes).map_err(|e| e.to_string())?;
+        self.saved_start()
+            .map(|_| ())
+            .ok_or_else(|| "the start record received is not a whole start record".to_string())
+    }
+
+    /// For a backup that asks for records from `from_gseq` on: `None` if
+    /// the log holds them; else the image to send first (the newest that
+    /// the log continues), or why there is none.
+    pub fn image_for(&self, from_gseq: u64) -> Result<Option<images::Stored>, String> {
+        let (first, next) = {
+            let log = self.log.lock().unwrap();
+            (log.first_gseq(), log.next_gseq())
+        };
+        if from_gseq >= first {
+            return Ok(None);
+        }
+        images::list(&self.dir)
+            .into_iter()
+            .rev()
+            .find(|i| i.position.gseq + 1 >= first && i.position.gseq < next)
+            .map(Some)
+            .ok_or_else(|| {
+                format!("the log here starts at gseq {first}, and no image covers gseq {from_gseq} to {first}")
+            })
     }
 
     /// Drop the log's segments wholly at or below `gseq`, the position of
@@ -792,11 +837,12 @@ impl RunnerThread {
         let mut list = images::list(&self.shared.dir);
         while let Some(image) = list.pop() {
             let at = image.position.gseq;
-            let (first, last) = {
+            let (first, next) = {
                 let log = self.shared.log.lock().unwrap();
-                (log.first_gseq(), log.last_gseq())
+                (log.first_gseq(), log.next_gseq())
             };
-            if last.is_none_or(|l| l < at) || first > at + 1 {
+            // The log reaches the image and holds every record after it.
+            if next < at + 1 || first > at + 1 {
                 continue;
             }
             if first <= 1 {
@@ -1226,6 +1272,10 @@ pub enum WriterMsg {
     StreamEnded { gen: u64 },
     /// Drop the records from `from_gseq` on and fetch from `node`.
     Resync { from_gseq: u64, node: String },
+    /// An image after record `at` was received (it is in the images
+    /// directory): the log starts again at `at + 1`, with `start` (the start
+    /// record) kept beside it; stream `gen` follows.
+    Install { gen: u64, at: u64, start: Vec<u8> },
     /// End the thread.
     Quit,
 }
@@ -1322,12 +1372,42 @@ fn writer_thread(
                         }
                     }
                 }
+                WriterMsg::Install { gen, at, start } => {
+                    let mut log = shared.log.lock().unwrap();
+                    if shared.primary.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    current = None;
+                    if let Err(e) = shared.save_start(&start) {
+                        error!(app, error = %e, "cannot keep the start record of a received image");
+                        continue;
+                    }
+                    images::drop_after(&shared.dir, at);
+                    if let Err(e) = log.reset(at + 1) {
+                        drop(log);
+                        error!(app, error = %e, "cannot start the log after a received image");
+                        let _ = events.send(AppEvent::Corrupt {
+                            app: app.clone(),
+                            intact: 0,
+                        });
+                        continue;
+                    }
+                    drop(log);
+                    shared.progress.set(None);
+                    info!(app, at, gen, "the log starts after the received image");
+                    let _ = events.send(AppEvent::Installed { app: app.clone() });
+                }
                 WriterMsg::Resync { from_gseq, node } => {
                     let mut log = shared.log.lock().unwrap();
                     current = None;
                     let before = log.next_gseq();
                     let keep = from_gseq.saturating_sub(1);
-                    let result = if log.next_gseq() > from_gseq && from_gseq > 0 {
+                    let result = if from_gseq < log.first_gseq() {
+                        // What must go is no longer here: begin again (the
+                        // primary sends an image first if it needs to).
+                        images::drop_all(&shared.dir);
+                        log.reset(0)
+                    } else if log.next_gseq() > from_gseq && from_gseq > 0 {
                         images::drop_after(&shared.dir, keep);
                         log.truncate_after(keep)
                     } else if log.next_gseq() > from_gseq {

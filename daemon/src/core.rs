@@ -24,7 +24,7 @@ use tracing::{debug, error, info, warn};
 use crate::app::{self, AppEvent, AppShared, Runner, RunnerCmd, Writer, WriterMsg};
 use crate::config::Settings;
 use crate::peer::{self, PeerEvent, PeerMessage, RecordStream, StreamHead, Transport};
-use crate::{persist, vip};
+use crate::{persist, ship, vip};
 
 /// How long messages about an application that was just stopped are
 /// dropped.
@@ -790,7 +790,32 @@ impl Core {
         let tx = l.writer.tx.clone();
         let events = self.app_tx.clone();
         let from_gseq = stream.from_gseq;
+        let shared = l.shared.clone();
         tokio::spawn(async move {
+            if let Some(head) = stream.image.take() {
+                match ship::receive(&shared, &head, &mut stream).await {
+                    Ok(()) => {
+                        let install = WriterMsg::Install {
+                            gen,
+                            at: head.at,
+                            start: head.start,
+                        };
+                        if tx.send(install).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(app = %stream.app, peer = %stream.from, error = %e, "the image from the primary did not arrive whole; asking again");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        let _ = events.send(AppEvent::StreamEnded {
+                            app: stream.app,
+                            from: stream.from,
+                            gen,
+                        });
+                        return;
+                    }
+                }
+            }
             if tx.send(WriterMsg::Stream { gen, from_gseq }).await.is_err() {
                 return;
             }
@@ -912,6 +937,7 @@ impl Core {
                     self.refetch_app(&app, &from);
                 }
             }
+            AppEvent::Installed { app } => self.start_replica(&app),
             AppEvent::HaveStart { app } => {
                 let started = self.locals.get(&app).is_none_or(|l| l.program_started);
                 if !started {
@@ -1188,12 +1214,31 @@ async fn stream_records(
 ) -> anyhow::Result<()> {
     let mut progress = shared.progress.subscribe();
     let vip = shared.vip.lock().unwrap().clone();
+    // A backup that asks for records this log no longer holds gets the
+    // image they are in first.
+    let s = shared.clone();
+    let image = match tokio::task::spawn_blocking(move || s.image_for(from_gseq)).await? {
+        Ok(image) => image,
+        Err(why) => {
+            warn!(app = %shared.name, from_gseq, why = %why, "cannot serve a backup the records it asks for");
+            return Ok(());
+        }
+    };
+    let shipment = match image {
+        Some(image) => Some(ship::Shipment::open(&shared, image)?),
+        None => None,
+    };
+    let from_gseq = shipment.as_ref().map_or(from_gseq, |s| s.head.at + 1);
     let head = StreamHead::Records {
         app: shared.name.clone(),
         from_gseq,
         vip,
+        image: shipment.as_ref().map(|s| s.head.clone()),
     };
     let mut send = peer::open_record_stream(&connection, &head).await?;
+    if let Some(shipment) = shipment {
+        shipment.send(&shared.name, &mut send).await?;
+    }
     let mut next = from_gseq;
     let mut first = true;
     loop {

@@ -7,7 +7,8 @@
 //! - [`peer`]: QUIC connections to the other nodes.
 //! - [`core`]: the replication state machine and what it asks for.
 //! - [`app`]: each application's log, program or replica, and log writer.
-//! - [`images`]: the checkpoint images of a backup's replicas.
+//! - [`images`]: the checkpoint images of a backup's replicas; [`ship`]:
+//!   sending one to a backup that joins late.
 //! - [`control`]: the unix socket `ferry` talks to.
 //! - [`persist`], [`vip`], [`garp`]: protocol state on disk; the service
 //!   address and its gratuitous ARP.
@@ -20,6 +21,7 @@ mod garp;
 mod images;
 mod peer;
 mod persist;
+mod ship;
 mod vip;
 
 use std::process::ExitCode;

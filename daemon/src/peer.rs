@@ -17,7 +17,9 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_proto::wire::{self, Frame, FrameReader, WireError, KIND_RECORD_BATCH, KIND_REPLICATION};
+use ferry_proto::wire::{
+    self, Frame, FrameReader, WireError, KIND_IMAGE_CHUNK, KIND_RECORD_BATCH, KIND_REPLICATION,
+};
 use ferry_replication::Message;
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use serde::{Deserialize, Serialize};
@@ -55,7 +57,24 @@ pub enum StreamHead {
         from_gseq: u64,
         /// The application's service address, `IP/PREFIX@IFACE`.
         vip: Option<String>,
+        /// The log the records continue starts with a checkpoint image,
+        /// sent first (kind [`KIND_IMAGE_CHUNK`]); `from_gseq` is then one
+        /// after the image's position.
+        image: Option<ImageHead>,
     },
+}
+
+/// A checkpoint image of the replica sent ahead of the records that follow
+/// it, to a backup whose log would start before the sender's does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageHead {
+    /// The image was taken right after record `at`.
+    pub at: u64,
+    /// The start record (header and payload), which the sender's log may
+    /// no longer hold.
+    pub start: Vec<u8>,
+    /// The image's files: name and length, in the order their bytes follow.
+    pub files: Vec<(String, u64)>,
 }
 
 /// A frame on a messages stream or in a datagram (kind [`KIND_REPLICATION`]).
@@ -115,6 +134,9 @@ pub struct RecordStream {
     pub from_gseq: u64,
     /// The service address.
     pub vip: Option<String>,
+    /// The image sent ahead of the records, if any: its bytes are read
+    /// with [`RecordStream::next_image_chunk`] before any batch.
+    pub image: Option<ImageHead>,
     /// The stream.
     pub recv: RecvStream,
     /// The frame reader holding bytes read after the head.
@@ -127,14 +149,25 @@ impl RecordStream {
     /// The next record batch; `Ok(None)` at the end of the stream. A bad
     /// frame closes the connection (logged) and is returned.
     pub async fn next_batch(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        self.next_of(KIND_RECORD_BATCH, "not a record batch").await
+    }
+
+    /// The next piece of the image's files; `Ok(None)` at the end of the
+    /// stream. A frame of another kind closes the connection.
+    pub async fn next_image_chunk(&mut self) -> Result<Option<Vec<u8>>, WireError> {
+        self.next_of(KIND_IMAGE_CHUNK, "not a piece of the image announced")
+            .await
+    }
+
+    async fn next_of(&mut self, kind: u16, not: &str) -> Result<Option<Vec<u8>>, WireError> {
         loop {
             match self.reader.next_frame() {
-                Ok(Some(frame)) if frame.kind == KIND_RECORD_BATCH => return Ok(Some(frame.body)),
+                Ok(Some(frame)) if frame.kind == kind => return Ok(Some(frame.body)),
                 Ok(Some(frame)) => {
                     let e = WireError::Decode {
                         offset: frame.offset,
                         kind: frame.kind,
-                        why: "not a record batch".into(),
+                        why: not.into(),
                     };
                     protocol_error(&self.connection, &self.from, "record stream", &e);
                     return Err(e);
@@ -507,12 +540,14 @@ async fn read_stream(
                             app,
                             from_gseq,
                             vip,
+                            image,
                         } => {
                             let _ = events.send(PeerEvent::Records(RecordStream {
                                 from: peer,
                                 app,
                                 from_gseq,
                                 vip,
+                                image,
                                 recv,
                                 reader,
                                 connection,

@@ -99,3 +99,68 @@ fn a_replica_restored_from_its_image_takes_over_with_every_acknowledged_write() 
     let more = write_keys_from(&cluster, port, 250, 20);
     assert_eq!(more.len(), 20);
 }
+
+#[test]
+fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and_takes_over() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    let mut acks = write_keys(&cluster, port, 250);
+    wait_for_image(&cluster);
+
+    // a's host dies for good: b takes over, with a log that no longer
+    // starts at record 1.
+    let a = cluster.node("a").app("kv").unwrap();
+    let pid = a["pid"].as_i64().unwrap() as i32;
+    cluster.node_mut("a").kill9();
+    // SAFETY: kill with the pid of the program this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let b = cluster.node("b");
+    let took = wait_for(LIMIT, || {
+        b.app("kv").filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+    })
+    .unwrap_or_else(|| panic!("b did not take over:\n{}", cluster.logs()));
+    cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
+    assert!(u(&took, "log_first") > 1, "b's log was not trimmed: {took}");
+    acks.extend(write_keys_from(&cluster, port, 250, 30));
+
+    // A new host in a's place (an empty data directory) joins: it gets the
+    // image first, then the records after it, and follows live.
+    let data = cluster.node("a").data.clone();
+    std::fs::remove_dir_all(&data).unwrap();
+    cluster.node_mut("a").restart();
+    let a = cluster.node("a");
+    let joined = wait_for(LIMIT, || {
+        let s = a.app("kv")?;
+        let logged = u(&cluster.node("b").app("kv")?, "logged");
+        (s["role"] == "backup"
+            && s["pid"].as_i64().is_some()
+            && u(&s, "durable") >= logged
+            && u(&s, "replayed") >= logged)
+            .then_some(s)
+    })
+    .unwrap_or_else(|| panic!("a did not catch up from an image:\n{}", cluster.logs()));
+    let log = a.log_text();
+    assert!(
+        log.contains("image received") && log.contains("replica restored from an image"),
+        "a did not start from an image:\n{}",
+        cluster.logs()
+    );
+    assert!(u(&joined, "log_first") > 1, "{joined}");
+    cluster.pids.push(joined["pid"].as_i64().unwrap() as i32);
+    acks.extend(write_keys_from(&cluster, port, 280, 20));
+
+    // Now b dies: a, which never saw the first records, takes over with
+    // every acknowledged write.
+    let b = cluster.node("b").app("kv").unwrap();
+    let pid = b["pid"].as_i64().unwrap() as i32;
+    cluster.node_mut("b").kill9();
+    // SAFETY: kill with the pid of the program this test's cluster runs.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let a = cluster.node("a");
+    let took = wait_for(LIMIT, || {
+        a.app("kv").filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+    })
+    .unwrap_or_else(|| panic!("a did not take over:\n{}", cluster.logs()));
+    cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
+    check_keys(&cluster, port, &acks);
+}

@@ -43,6 +43,9 @@ pub const KIND_RECORD_BATCH: u16 = 2;
 pub const KIND_CONTROL_REQUEST: u16 = 3;
 /// Kind: a control reply (postcard body).
 pub const KIND_CONTROL_REPLY: u16 = 4;
+/// Kind: a piece of a checkpoint image's files (raw body), on a record
+/// stream whose head announces the image.
+pub const KIND_IMAGE_CHUNK: u16 = 5;
 
 /// Flag bit 0: a reader that does not know the frame's kind skips the frame
 /// instead of failing.
@@ -53,7 +56,7 @@ const MAJOR_OFFSET: usize = 4;
 
 /// Whether this reader knows `kind`.
 pub fn is_known_kind(kind: u16) -> bool {
-    (KIND_REPLICATION..=KIND_CONTROL_REPLY).contains(&kind)
+    (KIND_REPLICATION..=KIND_IMAGE_CHUNK).contains(&kind)
 }
 
 /// The header at the start of every frame.
