@@ -222,9 +222,7 @@ impl AppShared {
             drop(log);
             return self.saved_start();
         }
-        if log.last_gseq().is_none() {
-            return None;
-        }
+        log.last_gseq()?;
         let rec = log.read_from(0).ok()?.next()?.ok()?;
         if Kind::from_u16(rec.header.kind) != Some(Kind::Start) {
             return None;
@@ -260,7 +258,8 @@ impl AppShared {
 
     /// Keep `bytes` as the start record (a backup seeded from an image).
     pub fn save_start(&self, bytes: &[u8]) -> Result<(), String> {
-        crate::persist::write_atomic(&self.dir.join(START_FILE), bytes).map_err(|e| e.to_string())?;
+        crate::persist::write_atomic(&self.dir.join(START_FILE), bytes)
+            .map_err(|e| e.to_string())?;
         self.saved_start()
             .map(|_| ())
             .ok_or_else(|| "the start record received is not a whole start record".to_string())
@@ -293,7 +292,11 @@ impl AppShared {
     pub fn trim_log(&self, gseq: u64) {
         let mut log = self.log.lock().unwrap();
         if log.first_gseq() == 0 {
-            let rec = log.read_from(0).ok().and_then(|mut r| r.next()).and_then(Result::ok);
+            let rec = log
+                .read_from(0)
+                .ok()
+                .and_then(|mut r| r.next())
+                .and_then(Result::ok);
             let Some(rec) = rec.filter(|r| Kind::from_u16(r.header.kind) == Some(Kind::Start))
             else {
                 return;
@@ -307,7 +310,9 @@ impl AppShared {
         }
         match log.drop_below(gseq + 1) {
             Ok(0) => {}
-            Ok(n) => info!(app = %self.name, segments = n, first_gseq = log.first_gseq(), "dropped log segments an image covers"),
+            Ok(n) => {
+                info!(app = %self.name, segments = n, first_gseq = log.first_gseq(), "dropped log segments an image covers")
+            }
             Err(e) => warn!(app = %self.name, error = %e, "cannot drop log segments"),
         }
     }
@@ -1117,7 +1122,9 @@ impl RunnerThread {
                     self.shared.trim_log(oldest);
                 }
             }
-            Err(e) => warn!(app = %self.shared.name, at, error = %e, "cannot checkpoint the replica"),
+            Err(e) => {
+                warn!(app = %self.shared.name, at, error = %e, "cannot checkpoint the replica")
+            }
         }
     }
 

@@ -435,10 +435,22 @@ mod tests {
         .unwrap();
         let p = path.to_str().unwrap();
         let s = parse(&["ferryd", "--config", p]).unwrap();
-        assert_eq!(s.storage.checkpoints.every, Some(std::time::Duration::from_secs(30)));
+        assert_eq!(
+            s.storage.checkpoints.every,
+            Some(std::time::Duration::from_secs(30))
+        );
         assert_eq!(s.storage.checkpoints.log_bytes, None);
         assert_eq!(s.storage.checkpoints.keep, 2);
-        let s = parse(&["ferryd", "--config", p, "--checkpoint-every", "0", "--checkpoint-log-mib", "4"]).unwrap();
+        let s = parse(&[
+            "ferryd",
+            "--config",
+            p,
+            "--checkpoint-every",
+            "0",
+            "--checkpoint-log-mib",
+            "4",
+        ])
+        .unwrap();
         assert_eq!(s.storage.checkpoints.every, None);
         assert_eq!(s.storage.checkpoints.log_bytes, Some(4 << 20));
         let e = parse(&["ferryd", "--config", p, "--checkpoints-kept", "0"]).unwrap_err();

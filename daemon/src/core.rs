@@ -199,7 +199,8 @@ impl Core {
             let mut durable = 0;
             app::kill_leftovers(&dir, &name);
             if !settings.witness {
-                let (shared, was_damaged) = AppShared::open(&settings.data_dir, &name, settings.storage)?;
+                let (shared, was_damaged) =
+                    AppShared::open(&settings.data_dir, &name, settings.storage)?;
                 durable = shared.durable();
                 if was_damaged {
                     damaged.push(name.clone());
@@ -1067,7 +1068,8 @@ impl Core {
         };
         let dir = self.settings.data_dir.join("apps").join(&r.name);
         let _ = std::fs::remove_dir_all(&dir);
-        let shared = match AppShared::open(&self.settings.data_dir, &r.name, self.settings.storage) {
+        let shared = match AppShared::open(&self.settings.data_dir, &r.name, self.settings.storage)
+        {
             Ok((s, _)) => s,
             Err(e) => return failed(format!("cannot create the log: {e}")),
         };

@@ -109,14 +109,27 @@ impl Shipment {
             sent += chunk.len() as u64;
             if said.elapsed() >= EVERY {
                 said = Instant::now();
-                info!(app, at, sent_mib = mib(sent), total_mib = mib(total), "sending an image");
+                info!(
+                    app,
+                    at,
+                    sent_mib = mib(sent),
+                    total_mib = mib(total),
+                    "sending an image"
+                );
             }
         }
         if sent != total {
             anyhow::bail!("the image's files were {sent} bytes, not {total}");
         }
         let secs = started.elapsed().as_secs_f64();
-        info!(app, at, mib = mib(total), ms = (secs * 1e3) as u64, mib_per_s = mib(total) / secs.max(1e-6), "image sent");
+        info!(
+            app,
+            at,
+            mib = mib(total),
+            ms = (secs * 1e3) as u64,
+            mib_per_s = mib(total) / secs.max(1e-6),
+            "image sent"
+        );
         Ok(())
     }
 }
@@ -127,11 +140,7 @@ fn mib(bytes: u64) -> f64 {
 
 /// A file name of an image as the head lists it: one plain name.
 fn plain(name: &str) -> bool {
-    !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0')
+    !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
 /// Receive the image `head` announces from `stream` into `shared`'s images
@@ -169,7 +178,12 @@ async fn receive_into(
 ) -> anyhow::Result<()> {
     let at = head.at;
     let total: u64 = head.files.iter().map(|f| f.1).sum();
-    info!(app, at, mib = mib(total), "receiving an image from the primary");
+    info!(
+        app,
+        at,
+        mib = mib(total),
+        "receiving an image from the primary"
+    );
     let started = Instant::now();
     let mut said = Instant::now();
     let mut got = 0u64;
@@ -181,9 +195,9 @@ async fn receive_into(
             if pending.is_empty() {
                 match stream.next_image_chunk().await? {
                     Some(chunk) => pending = chunk,
-                    None => anyhow::bail!(
-                        "the stream ended after {got} of the image's {total} bytes"
-                    ),
+                    None => {
+                        anyhow::bail!("the stream ended after {got} of the image's {total} bytes")
+                    }
                 }
             }
             let n = (left as usize).min(pending.len());
@@ -193,7 +207,13 @@ async fn receive_into(
             got += n as u64;
             if said.elapsed() >= EVERY {
                 said = Instant::now();
-                info!(app, at, got_mib = mib(got), total_mib = mib(total), "receiving an image");
+                info!(
+                    app,
+                    at,
+                    got_mib = mib(got),
+                    total_mib = mib(total),
+                    "receiving an image"
+                );
             }
         }
         f.sync_all()?;
@@ -208,7 +228,13 @@ async fn receive_into(
     }
     image.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = started.elapsed().as_secs_f64();
-    info!(app, at, mib = mib(total), ms = (secs * 1e3) as u64, "image received");
+    info!(
+        app,
+        at,
+        mib = mib(total),
+        ms = (secs * 1e3) as u64,
+        "image received"
+    );
     Ok(())
 }
 

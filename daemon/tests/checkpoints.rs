@@ -44,8 +44,7 @@ fn wait_for_image(cluster: &Cluster) -> Value {
     wait_for(LIMIT, || {
         let s = b.app("kv")?;
         let image = s["image"].as_u64()?;
-        (u(&s, "durable") > 0 && image == u(&s, "durable") && u(&s, "log_first") > 1)
-            .then_some(s)
+        (u(&s, "durable") > 0 && image == u(&s, "durable") && u(&s, "log_first") > 1).then_some(s)
     })
     .unwrap_or_else(|| {
         panic!(
@@ -83,7 +82,8 @@ fn a_replica_restored_from_its_image_takes_over_with_every_acknowledged_write() 
 
     let b = cluster.node("b");
     let took = wait_for(LIMIT, || {
-        b.app("kv").filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+        b.app("kv")
+            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
     })
     .unwrap_or_else(|| panic!("b did not take over:\n{}", cluster.logs()));
     let restored = b.log_text().contains("replica restored from an image");
@@ -116,7 +116,8 @@ fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let b = cluster.node("b");
     let took = wait_for(LIMIT, || {
-        b.app("kv").filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+        b.app("kv")
+            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
     })
     .unwrap_or_else(|| panic!("b did not take over:\n{}", cluster.logs()));
     cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
@@ -158,7 +159,8 @@ fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and
     unsafe { libc::kill(pid, libc::SIGKILL) };
     let a = cluster.node("a");
     let took = wait_for(LIMIT, || {
-        a.app("kv").filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+        a.app("kv")
+            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
     })
     .unwrap_or_else(|| panic!("a did not take over:\n{}", cluster.logs()));
     cluster.pids.push(took["pid"].as_i64().unwrap() as i32);

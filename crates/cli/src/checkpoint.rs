@@ -5,8 +5,8 @@
 
 use std::path::PathBuf;
 
-use ferry_host::checkpoint::{alive, open_region, take, Request};
 pub use ferry_host::checkpoint::Error;
+use ferry_host::checkpoint::{alive, open_region, take, Request};
 use ferry_ring::{Mode, Region};
 
 use crate::exit::{report, BAD_INPUT, PROGRAM_FAILED, SUCCESS};

@@ -377,8 +377,10 @@ pub fn write_keys(cluster: &Cluster, port: u16, n: usize) -> Vec<String> {
 
 /// Set keys `first..first + n`; the versions the server acknowledged.
 pub fn write_keys_from(cluster: &Cluster, port: u16, first: usize, n: usize) -> Vec<String> {
-    let stream = wait_for(Duration::from_secs(20), || TcpStream::connect(("127.0.0.1", port)).ok())
-        .expect("the key-value server does not accept connections");
+    let stream = wait_for(Duration::from_secs(20), || {
+        TcpStream::connect(("127.0.0.1", port)).ok()
+    })
+    .expect("the key-value server does not accept connections");
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
@@ -408,12 +410,7 @@ pub fn check_keys(cluster: &Cluster, port: u16, acks: &[String]) {
     let stream = wait_for(Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", port)).ok()
     })
-    .unwrap_or_else(|| {
-        panic!(
-            "nobody listens on the service port:\n{}",
-            cluster.logs()
-        )
-    });
+    .unwrap_or_else(|| panic!("nobody listens on the service port:\n{}", cluster.logs()));
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
