@@ -166,4 +166,13 @@ pub enum CommandError {
         /// The target.
         target: NodeId,
     },
+    /// A migration step that does not fit the migration under way.
+    #[error("cannot migrate {app}: {why}")]
+    Migration {
+        /// Application.
+        app: String,
+        /// Why.
+        why: String,
+    },
 }
+

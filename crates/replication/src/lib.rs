@@ -227,5 +227,10 @@ mod types;
 pub use error::{CommandError, Refusal};
 pub use history::{EpochStart, LogPosition};
 pub use message::{Action, Input, Message};
-pub use node::{AppStatus, BackupStatus, Node, PersistedApp, RestoredApp, Role};
-pub use types::{Config, Epoch, Gseq, Member, Mode, NodeId, Time, Timings, MS};
+pub use node::{
+    phase_name, AppStatus, BackupStatus, Node, PersistedApp, RestoredApp, Role, Switch,
+};
+pub use types::{
+    Config, Epoch, Gseq, Member, MigrateStep, Migration, MigrationPhase, Mode, NodeId, Time, Timings,
+    MS,
+};

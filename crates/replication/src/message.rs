@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::history::{EpochStart, LogPosition};
-use crate::types::{Epoch, Gseq, Member, Mode, NodeId, Time};
+use crate::types::{Epoch, Gseq, Member, MigrateStep, Migration, Mode, NodeId, Time};
 use crate::{AppStatus, CommandError, Refusal};
 
 /// A message between two nodes about one application. Every message carries
@@ -40,6 +40,9 @@ pub enum Message {
         /// The application's members, so a node learns the application from
         /// its first heartbeat.
         members: Vec<Member>,
+        /// The migration under way, if any (`ferry migrate`). Appended
+        /// last, so a reader that does not know it ignores it.
+        migration: Option<Migration>,
     },
     /// Member → primary: the answer to a heartbeat. The grantor promises not
     /// to vote for anyone until `lease * (1 + drift)` after it received the
@@ -58,6 +61,9 @@ pub enum Message {
         durable: Option<Gseq>,
         /// Whether the grantor's log is healthy and in sync with this primary.
         healthy: bool,
+        /// The highest gseq the grantor's replica has replayed, when it runs
+        /// one. Appended last, so a reader that does not know it ignores it.
+        replayed: Option<Gseq>,
     },
     /// Backup → primary: durable receipt of every record up to `durable`.
     /// Sent once per fsync batch.
@@ -320,6 +326,24 @@ pub enum Input {
     ResyncFailed {
         /// Application.
         app: String,
+    },
+    /// `ferry migrate APP --to NODE [--rollback | --commit]` on the primary.
+    Migrate {
+        /// Application.
+        app: String,
+        /// The node the application moves to.
+        to: NodeId,
+        /// Which step.
+        step: MigrateStep,
+    },
+    /// Backup: the local replica has replayed every record up to `gseq`
+    /// (reported about every heartbeat interval; a migration waits for the
+    /// target's replica to be close behind before it switches).
+    Replayed {
+        /// Application.
+        app: String,
+        /// Highest replayed gseq.
+        gseq: Gseq,
     },
     /// `ferry stop APP` on the primary.
     StopApp {

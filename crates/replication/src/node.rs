@@ -9,7 +9,9 @@ use tracing::{debug, info, warn};
 use crate::error::{CommandError, Refusal};
 use crate::history::{self, EpochStart, LogPosition};
 use crate::message::{Action, Input, Message};
-use crate::types::{Config, Epoch, Gseq, Member, Mode, NodeId, Time};
+use crate::types::{
+    Config, Epoch, Gseq, Member, MigrateStep, Migration, MigrationPhase, Mode, NodeId, Time,
+};
 
 /// The part of an application's state that must survive a restart
 /// ([`Action::Persist`]). With it a restarted node never votes twice in an
@@ -29,6 +31,24 @@ pub struct PersistedApp {
     pub mode: Mode,
     /// Which epoch wrote which records of this node's log.
     pub history: Vec<EpochStart>,
+    /// The migration under way, as this node last knew it.
+    pub migration: Option<Migration>,
+}
+
+/// The last planned switchover this node handed over in, as the old
+/// primary saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switch {
+    /// The node that took over.
+    pub to: NodeId,
+    /// The epoch it took over in.
+    pub epoch: Epoch,
+    /// When the gate closed and the program was paused (this node's clock).
+    pub paused_at: Time,
+    /// From then until the new primary announced itself: how long nothing
+    /// could be released (one-way delay of the announcement included).
+    /// `None` until the announcement arrives.
+    pub downtime: Option<Time>,
 }
 
 /// An application to bring back in [`Node::restore`].
@@ -68,6 +88,8 @@ pub struct BackupStatus {
     pub healthy: bool,
     /// Whether it was heard within the lease.
     pub in_contact: bool,
+    /// The highest gseq its replica has replayed, when it said.
+    pub replayed: Option<Gseq>,
 }
 
 /// One application's state as `ferry status` shows it.
@@ -110,6 +132,10 @@ pub struct AppStatus {
     pub release_floor: LogPosition,
     /// What the primary knows of each backup.
     pub backups: Vec<BackupStatus>,
+    /// The migration under way, if any.
+    pub migration: Option<Migration>,
+    /// The last planned switchover this node handed the role over in.
+    pub switch: Option<Switch>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -133,11 +159,13 @@ struct BackupView {
     acked: Gseq,
     healthy: bool,
     heard: Time,
+    replayed: Option<Gseq>,
 }
 
 #[derive(Debug)]
 struct Transfer {
     target: NodeId,
+    started: Time,
     deadline: Time,
     paused: bool,
 }
@@ -155,6 +183,12 @@ struct Leader {
     transfer: Option<Transfer>,
     /// Went live (always, for the node that started the application).
     promoted: bool,
+    /// A migration's switchover is not tried again before this time (it
+    /// timed out a moment ago).
+    migrate_retry_at: Time,
+    /// When the first heartbeat carrying the current migration record left:
+    /// the destination has the record once it grants a heartbeat sent since.
+    migration_since: Time,
 }
 
 #[derive(Debug)]
@@ -197,6 +231,13 @@ struct App {
     election: Option<Election>,
     handover: Option<Handover>,
     leader: Option<Leader>,
+    migration: Option<Migration>,
+    /// The (epoch, send time) of the heartbeat `migration` came from:
+    /// heartbeats may arrive out of order, and an older one must not undo
+    /// a newer record.
+    migration_heard: (Epoch, Time),
+    replayed: Option<Gseq>,
+    switch: Option<Switch>,
     reported: Option<StatusKey>,
     persisted: Option<PersistedApp>,
     gone: bool,
@@ -227,6 +268,10 @@ impl App {
             election: None,
             handover: None,
             leader: None,
+            migration: None,
+            migration_heard: (0, 0),
+            replayed: None,
+            switch: None,
             reported: None,
             persisted: None,
             gone: false,
@@ -280,6 +325,7 @@ impl App {
             members: self.members.clone(),
             mode: self.mode,
             history: self.history.clone(),
+            migration: self.migration.clone(),
         }
     }
 }
@@ -297,7 +343,24 @@ impl Leader {
             gate: None,
             transfer: None,
             promoted: true,
+            migrate_retry_at: 0,
+            migration_since: 0,
         }
+    }
+}
+
+/// How close behind the primary (in records, log and replica both) a
+/// migration's target must be before the switchover: the records left are
+/// shipped and replayed while the program is paused, so this bounds the
+/// downtime they add (well under a millisecond of replay).
+const MIGRATE_SLACK: Gseq = 256;
+
+/// A migration phase as `ferry status` prints it.
+pub fn phase_name(phase: MigrationPhase) -> &'static str {
+    match phase {
+        MigrationPhase::CatchingUp => "catching up",
+        MigrationPhase::Moved => "moved",
+        MigrationPhase::RollingBack => "rolling back",
     }
 }
 
@@ -340,6 +403,10 @@ pub struct Node {
     started: Option<Time>,
     restarted: bool,
     disconnected: BTreeSet<NodeId>,
+    /// Applications this node was told to forget, and when: messages still
+    /// in flight (a join reply, a late heartbeat) must not bring them back
+    /// at once.
+    forgotten: BTreeMap<String, Time>,
 }
 
 impl Node {
@@ -354,6 +421,7 @@ impl Node {
             started: None,
             restarted: false,
             disconnected: BTreeSet::new(),
+            forgotten: BTreeMap::new(),
         }
     }
 
@@ -377,6 +445,7 @@ impl Node {
             app.voted_for = r.state.voted_for.clone();
             app.release_floor = r.state.release_floor;
             app.history = r.state.history.clone();
+            app.migration = r.state.migration.clone();
             app.durable = if witness { 0 } else { r.durable };
             app.persisted = Some(r.state);
             if !witness {
@@ -432,6 +501,12 @@ impl Node {
             Input::Resynced { app, gseq } => self.on_resynced(&app, Some(gseq), &mut out),
             Input::ResyncFailed { app } => self.on_resynced(&app, None, &mut out),
             Input::StopApp { app } => self.on_stop_app(&app, &mut out),
+            Input::Migrate { app, to, step } => self.on_migrate(&app, to, step, &mut out),
+            Input::Replayed { app, gseq } => {
+                if let Some(a) = self.apps.get_mut(&app) {
+                    a.replayed = Some(gseq);
+                }
+            }
         }
         self.report_status(&mut out);
         out
@@ -586,6 +661,7 @@ impl Node {
                         acked: v.acked,
                         healthy: v.healthy,
                         in_contact: v.heard + lease >= now && !self.disconnected.contains(node),
+                        replayed: v.replayed,
                     })
                     .collect();
                 let best = backups
@@ -632,6 +708,8 @@ impl Node {
             lease_until,
             release_floor: app.release_floor,
             backups,
+            migration: app.migration.clone(),
+            switch: app.switch.clone(),
         }
     }
 
@@ -793,6 +871,7 @@ impl Node {
                     epoch_start: l.epoch_start,
                     mode: app.mode,
                     members: app.members.clone(),
+                    migration: app.migration.clone(),
                 },
             );
         }
@@ -826,6 +905,7 @@ impl Node {
             if let Some(target) = expired {
                 if let Some(l) = app.leader.as_mut() {
                     l.transfer = None;
+                    l.migrate_retry_at = now + t.transfer_timeout;
                 }
                 out.push(Action::ResumeApp {
                     app: app.name.clone(),
@@ -839,6 +919,7 @@ impl Node {
                     },
                 );
             }
+            self.drive_migration(app, out);
             self.update_gate(app, out);
             self.try_handover(app, out);
             return;
@@ -889,6 +970,11 @@ impl Node {
             return;
         }
         if !self.apps.contains_key(&name) {
+            let grace = 2 * self.config.timings.lease;
+            if self.forgotten.get(&name).is_some_and(|&t| self.now < t + grace) {
+                debug!(app = %name, from = %from, kind, "message for an application just forgotten");
+                return;
+            }
             let learn = match &message {
                 Message::Heartbeat { members, mode, .. }
                 | Message::JoinReply { members, mode, .. } => Some((members.clone(), *mode)),
@@ -985,6 +1071,7 @@ impl Node {
                 epoch_start,
                 mode,
                 members,
+                migration,
                 ..
             } => self.on_heartbeat(
                 app,
@@ -996,6 +1083,7 @@ impl Node {
                 epoch_start,
                 mode,
                 members,
+                migration,
                 out,
             ),
             Message::LeaseGrant {
@@ -1003,6 +1091,7 @@ impl Node {
                 floor,
                 durable,
                 healthy,
+                replayed,
                 ..
             } => self.on_grant(
                 app,
@@ -1011,11 +1100,12 @@ impl Node {
                 Some((echo, floor)),
                 durable,
                 healthy,
+                replayed,
                 out,
             ),
             Message::Ack {
                 durable, healthy, ..
-            } => self.on_grant(app, &from, epoch, None, Some(durable), healthy, out),
+            } => self.on_grant(app, &from, epoch, None, Some(durable), healthy, None, out),
             Message::VoteRequest {
                 pre,
                 candidate,
@@ -1067,6 +1157,13 @@ impl Node {
                     return;
                 }
                 self.follow(app, epoch, &from, out);
+                let now = self.now;
+                if let Some(sw) = app.switch.as_mut() {
+                    if sw.to == from && sw.epoch == epoch && sw.downtime.is_none() {
+                        sw.downtime = Some(now.saturating_sub(sw.paused_at));
+                        info!(app = %app.name, to = %from, downtime_ms = sw.downtime.unwrap_or(0) / 1_000_000, "switchover done");
+                    }
+                }
                 app.election_at =
                     Some(self.now + self.config.timings.lease_promised() + self.election_timeout());
                 self.persist(app, out);
@@ -1104,8 +1201,12 @@ impl Node {
                 }
             }
             Message::Stop { .. } => {
-                if app.primary.as_deref() == Some(from.as_str()) || epoch > app.epoch {
+                // From the primary, a later epoch, or the node this one
+                // handed its role to (before it announced itself).
+                let handed_to = epoch == app.epoch && app.voted_for.as_deref() == Some(from.as_str());
+                if app.primary.as_deref() == Some(from.as_str()) || epoch > app.epoch || handed_to {
                     info!(app = %app.name, from = %from, "application stopped by its primary");
+                    self.forgotten.insert(app.name.clone(), self.now);
                     if app.leader.as_ref().is_some_and(|l| l.gate.is_some()) {
                         out.push(Action::CloseGate {
                             app: app.name.clone(),
@@ -1242,6 +1343,7 @@ impl Node {
         epoch_start: Gseq,
         mode: Mode,
         members: Vec<Member>,
+        migration: Option<Migration>,
         out: &mut Vec<Action>,
     ) {
         if let Err(reason) = self.check_claim(app, from, epoch) {
@@ -1262,8 +1364,14 @@ impl Node {
         }
         let now = self.now;
         self.follow(app, epoch, from, out);
-        app.members = members;
         app.mode = mode;
+        // Heartbeats may come out of order: members and migration follow
+        // the newest only.
+        if (epoch, sent) >= app.migration_heard {
+            app.members = members;
+            app.migration = migration;
+            app.migration_heard = (epoch, sent);
+        }
         if mode == Mode::Sync && floor > app.release_floor {
             app.release_floor = floor;
         }
@@ -1292,6 +1400,7 @@ impl Node {
                 },
                 durable: (!app.witness && in_sync).then_some(app.durable),
                 healthy: app.witness || in_sync,
+                replayed: app.replayed.filter(|_| !app.witness),
             },
         );
         if self.needs_join(app) {
@@ -1308,6 +1417,7 @@ impl Node {
         grant: Option<(Time, LogPosition)>,
         durable: Option<Gseq>,
         healthy: bool,
+        replayed: Option<Gseq>,
         out: &mut Vec<Action>,
     ) {
         let now = self.now;
@@ -1333,8 +1443,12 @@ impl Node {
                 acked: 0,
                 healthy: false,
                 heard: now,
+                replayed: None,
             });
             v.heard = now;
+            if replayed.is_some() {
+                v.replayed = replayed;
+            }
             v.healthy = healthy && durable.is_some();
             match durable {
                 Some(d) if healthy => v.acked = v.acked.max(d),
@@ -1632,6 +1746,23 @@ impl Node {
         let Some(l) = app.leader.as_mut() else { return };
         l.promoted = true;
         let base = l.logged;
+        let me = self.config.name.clone();
+        if let Some(m) = app.migration.clone() {
+            if m.phase == MigrationPhase::CatchingUp && m.to == me {
+                info!(app = %app.name, from = %m.from, "migration: moved here; the source keeps replaying until --commit");
+                app.migration = Some(Migration {
+                    phase: MigrationPhase::Moved,
+                    ..m
+                });
+            } else if m.phase == MigrationPhase::RollingBack && m.from == me {
+                info!(app = %app.name, to = %m.to, "migration rolled back");
+                if m.added {
+                    self.remove_member(app, &m.to, out);
+                }
+                app.migration = None;
+            }
+            self.persist(app, out);
+        }
         info!(app = %app.name, epoch = app.epoch, base, "promoted to primary");
         app.role = Role::Primary;
         out.push(Action::Promote {
@@ -2057,7 +2188,6 @@ impl Node {
         let found = self.with_app(name, |node, app| {
             let now = node.now;
             let lease = node.config.timings.lease;
-            let deadline = now + node.config.timings.transfer_timeout;
             let Some(l) = app.leader.as_ref() else {
                 let error = CommandError::NotPrimary {
                     app: app.name.clone(),
@@ -2105,16 +2235,7 @@ impl Node {
                     best
                 }
             };
-            info!(app = %app.name, target = %target, "planned switchover: gate closed, pausing the program");
-            if let Some(l) = app.leader.as_mut() {
-                l.transfer = Some(Transfer {
-                    target,
-                    deadline,
-                    paused: false,
-                });
-            }
-            node.update_gate(app, out);
-            out.push(Action::PauseApp { app: app.name.clone() });
+            node.begin_transfer(app, target, out);
         });
         if found.is_none() {
             fail(
@@ -2125,6 +2246,26 @@ impl Node {
                 },
             );
         }
+    }
+
+    /// Close the gate, pause the program and hand the role to `target` once
+    /// it has every logged record ([`Node::try_handover`]).
+    fn begin_transfer(&mut self, app: &mut App, target: NodeId, out: &mut Vec<Action>) {
+        let now = self.now;
+        let deadline = now + self.config.timings.transfer_timeout;
+        info!(app = %app.name, target = %target, "planned switchover: gate closed, pausing the program");
+        if let Some(l) = app.leader.as_mut() {
+            l.transfer = Some(Transfer {
+                target,
+                started: now,
+                deadline,
+                paused: false,
+            });
+        }
+        self.update_gate(app, out);
+        out.push(Action::PauseApp {
+            app: app.name.clone(),
+        });
     }
 
     /// Hand the role over once the program is paused and the target has
@@ -2140,6 +2281,12 @@ impl Node {
             return;
         }
         let (target, up_to, old) = (t.target.clone(), l.logged, app.epoch);
+        app.switch = Some(Switch {
+            to: target.clone(),
+            epoch: old + 1,
+            paused_at: t.started,
+            downtime: None,
+        });
         info!(app = %app.name, target = %target, up_to, "handing over");
         // The gate has been closed since the switchover began; giving the
         // leader state up means it never opens again in this epoch.
@@ -2174,6 +2321,177 @@ impl Node {
                 up_to,
             },
         );
+    }
+
+    /// A migration whose next step is a switchover by this primary starts it
+    /// once the destination is healthy, in contact and close behind: its log
+    /// and its replica within [`MIGRATE_SLACK`] records of the primary's.
+    fn drive_migration(&mut self, app: &mut App, out: &mut Vec<Action>) {
+        let me = self.config.name.as_str();
+        let Some(m) = &app.migration else { return };
+        let dest = match m.phase {
+            MigrationPhase::CatchingUp if m.from == me => m.to.clone(),
+            MigrationPhase::RollingBack if m.to == me => m.from.clone(),
+            _ => return,
+        };
+        let Some(l) = &app.leader else { return };
+        let now = self.now;
+        if !l.promoted || l.transfer.is_some() || now < l.migrate_retry_at {
+            return;
+        }
+        let lease = self.config.timings.lease;
+        let close = |g: Gseq| g + MIGRATE_SLACK >= l.logged;
+        // The destination must know the record before it takes over, so
+        // that it goes on with the migration where this node leaves it.
+        let knows = l
+            .grants
+            .get(&dest)
+            .is_some_and(|g| g.echo >= l.migration_since);
+        let ready = knows
+            && !self.disconnected.contains(&dest)
+            && l.backups.get(&dest).is_some_and(|v| {
+                v.healthy && v.heard + lease >= now && close(v.acked) && v.replayed.is_some_and(close)
+            });
+        if ready {
+            info!(app = %app.name, target = %dest, "migration: target caught up; switching over");
+            self.begin_transfer(app, dest, out);
+        }
+    }
+
+    /// Take `node` out of the application's members and tell it so (it
+    /// forgets the application).
+    fn remove_member(&mut self, app: &mut App, node: &str, out: &mut Vec<Action>) {
+        info!(app = %app.name, node, "member removed");
+        app.members.retain(|m| m.node != node);
+        if let Some(l) = app.leader.as_mut() {
+            l.backups.remove(node);
+            l.grants.remove(node);
+        }
+        self.persist(app, out);
+        send(
+            out,
+            node,
+            Message::Stop {
+                app: app.name.clone(),
+                epoch: app.epoch,
+            },
+        );
+    }
+
+    fn on_migrate(&mut self, name: &str, to: NodeId, step: MigrateStep, out: &mut Vec<Action>) {
+        let found = self.with_app(name, |node, app| {
+            let me = node.config.name.clone();
+            let Some(l) = app.leader.as_ref().filter(|l| l.promoted) else {
+                let error = CommandError::NotPrimary {
+                    app: app.name.clone(),
+                    primary: app.primary.clone(),
+                };
+                fail(out, &app.name, error);
+                return;
+            };
+            let switching = l.transfer.is_some();
+            let refuse = |out: &mut Vec<Action>, why: String| {
+                fail(out, &app.name, CommandError::Migration { app: app.name.clone(), why });
+            };
+            let current = app.migration.clone();
+            match step {
+                MigrateStep::Start => {
+                    let why = if let Some(m) = &current {
+                        Some(format!(
+                            "a migration to {} is under way ({}); end it with --commit or --rollback first",
+                            m.to,
+                            phase_name(m.phase)
+                        ))
+                    } else if to == me {
+                        Some(format!("{to} is already its primary"))
+                    } else if switching {
+                        Some("a switchover is under way".to_owned())
+                    } else if app.member(&to).is_some_and(|m| m.witness) {
+                        Some(format!("{to} is a witness: it runs no program"))
+                    } else if app.member(&to).is_none() && !node.config.peers.contains(&to) {
+                        Some(format!("{to} is not a peer of this node"))
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        refuse(out, why);
+                        return;
+                    }
+                    let added = app.member(&to).is_none();
+                    if added {
+                        info!(app = %app.name, node = %to, "member added for a migration");
+                        app.members.push(Member::replica(&to));
+                    }
+                    info!(app = %app.name, to = %to, added, "migration: target catching up");
+                    app.migration = Some(Migration {
+                        from: me,
+                        to,
+                        added,
+                        phase: MigrationPhase::CatchingUp,
+                    });
+                }
+                MigrateStep::Rollback | MigrateStep::Commit => {
+                    let Some(m) = current else {
+                        refuse(out, "no migration is under way".to_owned());
+                        return;
+                    };
+                    if m.to != to {
+                        refuse(out, format!("the migration under way is to {}, not to {to}", m.to));
+                        return;
+                    }
+                    if switching {
+                        refuse(out, "a switchover is under way; try again in a moment".to_owned());
+                        return;
+                    }
+                    if step == MigrateStep::Commit {
+                        if m.to != me || m.phase != MigrationPhase::Moved {
+                            refuse(
+                                out,
+                                format!(
+                                    "it has not moved to {to} ({}, primary {me}): wait, or --rollback",
+                                    phase_name(m.phase)
+                                ),
+                            );
+                            return;
+                        }
+                        if m.added {
+                            node.remove_member(app, &m.from, out);
+                        }
+                        info!(app = %app.name, from = %m.from, "migration committed");
+                        app.migration = None;
+                    } else if m.to == me {
+                        info!(app = %app.name, to = %m.from, "migration: rolling back");
+                        app.migration = Some(Migration {
+                            phase: MigrationPhase::RollingBack,
+                            ..m
+                        });
+                    } else {
+                        // Not moved yet (or a failover put a third node in
+                        // charge): cancel.
+                        if m.added {
+                            node.remove_member(app, &m.to, out);
+                        }
+                        info!(app = %app.name, to = %m.to, "migration cancelled");
+                        app.migration = None;
+                    }
+                }
+            }
+            node.persist(app, out);
+            node.send_heartbeats(app, out);
+            let now = node.now;
+            if let Some(l) = app.leader.as_mut() {
+                l.migration_since = now;
+            }
+        });
+        if found.is_none() {
+            fail(
+                out,
+                name,
+                CommandError::UnknownApp {
+                    app: name.to_owned(),
+                },
+            );
+        }
     }
 
     fn on_stop_app(&mut self, name: &str, out: &mut Vec<Action>) {

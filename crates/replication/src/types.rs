@@ -165,3 +165,48 @@ impl Config {
         }
     }
 }
+
+/// How far a reversible migration (`ferry migrate`) has come.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MigrationPhase {
+    /// The target is catching up (fetching the image and the log, its
+    /// replica replaying); the source is still primary. The source hands
+    /// the role over once the target is close enough.
+    CatchingUp,
+    /// The target is primary; the source is a backup that keeps replaying,
+    /// so the move can be undone at once (`--rollback`) until it is made
+    /// final (`--commit`).
+    Moved,
+    /// `--rollback` after the move: the target hands the role back to the
+    /// source.
+    RollingBack,
+}
+
+/// A reversible migration of an application from one node to another. The
+/// primary keeps it with the application's members and sends it in every
+/// heartbeat, so whichever node is primary knows it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Migration {
+    /// The node the application moves away from (the primary when the
+    /// migration began).
+    pub from: NodeId,
+    /// The node it moves to.
+    pub to: NodeId,
+    /// `to` was not a member before: it was added for the migration. A
+    /// rollback removes it again; a commit removes `from` instead, so the
+    /// application ends with as many members as it had.
+    pub added: bool,
+    /// How far it has come.
+    pub phase: MigrationPhase,
+}
+
+/// One step of `ferry migrate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MigrateStep {
+    /// Begin moving the application to the target.
+    Start,
+    /// Undo: before the move, cancel it; after it, hand the role back.
+    Rollback,
+    /// Make a completed move final.
+    Commit,
+}

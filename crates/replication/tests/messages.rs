@@ -68,6 +68,7 @@ fn heartbeat(epoch: u64, sent: u64, floor: LogPosition) -> Message {
         epoch_start: 1,
         mode: Mode::Sync,
         members: members(),
+        migration: None,
     }
 }
 
@@ -403,6 +404,7 @@ fn no_vote_for_a_candidate_behind_the_voter_or_the_floor() {
                     epoch: 1,
                     first_gseq: 1,
                 }],
+                migration: None,
             },
             durable: 100,
         }],
@@ -473,6 +475,7 @@ fn a_restarted_node_keeps_its_vote_and_waits_out_old_promises() {
         members: members(),
         mode: Mode::Sync,
         history: Vec::new(),
+        migration: None,
     };
     let mut w = Node::restore(
         config("w"),
@@ -567,6 +570,7 @@ fn a_join_is_answered_from_where_the_logs_part() {
                     epoch: 1,
                     first_gseq: 1,
                 }],
+                migration: None,
             },
             durable: 900,
         }],
@@ -600,6 +604,7 @@ fn a_join_is_answered_from_where_the_logs_part() {
                     floor,
                     durable: None,
                     healthy: true,
+                    replayed: None,
                 },
                 _ => continue,
             };
@@ -998,6 +1003,7 @@ fn a_log_found_corrupt_mid_election_voids_the_candidacy() {
                     epoch: 1,
                     first_gseq: 1,
                 }],
+                migration: None,
             },
             durable: 100,
         }],

@@ -18,7 +18,7 @@
 
 mod util;
 
-use ferry_replication::{Input, Mode, Role, MS};
+use ferry_replication::{Input, MigrateStep, MigrationPhase, Mode, Role, MS};
 use util::{quantile, Rng, Sim, SimConfig};
 
 const A: usize = 0;
@@ -569,4 +569,180 @@ fn random_run(seed: u64) -> (u64, u64) {
         ));
     }
     (sim.now / MS, sim.stats.promotions)
+}
+
+fn migrate(sim: &mut Sim, on: usize, to: &str, step: MigrateStep) {
+    sim.command(
+        on,
+        Input::Migrate {
+            app: util::APP.into(),
+            to: to.into(),
+            step,
+        },
+    );
+}
+
+fn member_names(sim: &Sim, i: usize) -> Vec<String> {
+    let mut names: Vec<String> = sim
+        .status(i)
+        .expect("up")
+        .members
+        .iter()
+        .map(|m| m.node.clone())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn migration_to_a_backup_moves_then_rolls_back_then_commits() {
+    for seed in 0..10 {
+        let mut sim = sim3(14_000 + seed);
+        settle(&mut sim);
+        sim.run_for(400 * MS);
+        migrate(&mut sim, A, "b", MigrateStep::Start);
+        let a_logged = sim.nodes[A].log.len;
+        sim.run_until_cond(2_000 * MS, |s| s.serving_primary() == Some(B))
+            .unwrap_or_else(|| panic!("seed {seed}: never moved to b"));
+        assert!(sim.status(B).expect("b").logged >= a_logged, "seed {seed}: records lost");
+        sim.run_for(300 * MS);
+        let b = sim.status(B).expect("b");
+        let m = b.migration.clone().expect("migration kept until commit");
+        assert_eq!((m.from.as_str(), m.to.as_str(), m.added), ("a", "b", false));
+        assert_eq!(m.phase, MigrationPhase::Moved);
+        let a = sim.status(A).expect("a");
+        assert_eq!(a.role, Role::Backup);
+        assert!(a.healthy, "seed {seed}: the source must keep replaying: {a:?}");
+        assert_eq!(a.migration.as_ref().map(|m| m.phase), Some(MigrationPhase::Moved));
+        let sw = a.switch.expect("the source saw the switch");
+        let downtime = sw.downtime.expect("downtime measured");
+        assert!(downtime < 100 * MS, "seed {seed}: downtime {} ms", downtime / MS);
+
+        // A second migration is refused while this one is open.
+        let before = sim.failed_commands.len();
+        migrate(&mut sim, B, "a", MigrateStep::Start);
+        assert_eq!(sim.failed_commands.len(), before + 1, "seed {seed}");
+
+        migrate(&mut sim, B, "b", MigrateStep::Rollback);
+        sim.run_until_cond(2_000 * MS, |s| s.serving_primary() == Some(A))
+            .unwrap_or_else(|| panic!("seed {seed}: rollback never completed"));
+        sim.run_for(300 * MS);
+        assert_eq!(sim.status(A).expect("a").migration, None);
+        assert_eq!(sim.status(B).expect("b").migration, None);
+        assert_eq!(member_names(&sim, A), ["a", "b", "w"]);
+
+        migrate(&mut sim, A, "b", MigrateStep::Start);
+        sim.run_until_cond(2_000 * MS, |s| {
+            s.serving_primary() == Some(B)
+                && s.status(B).is_some_and(|st| {
+                    st.migration.as_ref().map(|m| m.phase) == Some(MigrationPhase::Moved)
+                })
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "seed {seed}: second move never completed: {:?}\n{:?}\n{:?}",
+                sim.failed_commands,
+                sim.status(A),
+                sim.status(B)
+            )
+        });
+        migrate(&mut sim, B, "b", MigrateStep::Commit);
+        sim.run_for(300 * MS);
+        assert_eq!(sim.status(B).expect("b").migration, None);
+        assert_eq!(sim.status(A).expect("a").migration, None);
+        // The target was a member already: committing keeps the source.
+        assert_eq!(member_names(&sim, B), ["a", "b", "w"]);
+        assert!(sim.status(B).expect("b").protected, "seed {seed}");
+    }
+}
+
+fn four_nodes(seed: u64) -> Sim {
+    let mut cfg = SimConfig::default3(seed).with_nodes(&[
+        ("a", false),
+        ("b", false),
+        ("w", true),
+        ("c", false),
+    ]);
+    cfg.spare = vec!["c".into()];
+    Sim::new(cfg)
+}
+
+const C: usize = 3;
+
+#[test]
+fn migration_to_a_new_node_adds_it_and_commit_removes_the_source() {
+    for seed in 0..10 {
+        let mut sim = four_nodes(15_000 + seed);
+        settle(&mut sim);
+        assert!(sim.status(C).is_none(), "c is not a member yet");
+        sim.run_for(300 * MS);
+        migrate(&mut sim, A, "c", MigrateStep::Start);
+        sim.run_until_cond(3_000 * MS, |s| s.serving_primary() == Some(C))
+            .unwrap_or_else(|| panic!("seed {seed}: never moved to c"));
+        sim.run_for(300 * MS);
+        assert_eq!(member_names(&sim, C), ["a", "b", "c", "w"]);
+        let m = sim.status(C).expect("c").migration.expect("open");
+        assert!(m.added);
+        assert!(sim.status(A).expect("a").healthy, "seed {seed}");
+        migrate(&mut sim, C, "c", MigrateStep::Commit);
+        sim.run_for(500 * MS);
+        assert_eq!(member_names(&sim, C), ["b", "c", "w"]);
+        assert_eq!(member_names(&sim, B), ["b", "c", "w"]);
+        assert!(
+            !sim.nodes[A].store.contains_key(util::APP),
+            "seed {seed}: the source forgets the application"
+        );
+        // Still protected, and a crash of the new primary fails over to b.
+        assert!(sim.status(C).expect("c").protected, "seed {seed}");
+        sim.crash(C);
+        sim.run_until_cond(3_000 * MS, |s| s.serving_primary() == Some(B))
+            .unwrap_or_else(|| panic!("seed {seed}: b did not take over from c"));
+    }
+}
+
+#[test]
+fn migration_rolled_back_after_the_move_removes_the_added_node() {
+    for seed in 0..10 {
+        let mut sim = four_nodes(16_000 + seed);
+        settle(&mut sim);
+        migrate(&mut sim, A, "c", MigrateStep::Start);
+        sim.run_until_cond(3_000 * MS, |s| s.serving_primary() == Some(C))
+            .unwrap_or_else(|| panic!("seed {seed}: never moved to c"));
+        migrate(&mut sim, C, "c", MigrateStep::Rollback);
+        sim.run_until_cond(3_000 * MS, |s| s.serving_primary() == Some(A))
+            .unwrap_or_else(|| panic!("seed {seed}: never moved back to a"));
+        sim.run_for(500 * MS);
+        assert_eq!(member_names(&sim, A), ["a", "b", "w"]);
+        assert_eq!(sim.status(A).expect("a").migration, None);
+        assert!(!sim.nodes[C].store.contains_key(util::APP), "seed {seed}");
+        assert!(
+            sim.status(A).expect("a").protected,
+            "seed {seed}: {:?}\n{:?}",
+            sim.status(A),
+            sim.status(B)
+        );
+    }
+}
+
+#[test]
+fn migration_waits_for_the_target_replica_and_can_be_cancelled() {
+    let mut cfg = SimConfig::default3(17_000);
+    cfg.replica_lag = 1_000;
+    let mut sim = Sim::new(cfg);
+    settle(&mut sim);
+    sim.run_for(3_000 * MS);
+    migrate(&mut sim, A, "b", MigrateStep::Start);
+    assert!(
+        sim.run_until_cond(2_000 * MS, |s| s.serving_primary() != Some(A))
+            .is_none(),
+        "switched over to a replica 1000 records behind"
+    );
+    let a = sim.status(A).expect("a");
+    assert_eq!(a.migration.map(|m| m.phase), Some(MigrationPhase::CatchingUp));
+    assert!(a.gate_open, "the program keeps serving while the target catches up");
+    migrate(&mut sim, A, "b", MigrateStep::Rollback);
+    sim.run_for(200 * MS);
+    assert_eq!(sim.status(A).expect("a").migration, None);
+    assert_eq!(sim.status(B).expect("b").migration, None);
+    assert_eq!(sim.serving_primary(), Some(A));
 }

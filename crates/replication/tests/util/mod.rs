@@ -162,6 +162,12 @@ pub struct SimConfig {
     pub resync: (u64, u64),
     /// How long the transport takes to notice a dead peer.
     pub notice: (u64, u64),
+    /// Nodes of the cluster that are not members of the application when it
+    /// starts (a migration may add them).
+    pub spare: Vec<String>,
+    /// Records a backup's replica is behind its log (reported with
+    /// `Input::Replayed` at every tick).
+    pub replica_lag: u64,
 }
 
 impl SimConfig {
@@ -185,6 +191,8 @@ impl SimConfig {
             fsync: (MS / 2, 3 * MS),
             resync: (20 * MS, 80 * MS),
             notice: (50 * MS, 300 * MS),
+            spare: Vec::new(),
+            replica_lag: 0,
         }
     }
 
@@ -338,6 +346,7 @@ impl Sim {
             .cfg
             .nodes
             .iter()
+            .filter(|(n, _)| !sim.cfg.spare.contains(n))
             .map(|(n, w)| Member {
                 node: n.clone(),
                 witness: *w,
@@ -537,6 +546,17 @@ impl Sim {
         }
         let local = self.nodes[i].clock.local(self.now);
         self.check_closed_in_time(i, local);
+        if !self.nodes[i].witness && !self.nodes[i].live {
+            let gseq = self.nodes[i].log.len.saturating_sub(self.cfg.replica_lag);
+            let actions = self.nodes[i].node.as_mut().expect("up").handle(
+                local,
+                Input::Replayed {
+                    app: APP.into(),
+                    gseq,
+                },
+            );
+            self.apply(i, actions);
+        }
         let actions = self.nodes[i].node.as_mut().expect("up").tick(local);
         self.apply(i, actions);
         self.schedule_tick(i);
