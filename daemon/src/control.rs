@@ -212,6 +212,7 @@ async fn handle(req: Request, core: &CoreHandle) -> Reply {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
+        Command::Migrate { app, to, step } => core.call(CoreReq::Migrate { app, to, step }).await,
         Command::Failover { app, to } => {
             let r = core
                 .call(CoreReq::Failover {

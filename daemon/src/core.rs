@@ -15,7 +15,8 @@ use ferry_host::sys::{self, Reaped};
 use ferry_proto::control::{self as ctl, ErrorKind, Outcome, Reply, RunMode, RunRequest};
 use ferry_proto::log::StartInfo;
 use ferry_replication::{
-    Action, AppStatus, Config, Input, Member, Message, Mode, Node, RestoredApp, Role,
+    phase_name, Action, AppStatus, Config, Input, Member, Message, MigrateStep, Mode, Node,
+    RestoredApp, Role,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -41,6 +42,12 @@ pub enum CoreReq {
     Run(RunRequest),
     /// Planned switchover.
     Failover { app: String, to: Option<String> },
+    /// A migration step.
+    Migrate {
+        app: String,
+        to: String,
+        step: ctl::MigrateStep,
+    },
     /// Stop an application.
     Stop { app: String },
 }
@@ -363,6 +370,24 @@ impl Core {
 
     fn tick(&mut self) {
         self.carrying = true;
+        // Tell the node how far each replica has replayed (a migration
+        // switches over only to a replica close behind).
+        let replicas: Vec<(String, u64)> = self
+            .locals
+            .iter()
+            .filter(|(_, l)| l.program_started && l.died.is_none())
+            .map(|(n, l)| (n.clone(), l.shared.replayed.load(Ordering::Relaxed)))
+            .collect();
+        for (app, gseq) in replicas {
+            if self
+                .node
+                .status(&app)
+                .is_some_and(|s| s.role == Role::Backup)
+            {
+                let actions = self.node.handle(now(), Input::Replayed { app, gseq });
+                self.carry(actions);
+            }
+        }
         let actions = self.node.tick(now());
         self.carry(actions);
         self.drain_inputs();
@@ -985,7 +1010,55 @@ impl Core {
             CoreReq::Stop { app } => {
                 self.command(&app, Input::StopApp { app: app.clone() }, "stopped")
             }
+            CoreReq::Migrate { app, to, step } => self.migrate(app, to, step),
         }
+    }
+
+    fn migrate(&mut self, app: String, to: String, step: ctl::MigrateStep) -> Reply {
+        let Some(status) = self.node.status(&app) else {
+            return Reply::error(
+                ErrorKind::BadRequest,
+                format!("no application {app} on node {}", self.settings.node),
+            );
+        };
+        let member = status.members.iter().any(|m| m.node == to);
+        if step == ctl::MigrateStep::Start && !member {
+            // A new member: it must be a connected peer that runs programs.
+            let why = if !self.settings.peers.iter().any(|p| p.name == to) {
+                Some("it is not a peer of this node (add it to --peer on every node)")
+            } else {
+                match self.hello.get(&to) {
+                    None => Some("it is not connected"),
+                    Some(true) => Some("it is a witness: it runs no program"),
+                    Some(false) => None,
+                }
+            };
+            if let Some(why) = why {
+                return Reply::error(
+                    ErrorKind::Failed,
+                    format!("cannot migrate {app} to {to}: {why}"),
+                );
+            }
+        }
+        let step_name = match step {
+            ctl::MigrateStep::Start => "migrating",
+            ctl::MigrateStep::Rollback => "rolling back the migration",
+            ctl::MigrateStep::Commit => "migration committed",
+        };
+        let step = match step {
+            ctl::MigrateStep::Start => MigrateStep::Start,
+            ctl::MigrateStep::Rollback => MigrateStep::Rollback,
+            ctl::MigrateStep::Commit => MigrateStep::Commit,
+        };
+        self.command(
+            &app,
+            Input::Migrate {
+                app: app.clone(),
+                to: to.clone(),
+                step,
+            },
+            &format!("{step_name} (target {to})"),
+        )
     }
 
     fn command(&mut self, app: &str, input: Input, done: &str) -> Reply {
@@ -1178,6 +1251,7 @@ impl Core {
                     acked: b.acked,
                     healthy: b.healthy,
                     in_contact: b.in_contact,
+                    replayed: b.replayed,
                 })
                 .collect(),
             vip: local.and_then(|l| l.shared.vip.lock().unwrap().clone()),
@@ -1186,6 +1260,17 @@ impl Core {
                 .and_then(|l| crate::images::latest(&l.shared.dir))
                 .map(|i| i.position.gseq),
             log_first: local.map_or(0, |l| l.shared.log.lock().unwrap().first_gseq()),
+            migration: s.migration.as_ref().map(|m| ctl::MigrationStatus {
+                from: m.from.clone(),
+                to: m.to.clone(),
+                added: m.added,
+                phase: phase_name(m.phase).into(),
+            }),
+            switch: s.switch.as_ref().map(|w| ctl::SwitchStatus {
+                to: w.to.clone(),
+                epoch: w.epoch,
+                downtime_us: w.downtime.map(|d| d / 1_000),
+            }),
         }
     }
 }

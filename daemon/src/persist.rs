@@ -91,7 +91,39 @@ pub fn load(app_dir: &Path) -> Result<Option<PersistedApp>, PersistError> {
     if frame.kind != KIND_REPLICATION {
         return Err(bad(format!("frame kind {} is not a state", frame.kind)));
     }
-    frame.decode().map(Some).map_err(|e| bad(e.to_string()))
+    match frame.decode::<PersistedApp>() {
+        Ok(state) => Ok(Some(state)),
+        // Written before the state carried a migration record.
+        Err(e) => match frame.decode::<StateBeforeMigration>() {
+            Ok(old) => Ok(Some(old.into())),
+            Err(_) => Err(bad(e.to_string())),
+        },
+    }
+}
+
+/// [`PersistedApp`] as it was before `migration` was appended.
+#[derive(serde::Deserialize)]
+struct StateBeforeMigration {
+    epoch: u64,
+    voted_for: Option<String>,
+    release_floor: ferry_replication::LogPosition,
+    members: Vec<ferry_replication::Member>,
+    mode: ferry_replication::Mode,
+    history: Vec<ferry_replication::EpochStart>,
+}
+
+impl From<StateBeforeMigration> for PersistedApp {
+    fn from(o: StateBeforeMigration) -> PersistedApp {
+        PersistedApp {
+            epoch: o.epoch,
+            voted_for: o.voted_for,
+            release_floor: o.release_floor,
+            members: o.members,
+            mode: o.mode,
+            history: o.history,
+            migration: None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -110,6 +142,12 @@ mod tests {
             members: vec![Member::replica("a"), Member::witness("w")],
             mode: Mode::Sync,
             history: vec![],
+            migration: Some(ferry_replication::Migration {
+                from: "a".into(),
+                to: "b".into(),
+                added: false,
+                phase: ferry_replication::MigrationPhase::Moved,
+            }),
         };
         save(dir.path(), &state).unwrap();
         assert_eq!(load(dir.path()).unwrap(), Some(state));
@@ -120,5 +158,34 @@ mod tests {
         fs::write(&path, &bytes).unwrap();
         let e = load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("checksum"), "{e}");
+    }
+
+    #[test]
+    fn reads_a_state_written_before_migrations() {
+        #[derive(serde::Serialize)]
+        struct Old {
+            epoch: u64,
+            voted_for: Option<String>,
+            release_floor: ferry_replication::LogPosition,
+            members: Vec<Member>,
+            mode: Mode,
+            history: Vec<ferry_replication::EpochStart>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let old = Old {
+            epoch: 7,
+            voted_for: Some("a".into()),
+            release_floor: Default::default(),
+            members: vec![Member::replica("a"), Member::replica("b")],
+            mode: Mode::Async,
+            history: vec![],
+        };
+        let frame = wire::encode(KIND_REPLICATION, 0, &old).unwrap();
+        fs::write(dir.path().join(STATE_FILE), frame).unwrap();
+        let state = load(dir.path()).unwrap().expect("a state");
+        assert_eq!(state.epoch, 7);
+        assert_eq!(state.members.len(), 2);
+        assert_eq!(state.mode, Mode::Async);
+        assert_eq!(state.migration, None);
     }
 }

@@ -74,7 +74,7 @@ pub struct StopArgs {
 
 /// Why a request got no answer.
 #[derive(Debug, thiserror::Error)]
-enum ClientError {
+pub(crate) enum ClientError {
     #[error("cannot connect to the control socket {}: {source}", path.display())]
     Connect {
         path: PathBuf,
@@ -84,7 +84,7 @@ enum ClientError {
     Exchange { path: PathBuf, why: String },
 }
 
-fn exchange(path: &Path, command: Command) -> Result<Outcome, ClientError> {
+pub(crate) fn exchange(path: &Path, command: Command) -> Result<Outcome, ClientError> {
     let mut stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
         path: path.to_owned(),
         source,
@@ -134,7 +134,7 @@ fn request(control: &Path, command: Command, json: bool) -> u8 {
 }
 
 /// Print an outcome; returns the exit code.
-fn print_outcome(outcome: Outcome, json: bool) -> u8 {
+pub(crate) fn print_outcome(outcome: Outcome, json: bool) -> u8 {
     match outcome {
         Outcome::Done { message } => {
             println!("{message}");
@@ -224,13 +224,34 @@ pub fn table(s: &NodeStatus) -> String {
             );
         }
         for b in &a.backups {
+            let replica = b
+                .replayed
+                .map_or(String::new(), |r| format!(", replica at {r}"));
             let _ = writeln!(
                 out,
-                "  backup {}: acknowledged {}, healthy {}, in contact {}",
+                "  backup {}: acknowledged {}, healthy {}, in contact {}{replica}",
                 b.node,
                 b.acked,
                 yes(b.healthy),
                 yes(b.in_contact)
+            );
+        }
+        if let Some(m) = &a.migration {
+            let added = if m.added { " (added for it)" } else { "" };
+            let _ = writeln!(
+                out,
+                "  migration {} -> {}{added}: {}",
+                m.from, m.to, m.phase
+            );
+        }
+        if let Some(w) = &a.switch {
+            let downtime = w.downtime_us.map_or("not yet announced".to_owned(), |us| {
+                format!("downtime {:.1} ms", us as f64 / 1000.0)
+            });
+            let _ = writeln!(
+                out,
+                "  last handover: to {} in epoch {}, {downtime}",
+                w.to, w.epoch
             );
         }
     }

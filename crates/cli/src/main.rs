@@ -12,6 +12,7 @@ mod client;
 mod demo;
 mod exec;
 mod exit;
+mod migrate;
 mod record;
 mod replay;
 mod restore;
@@ -242,6 +243,13 @@ enum Cmd {
         after_help = "Exit codes:\n  0  handed over\n  1  not possible now (the reason is printed)\n  2  no such application"
     )]
     Failover(client::FailoverArgs),
+    /// Move a running application to another node, reversibly: the target
+    /// catches up while the program serves, then takes over after a short
+    /// stop; the old primary keeps replaying until --commit.
+    #[command(
+        after_help = "Run it on the primary to start a migration and to cancel one still catching up;\non the new primary for --rollback (move back) and --commit (make it final).\n\nExit codes:\n  0  moved (the downtime is printed), rolled back, or committed\n  1  not possible now, or not done within --timeout (the reason is printed)\n  2  no such application, or bad usage"
+    )]
+    Migrate(migrate::MigrateArgs),
     /// Stop an application on every node.
     #[command(
         after_help = "Exit codes:\n  0  stopped\n  1  not possible here (not the primary)\n  2  no such application"
@@ -262,6 +270,7 @@ fn main() -> ExitCode {
         Cmd::Status(args) => client::status(&cli.control, args),
         Cmd::Failover(args) => client::failover(&cli.control, args),
         Cmd::Stop(args) => client::stop(&cli.control, args),
+        Cmd::Migrate(args) => migrate::run(&cli.control, args),
         Cmd::Chaos(args) => chaos(args),
         Cmd::Demo(args) => {
             let result = if args.record_replay {

@@ -67,6 +67,42 @@ pub struct RunRequest {
     pub mode: RunMode,
 }
 
+/// One step of `ferry migrate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MigrateStep {
+    /// Begin: the target catches up, then takes over.
+    Start,
+    /// `--rollback`: cancel, or hand the role back to the source.
+    Rollback,
+    /// `--commit`: make the move final.
+    Commit,
+}
+
+/// A migration under way, as `ferry status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MigrationStatus {
+    /// The node it moves from.
+    pub from: String,
+    /// The node it moves to.
+    pub to: String,
+    /// The target was added as a member for the migration.
+    pub added: bool,
+    /// `catching up`, `moved` or `rolling back`.
+    pub phase: String,
+}
+
+/// The last planned switchover this node handed the role over in.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwitchStatus {
+    /// The node that took over.
+    pub to: String,
+    /// The epoch it took over in.
+    pub epoch: u64,
+    /// From the moment the gate closed until the new primary announced
+    /// itself, in microseconds; `None` until it did.
+    pub downtime_us: Option<u64>,
+}
+
 /// What a request asks.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Command {
@@ -83,6 +119,15 @@ pub enum Command {
         app: String,
         /// The backup to hand over to; `None`: the most up-to-date one.
         to: Option<String>,
+    },
+    /// A step of a reversible migration (`ferry migrate`), on the primary.
+    Migrate {
+        /// The application.
+        app: String,
+        /// The node it moves to.
+        to: String,
+        /// Which step.
+        step: MigrateStep,
     },
     /// Stop an application on every node.
     Stop {
@@ -207,6 +252,10 @@ pub struct AppStatus {
     /// The first gseq this node's log holds (above 0 once segments an
     /// image covers were dropped).
     pub log_first: u64,
+    /// The migration under way, if any.
+    pub migration: Option<MigrationStatus>,
+    /// The last planned switchover this node handed the role over in.
+    pub switch: Option<SwitchStatus>,
 }
 
 /// What a primary knows of one backup.
@@ -220,4 +269,6 @@ pub struct BackupStatus {
     pub healthy: bool,
     /// It answered within the lease.
     pub in_contact: bool,
+    /// The highest gseq its replica has replayed, when it said.
+    pub replayed: Option<u64>,
 }

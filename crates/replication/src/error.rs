@@ -175,4 +175,3 @@ pub enum CommandError {
         why: String,
     },
 }
-

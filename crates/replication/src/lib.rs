@@ -231,6 +231,6 @@ pub use node::{
     phase_name, AppStatus, BackupStatus, Node, PersistedApp, RestoredApp, Role, Switch,
 };
 pub use types::{
-    Config, Epoch, Gseq, Member, MigrateStep, Migration, MigrationPhase, Mode, NodeId, Time, Timings,
-    MS,
+    Config, Epoch, Gseq, Member, MigrateStep, Migration, MigrationPhase, Mode, NodeId, Time,
+    Timings, MS,
 };

@@ -971,7 +971,11 @@ impl Node {
         }
         if !self.apps.contains_key(&name) {
             let grace = 2 * self.config.timings.lease;
-            if self.forgotten.get(&name).is_some_and(|&t| self.now < t + grace) {
+            if self
+                .forgotten
+                .get(&name)
+                .is_some_and(|&t| self.now < t + grace)
+            {
                 debug!(app = %name, from = %from, kind, "message for an application just forgotten");
                 return;
             }
@@ -1203,7 +1207,8 @@ impl Node {
             Message::Stop { .. } => {
                 // From the primary, a later epoch, or the node this one
                 // handed its role to (before it announced itself).
-                let handed_to = epoch == app.epoch && app.voted_for.as_deref() == Some(from.as_str());
+                let handed_to =
+                    epoch == app.epoch && app.voted_for.as_deref() == Some(from.as_str());
                 if app.primary.as_deref() == Some(from.as_str()) || epoch > app.epoch || handed_to {
                     info!(app = %app.name, from = %from, "application stopped by its primary");
                     self.forgotten.insert(app.name.clone(), self.now);
@@ -2197,10 +2202,18 @@ impl Node {
                 return;
             };
             if l.transfer.is_some() {
-                fail(out, &app.name, CommandError::FailoverInProgress { app: app.name.clone() });
+                fail(
+                    out,
+                    &app.name,
+                    CommandError::FailoverInProgress {
+                        app: app.name.clone(),
+                    },
+                );
                 return;
             }
-            let usable = |n: &str, v: &BackupView| v.healthy && v.heard + lease >= now && !node.disconnected.contains(n);
+            let usable = |n: &str, v: &BackupView| {
+                v.healthy && v.heard + lease >= now && !node.disconnected.contains(n)
+            };
             let target = match to {
                 Some(t) => {
                     let why = if !app.is_replica(&t) {
@@ -2229,7 +2242,13 @@ impl Node {
                         .max_by(|a, b| a.1.acked.cmp(&b.1.acked).then_with(|| b.0.cmp(a.0)))
                         .map(|(n, _)| n.clone());
                     let Some(best) = best else {
-                        fail(out, &app.name, CommandError::NoHealthyBackup { app: app.name.clone() });
+                        fail(
+                            out,
+                            &app.name,
+                            CommandError::NoHealthyBackup {
+                                app: app.name.clone(),
+                            },
+                        );
                         return;
                     };
                     best
@@ -2350,7 +2369,10 @@ impl Node {
         let ready = knows
             && !self.disconnected.contains(&dest)
             && l.backups.get(&dest).is_some_and(|v| {
-                v.healthy && v.heard + lease >= now && close(v.acked) && v.replayed.is_some_and(close)
+                v.healthy
+                    && v.heard + lease >= now
+                    && close(v.acked)
+                    && v.replayed.is_some_and(close)
             });
         if ready {
             info!(app = %app.name, target = %dest, "migration: target caught up; switching over");

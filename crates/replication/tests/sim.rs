@@ -604,7 +604,10 @@ fn migration_to_a_backup_moves_then_rolls_back_then_commits() {
         let a_logged = sim.nodes[A].log.len;
         sim.run_until_cond(2_000 * MS, |s| s.serving_primary() == Some(B))
             .unwrap_or_else(|| panic!("seed {seed}: never moved to b"));
-        assert!(sim.status(B).expect("b").logged >= a_logged, "seed {seed}: records lost");
+        assert!(
+            sim.status(B).expect("b").logged >= a_logged,
+            "seed {seed}: records lost"
+        );
         sim.run_for(300 * MS);
         let b = sim.status(B).expect("b");
         let m = b.migration.clone().expect("migration kept until commit");
@@ -612,11 +615,21 @@ fn migration_to_a_backup_moves_then_rolls_back_then_commits() {
         assert_eq!(m.phase, MigrationPhase::Moved);
         let a = sim.status(A).expect("a");
         assert_eq!(a.role, Role::Backup);
-        assert!(a.healthy, "seed {seed}: the source must keep replaying: {a:?}");
-        assert_eq!(a.migration.as_ref().map(|m| m.phase), Some(MigrationPhase::Moved));
+        assert!(
+            a.healthy,
+            "seed {seed}: the source must keep replaying: {a:?}"
+        );
+        assert_eq!(
+            a.migration.as_ref().map(|m| m.phase),
+            Some(MigrationPhase::Moved)
+        );
         let sw = a.switch.expect("the source saw the switch");
         let downtime = sw.downtime.expect("downtime measured");
-        assert!(downtime < 100 * MS, "seed {seed}: downtime {} ms", downtime / MS);
+        assert!(
+            downtime < 100 * MS,
+            "seed {seed}: downtime {} ms",
+            downtime / MS
+        );
 
         // A second migration is refused while this one is open.
         let before = sim.failed_commands.len();
@@ -738,8 +751,14 @@ fn migration_waits_for_the_target_replica_and_can_be_cancelled() {
         "switched over to a replica 1000 records behind"
     );
     let a = sim.status(A).expect("a");
-    assert_eq!(a.migration.map(|m| m.phase), Some(MigrationPhase::CatchingUp));
-    assert!(a.gate_open, "the program keeps serving while the target catches up");
+    assert_eq!(
+        a.migration.map(|m| m.phase),
+        Some(MigrationPhase::CatchingUp)
+    );
+    assert!(
+        a.gate_open,
+        "the program keeps serving while the target catches up"
+    );
     migrate(&mut sim, A, "b", MigrateStep::Rollback);
     sim.run_for(200 * MS);
     assert_eq!(sim.status(A).expect("a").migration, None);
