@@ -27,6 +27,10 @@ use crate::config::Settings;
 use crate::peer::{self, PeerEvent, PeerMessage, RecordStream, StreamHead, Transport};
 use crate::{persist, ship, vip};
 
+/// The longest a node keeps the service address after a planned handover
+/// while it waits for the new primary to announce itself.
+const VIP_RELEASE_WAIT: Duration = Duration::from_secs(1);
+
 /// How long messages about an application that was just stopped are
 /// dropped.
 const STOPPED_GRACE: Duration = Duration::from_secs(3);
@@ -102,6 +106,11 @@ struct Local {
     /// This node holds the service address: since when, and when it was
     /// last renewed.
     vip_held: Option<(Instant, Instant)>,
+    /// After a planned handover: the service address stays here until the
+    /// new primary announces itself (or this deadline passes), so that
+    /// clients that reconnect meanwhile are refused at once instead of
+    /// sending into the void and waiting for a retransmission.
+    vip_release: Option<Instant>,
 }
 
 /// The core task's state.
@@ -297,6 +306,7 @@ impl Core {
                 last_tick = Instant::now();
                 self.tick();
             }
+            self.release_vips();
             if let Some(since) = draining {
                 let limit = Duration::from_nanos(self.settings.timings.transfer_timeout)
                     + Duration::from_secs(1);
@@ -456,6 +466,32 @@ impl Core {
         }
     }
 
+    /// Give up the service address kept after a planned handover once the
+    /// new primary has announced itself, or the wait is over.
+    fn release_vips(&mut self) {
+        for (name, l) in &mut self.locals {
+            let Some(deadline) = l.vip_release else {
+                continue;
+            };
+            if l.vip_held.is_some() {
+                // Primary here again (a quick rollback): keep it.
+                l.vip_release = None;
+                continue;
+            }
+            let announced = self
+                .node
+                .status(name)
+                .and_then(|s| s.switch)
+                .is_some_and(|w| w.downtime.is_some());
+            if announced || Instant::now() >= deadline {
+                l.vip_release = None;
+                if let Some(v) = l.shared.vip.lock().unwrap().clone() {
+                    vip::remove(name, &v);
+                }
+            }
+        }
+    }
+
     /// Renew the service address of every application this node serves
     /// while its lease holds; announce it again for a few seconds after it
     /// moved here. Without renewal the kernel drops it (vip::LIFETIME_SECS).
@@ -552,6 +588,11 @@ impl Core {
                 primary,
             } => {
                 info!(app, epoch, primary = ?primary, "demoted: the program stops, this node becomes a backup");
+                let handed_over = self
+                    .node
+                    .status(&app)
+                    .and_then(|s| s.switch)
+                    .is_some_and(|w| w.epoch == epoch && w.downtime.is_none());
                 if let Some(l) = self.locals.get_mut(&app) {
                     l.runner.send(RunnerCmd::Kill);
                     l.shared.primary.store(false, Ordering::SeqCst);
@@ -561,8 +602,9 @@ impl Core {
                     l.died = None;
                     l.program_started = false;
                     l.vip_held = None;
-                    let v = l.shared.vip.lock().unwrap().clone();
-                    if let Some(v) = v {
+                    if handed_over {
+                        l.vip_release = Some(Instant::now() + VIP_RELEASE_WAIT);
+                    } else if let Some(v) = l.shared.vip.lock().unwrap().clone() {
                         vip::remove(&app, &v);
                     }
                 }
@@ -1288,6 +1330,7 @@ impl Local {
             streamers: HashMap::new(),
             resync_since: None,
             vip_held: None,
+            vip_release: None,
         }
     }
 }

@@ -166,3 +166,30 @@ fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and
     cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
     check_keys(&cluster, port, &acks);
 }
+
+#[test]
+fn a_checkpointed_replica_keeps_following_new_connections() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    let mut acks = write_keys(&cluster, port, 250);
+    let s = wait_for_image(&cluster);
+    let replica = s["pid"].as_i64().expect("b's replica runs");
+    // New connections after the checkpoint: the program opens descriptors
+    // the recording numbers as it likes; the replica must get the same.
+    for round in 0..3 {
+        acks.extend(write_keys_from(&cluster, port, 250 + round * 10, 10));
+    }
+    let logged = u(&cluster.node("a").app("kv").unwrap(), "logged");
+    let b = cluster.node("b");
+    let followed = wait_for(LIMIT, || {
+        b.app("kv")
+            .filter(|s| u(s, "replayed") >= logged && s["pid"].as_i64() == Some(replica))
+    });
+    assert!(
+        followed.is_some() && !b.log_text().contains("the replica stopped"),
+        "b's replica did not follow after its checkpoint: {:?}\n{}",
+        b.app("kv"),
+        cluster.logs()
+    );
+    check_keys(&cluster, port, &acks);
+}

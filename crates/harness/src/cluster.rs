@@ -649,6 +649,21 @@ impl Cluster {
         }
     }
 
+    /// `ferry migrate APP --to TO [--rollback | --commit]` through node
+    /// `via`; what it printed.
+    pub fn migrate(
+        &self,
+        via: &str,
+        to: &str,
+        step: Option<&str>,
+        timeout: Duration,
+    ) -> Result<String, ClusterError> {
+        let app = self.config.app.clone();
+        let mut args = vec!["migrate", app.as_str(), "--to", to];
+        args.extend(step);
+        self.ferry_in(via, &args, timeout).map(|o| o.stdout)
+    }
+
     /// `ferry stop APP` through node `via`.
     pub fn stop_app(&self, via: &str) -> Result<(), ClusterError> {
         let app = self.config.app.clone();

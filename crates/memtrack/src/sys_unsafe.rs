@@ -17,6 +17,11 @@ use crate::uffd::{
 };
 use core::ffi::CStr;
 
+/// The lowest number the crate's own descriptors take (they are moved there
+/// when opened): above the shim's shared-memory descriptor (1000), below
+/// the usual limit of 1024.
+pub const HIGH_FD: i32 = 1010;
+
 /// A raw system call: `nr` with six arguments, returning the kernel's result
 /// (a value, or `-errno`), as the `syscall` instruction does.
 pub type RawSyscall = unsafe fn(nr: i64, args: [usize; 6]) -> isize;
@@ -111,10 +116,45 @@ impl Syscalls {
                 ],
             )?
         };
-        Ok(Fd {
-            fd: fd as i32,
-            sys: *self,
-        })
+        Ok(self.high(fd))
+    }
+
+    /// Move a descriptor the crate opened to [`HIGH_FD`] or above, out of
+    /// the range a program uses: inside a replica, a descriptor number the
+    /// tracker took would be one the recorded program opens later. Where
+    /// the limit on descriptors is below it, the descriptor stays where it
+    /// is.
+    fn high(&self, fd: usize) -> Fd {
+        // SAFETY: no pointer arguments; `fd` is this crate's own descriptor.
+        let moved = unsafe {
+            self.call(
+                "fcntl(F_DUPFD_CLOEXEC)",
+                libc::SYS_fcntl,
+                [
+                    fd,
+                    libc::F_DUPFD_CLOEXEC as usize,
+                    HIGH_FD as usize,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+        match moved {
+            Ok(high) => {
+                // SAFETY: no pointer arguments; the old number is ours and
+                // no longer needed.
+                let _ = unsafe { self.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0]) };
+                Fd {
+                    fd: high as i32,
+                    sys: *self,
+                }
+            }
+            Err(_) => Fd {
+                fd: fd as i32,
+                sys: *self,
+            },
+        }
     }
 
     /// `read(fd, buf)`, retried on `EINTR`.
@@ -157,10 +197,7 @@ impl Syscalls {
                 [flags as usize, 0, 0, 0, 0, 0],
             )?
         };
-        Ok(Fd {
-            fd: fd as i32,
-            sys: *self,
-        })
+        Ok(self.high(fd))
     }
 
     /// `ioctl(fd, req, arg)` with no pointer, or a pointer to `T`.
@@ -197,10 +234,7 @@ impl Syscalls {
                 flags as usize as *mut u8,
             )?
         };
-        Ok(Fd {
-            fd: fd as i32,
-            sys: *self,
-        })
+        Ok(self.high(fd))
     }
 
     /// `ioctl(uffd, UFFDIO_API, api)`.

@@ -139,6 +139,27 @@
 //! and has nothing to fetch. A switchover not done within the transfer
 //! timeout is abandoned and the program resumes.
 //!
+//! # Migration
+//!
+//! [`Input::Migrate`] on the primary runs a reversible migration
+//! (`ferry migrate`, seed 000). *Start* records a [`Migration`] from this
+//! node to the target, which heartbeats carry to every member; a target
+//! that is not a member is added first, one member at a time, so that every
+//! majority of the old member list meets every majority of the new one. The
+//! target joins and resynchronises as any backup does. Once it is healthy,
+//! in contact, knows the record (it granted a heartbeat that carried it)
+//! and its log and replica are within 1024 records of the
+//! primary's (the replica's position rides on its grants), the primary
+//! starts a planned switchover to it; the target, promoted, marks the
+//! migration *moved*. The old primary stays a backup, so *rollback* on the
+//! new primary is another switchover back (and, when the target was added,
+//! the target leaves the members once the source is promoted again); before
+//! the move, rollback cancels. *Commit* ends it; when the target was added,
+//! the source leaves, so the member count is what it was. A member taken
+//! out gets [`Message::Stop`]. The old primary measures the downtime from
+//! its gate closing to the new primary's [`Message::NewPrimary`]
+//! ([`AppStatus::switch`]).
+//!
 //! # Restarts
 //!
 //! [`Action::Persist`] carries a [`PersistedApp`] (epoch, vote, release

@@ -160,6 +160,9 @@ struct BackupView {
     healthy: bool,
     heard: Time,
     replayed: Option<Gseq>,
+    /// How far its replica was behind what this node had logged when it
+    /// sent the heartbeat whose grant said `replayed`.
+    replica_lag: Option<Gseq>,
 }
 
 #[derive(Debug)]
@@ -189,6 +192,9 @@ struct Leader {
     /// When the first heartbeat carrying the current migration record left:
     /// the destination has the record once it grants a heartbeat sent since.
     migration_since: Time,
+    /// (send time, logged) of the last heartbeats, to weigh a replica
+    /// position against what was logged when it was asked for.
+    sent_logged: std::collections::VecDeque<(Time, Gseq)>,
 }
 
 #[derive(Debug)]
@@ -345,6 +351,7 @@ impl Leader {
             promoted: true,
             migrate_retry_at: 0,
             migration_since: 0,
+            sent_logged: std::collections::VecDeque::new(),
         }
     }
 }
@@ -353,7 +360,7 @@ impl Leader {
 /// migration's target must be before the switchover: the records left are
 /// shipped and replayed while the program is paused, so this bounds the
 /// downtime they add (well under a millisecond of replay).
-const MIGRATE_SLACK: Gseq = 256;
+const MIGRATE_SLACK: Gseq = 1024;
 
 /// A migration phase as `ferry status` prints it.
 pub fn phase_name(phase: MigrationPhase) -> &'static str {
@@ -857,6 +864,10 @@ impl Node {
         let Some(l) = app.leader.as_mut() else { return };
         l.last_heartbeat = Some(now);
         l.announced = floor;
+        if l.sent_logged.len() >= 64 {
+            l.sent_logged.pop_front();
+        }
+        l.sent_logged.push_back((now, l.logged));
         for to in others {
             send(
                 out,
@@ -1449,10 +1460,16 @@ impl Node {
                 healthy: false,
                 heard: now,
                 replayed: None,
+                replica_lag: None,
             });
             v.heard = now;
-            if replayed.is_some() {
-                v.replayed = replayed;
+            if let Some(r) = replayed {
+                v.replayed = Some(r);
+                if let Some((echo, _)) = grant {
+                    if let Some(&(_, then)) = l.sent_logged.iter().find(|(t, _)| *t == echo) {
+                        v.replica_lag = Some(then.saturating_sub(r));
+                    }
+                }
             }
             v.healthy = healthy && durable.is_some();
             match durable {
@@ -2344,7 +2361,8 @@ impl Node {
 
     /// A migration whose next step is a switchover by this primary starts it
     /// once the destination is healthy, in contact and close behind: its log
-    /// and its replica within [`MIGRATE_SLACK`] records of the primary's.
+    /// within [`MIGRATE_SLACK`] records of the primary's, and its replica
+    /// within as many of what the primary had logged when it asked.
     fn drive_migration(&mut self, app: &mut App, out: &mut Vec<Action>) {
         let me = self.config.name.as_str();
         let Some(m) = &app.migration else { return };
@@ -2372,7 +2390,7 @@ impl Node {
                 v.healthy
                     && v.heard + lease >= now
                     && close(v.acked)
-                    && v.replayed.is_some_and(close)
+                    && v.replica_lag.is_some_and(|lag| lag <= MIGRATE_SLACK)
             });
         if ready {
             info!(app = %app.name, target = %dest, "migration: target caught up; switching over");
