@@ -107,10 +107,11 @@ struct Local {
     /// last renewed.
     vip_held: Option<(Instant, Instant)>,
     /// After a planned handover: the service address stays here until the
-    /// new primary announces itself (or this deadline passes), so that
+    /// new primary announces itself and the old program (this pid) has
+    /// ended, its connections closed (or this deadline passes), so that
     /// clients that reconnect meanwhile are refused at once instead of
     /// sending into the void and waiting for a retransmission.
-    vip_release: Option<Instant>,
+    vip_release: Option<(Instant, i32)>,
 }
 
 /// The core task's state.
@@ -467,10 +468,11 @@ impl Core {
     }
 
     /// Give up the service address kept after a planned handover once the
-    /// new primary has announced itself, or the wait is over.
+    /// new primary has announced itself and the old program has ended, or
+    /// the wait is over.
     fn release_vips(&mut self) {
         for (name, l) in &mut self.locals {
-            let Some(deadline) = l.vip_release else {
+            let Some((deadline, old_pid)) = l.vip_release else {
                 continue;
             };
             if l.vip_held.is_some() {
@@ -483,7 +485,10 @@ impl Core {
                 .status(name)
                 .and_then(|s| s.switch)
                 .is_some_and(|w| w.downtime.is_some());
-            if announced || Instant::now() >= deadline {
+            // The program's connections close when it ends: with the
+            // address still here, its clients hear of it at once.
+            let ended = old_pid <= 0 || sys::has_exited(old_pid);
+            if (announced && ended) || Instant::now() >= deadline {
                 l.vip_release = None;
                 if let Some(v) = l.shared.vip.lock().unwrap().clone() {
                     vip::remove(name, &v);
@@ -594,6 +599,7 @@ impl Core {
                     .and_then(|s| s.switch)
                     .is_some_and(|w| w.epoch == epoch && w.downtime.is_none());
                 if let Some(l) = self.locals.get_mut(&app) {
+                    let old_pid = l.shared.pid.load(Ordering::SeqCst);
                     l.runner.send(RunnerCmd::Kill);
                     l.shared.primary.store(false, Ordering::SeqCst);
                     for (_, h) in l.streamers.drain() {
@@ -603,7 +609,7 @@ impl Core {
                     l.program_started = false;
                     l.vip_held = None;
                     if handed_over {
-                        l.vip_release = Some(Instant::now() + VIP_RELEASE_WAIT);
+                        l.vip_release = Some((Instant::now() + VIP_RELEASE_WAIT, old_pid));
                     } else if let Some(v) = l.shared.vip.lock().unwrap().clone() {
                         vip::remove(&app, &v);
                     }

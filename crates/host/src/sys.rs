@@ -177,6 +177,20 @@ pub fn zeroed_sigaction() -> libc::sigaction {
     unsafe { std::mem::zeroed() }
 }
 
+/// Whether process `pid` has ended: gone, or a zombie (its descriptors,
+/// sockets among them, are closed by then).
+pub fn has_exited(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // The state follows the command name, which is in parentheses and may
+    // hold anything, so look after the last one.
+    let state = stat
+        .rfind(')')
+        .and_then(|i| stat[i + 1..].split_whitespace().next());
+    matches!(state, Some("Z" | "X") | None)
+}
+
 /// When process `pid` started, in clock ticks after boot (field 22 of
 /// `/proc/PID/stat`), to tell it from a later process with the same pid;
 /// `None` if there is no such process.

@@ -39,6 +39,13 @@ struct Args {
     /// Writers of the load during each move.
     #[arg(long, default_value_t = 4)]
     clients: usize,
+    /// Print every probe write that took over 10 ms or failed, and why.
+    #[arg(long)]
+    verbose: bool,
+    /// Leave the hosts, processes and logs in place at the end
+    /// (`ferry-chaos cleanup` removes them).
+    #[arg(long)]
+    keep: bool,
 }
 
 /// Bound of a whole `ferry migrate` (the target is a live backup: it has
@@ -67,7 +74,7 @@ fn reported_downtime(said: &str) -> Option<f64> {
 
 /// Write one key after the other until `stop`; the longest time between
 /// two acknowledged writes.
-fn probe(addr: String, stop: Arc<AtomicBool>) -> Duration {
+fn probe(addr: String, stop: Arc<AtomicBool>, verbose: bool) -> Duration {
     let policy = Reconnect {
         deadline: Duration::from_secs(30),
         initial_backoff: Duration::from_millis(1),
@@ -81,7 +88,16 @@ fn probe(addr: String, stop: Arc<AtomicBool>) -> Duration {
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        if c.set("probe", &i.to_string()).is_ok() {
+        let t0 = Instant::now();
+        let r = c.set("probe", &i.to_string());
+        if verbose && (r.is_err() || t0.elapsed() > Duration::from_millis(10)) {
+            eprintln!(
+                "ferry-bench-migrate: probe write took {:.1} ms: {}",
+                t0.elapsed().as_secs_f64() * 1e3,
+                r.as_ref().map_or_else(|e| e.to_string(), |_| "ok".into())
+            );
+        }
+        if r.is_ok() {
             let now = Instant::now();
             longest = longest.max(now - last);
             last = now;
@@ -120,6 +136,7 @@ fn main() -> ExitCode {
         ClusterConfig {
             binaries,
             step_timeout: Duration::from_secs(60),
+            keep: args.keep,
             ..ClusterConfig::default()
         },
     ) {
@@ -127,6 +144,11 @@ fn main() -> ExitCode {
         Err(e) => return fail("building the hosts", e),
     };
     let code = run(&args, &mut cluster);
+    if args.keep {
+        eprintln!("ferry-bench-migrate: left in place: run {id}");
+        std::mem::forget(cluster);
+        return code;
+    }
     if let Err(e) = cluster.down() {
         eprintln!("ferry-bench-migrate: cleaning up: {}", e.join("; "));
     }
@@ -198,7 +220,8 @@ fn run(args: &Args, cluster: &mut Cluster) -> ExitCode {
         let addr = cluster.service_addr();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let probe = match cluster.spawn_in_client(move || probe(addr, flag)) {
+        let verbose = args.verbose;
+        let probe = match cluster.spawn_in_client(move || probe(addr, flag, verbose)) {
             Ok(h) => h,
             Err(e) => return fail("starting the probe", e),
         };
