@@ -72,6 +72,9 @@ pub enum AppEvent {
     /// Backup: the log starts after a received image: the replica starts
     /// (again) from it.
     Installed { app: String },
+    /// Backup: an image at `at` arrived beside the log, which it keeps: a
+    /// replica behind it starts again from it.
+    Supplied { app: String, at: u64 },
     /// Backup: the record stream `gen` from `from` ended.
     StreamEnded { app: String, from: String, gen: u64 },
 }
@@ -284,6 +287,26 @@ impl AppShared {
             .ok_or_else(|| {
                 format!("the log here starts at gseq {first}, and no image covers gseq {from_gseq} to {first}")
             })
+    }
+
+    /// For a backup that has the log up to `from_gseq - 1` (the image may
+    /// be at that record) but whose
+    /// replica stands at `replica_at`: the newest image here that saves it
+    /// replaying at least [`SUPPLY_MIN_RECORDS`] records, if any.
+    pub fn image_beyond(&self, replica_at: u64, from_gseq: u64) -> Option<images::Stored> {
+        let first = self.log.lock().unwrap().first_gseq();
+        images::list(&self.dir).into_iter().rev().find(|i| {
+            let at = i.position.gseq;
+            at < from_gseq && at + 1 >= first && at >= replica_at + SUPPLY_MIN_RECORDS
+        })
+    }
+
+    /// Where this node's replica stands or could start from: the newer of
+    /// what it replayed and its newest image.
+    pub fn replica_at(&self) -> u64 {
+        let replayed = self.replayed.load(Ordering::Relaxed);
+        let image = images::latest(&self.dir).map_or(0, |i| i.position.gseq);
+        replayed.max(image)
     }
 
     /// Drop the log's segments wholly at or below `gseq`, the position of
@@ -576,6 +599,12 @@ impl Checkpoints {
         }
     }
 }
+
+/// A primary sends a backup one of its images when that spares the
+/// backup's replica replaying at least this many records (the old primary
+/// after a handover, a backup whose replica starts again): shipping an
+/// image is much faster than replaying the program's history.
+pub const SUPPLY_MIN_RECORDS: u64 = 4096;
 
 /// The `ferry` executable (it restores images): `$FERRY_CLI`, else `ferry`
 /// beside this one.

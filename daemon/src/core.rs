@@ -112,6 +112,8 @@ struct Local {
     /// clients that reconnect meanwhile are refused at once instead of
     /// sending into the void and waiting for a retransmission.
     vip_release: Option<(Instant, i32)>,
+    /// Images being sent beside the log to backups: peer → position.
+    supplying: HashMap<String, (u64, JoinHandle<()>)>,
 }
 
 /// The core task's state.
@@ -602,6 +604,9 @@ impl Core {
                     let old_pid = l.shared.pid.load(Ordering::SeqCst);
                     l.runner.send(RunnerCmd::Kill);
                     l.shared.primary.store(false, Ordering::SeqCst);
+                    // The program is gone: a replica starts from an image
+                    // or from record 1 (what a fetch says from here on).
+                    l.shared.replayed.store(0, Ordering::SeqCst);
                     for (_, h) in l.streamers.drain() {
                         h.abort();
                     }
@@ -781,8 +786,13 @@ impl Core {
             }
             PeerEvent::Message {
                 from,
-                message: PeerMessage::Fetch { app, from_gseq },
-            } => self.serve(&app, &from, from_gseq),
+                message:
+                    PeerMessage::Fetch {
+                        app,
+                        from_gseq,
+                        replica_at,
+                    },
+            } => self.serve(&app, &from, from_gseq, replica_at),
             PeerEvent::Records(stream) => self.receive(stream),
         }
     }
@@ -808,18 +818,20 @@ impl Core {
             && l.resync_since.is_none()
         {
             let from_gseq = l.shared.log.lock().unwrap().next_gseq();
+            let replica_at = l.shared.replica_at();
             debug!(app, peer, from_gseq, "asking for the record stream again");
             self.transport.send(
                 peer,
                 PeerMessage::Fetch {
                     app: app.to_owned(),
                     from_gseq,
+                    replica_at,
                 },
             );
         }
     }
 
-    fn serve(&mut self, app: &str, to: &str, from_gseq: u64) {
+    fn serve(&mut self, app: &str, to: &str, from_gseq: u64, replica_at: u64) {
         let Some(l) = self.locals.get_mut(app) else {
             warn!(
                 app,
@@ -845,6 +857,58 @@ impl Core {
                 }
             }),
         );
+        self.supply(app, to, from_gseq, replica_at);
+    }
+
+    /// Beside the records: send `to` an image that spares its replica
+    /// replaying most of the log (the old primary after a handover has
+    /// the whole log but no image), unless one is on its way.
+    fn supply(&mut self, app: &str, to: &str, from_gseq: u64, replica_at: u64) {
+        let (Some(l), Some(connection)) = (self.locals.get_mut(app), self.transport.connection(to))
+        else {
+            return;
+        };
+        let Some(image) = l.shared.image_beyond(replica_at, from_gseq) else {
+            return;
+        };
+        let at = image.position.gseq;
+        if l.supplying
+            .get(to)
+            .is_some_and(|(sent, h)| *sent >= at && !h.is_finished())
+        {
+            return;
+        }
+        info!(
+            app,
+            peer = to,
+            at,
+            replica_at,
+            "sending an image to spare the backup's replica replaying the log"
+        );
+        let shared = l.shared.clone();
+        let peer = to.to_owned();
+        let task = tokio::spawn(async move {
+            let result = async {
+                let shipment = ship::Shipment::open(&shared, image)?;
+                let head = StreamHead::Image {
+                    app: shared.name.clone(),
+                    image: shipment.head.clone(),
+                };
+                let mut send = peer::open_record_stream(&connection, &head).await?;
+                shipment.send(&shared.name, &mut send).await?;
+                send.finish()?;
+                // Until the peer has read it all: dropping the stream early
+                // would cut it short.
+                let _ = send.stopped().await;
+                anyhow::Ok(())
+            };
+            if let Err(e) = result.await {
+                warn!(app = %shared.name, peer, error = %e, "could not send the image to the backup");
+            }
+        });
+        if let Some((_, old)) = l.supplying.insert(to.to_owned(), (at, task)) {
+            old.abort();
+        }
     }
 
     fn receive(&mut self, mut stream: RecordStream) {
@@ -859,6 +923,27 @@ impl Core {
         };
         if stream.vip.is_some() && *l.shared.vip.lock().unwrap() != stream.vip {
             l.shared.set_vip(stream.vip.clone());
+        }
+        if stream.image_only {
+            let shared = l.shared.clone();
+            let events = self.app_tx.clone();
+            tokio::spawn(async move {
+                let Some(head) = stream.image.take() else {
+                    return;
+                };
+                match ship::receive(&shared, &head, &mut stream).await {
+                    Ok(()) => {
+                        let _ = events.send(AppEvent::Supplied {
+                            app: stream.app,
+                            at: head.at,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(app = %stream.app, peer = %stream.from, error = %e, "the image from the primary did not arrive whole; the replica goes on replaying the log");
+                    }
+                }
+            });
+            return;
         }
         let gen = l.shared.stream_gen.fetch_add(1, Ordering::SeqCst) + 1;
         let tx = l.writer.tx.clone();
@@ -994,8 +1079,15 @@ impl Core {
                 if cut {
                     self.start_replica(&app);
                 }
-                self.transport
-                    .send(&node, PeerMessage::Fetch { app, from_gseq });
+                let replica_at = self.locals.get(&app).map_or(0, |l| l.shared.replica_at());
+                self.transport.send(
+                    &node,
+                    PeerMessage::Fetch {
+                        app,
+                        from_gseq,
+                        replica_at,
+                    },
+                );
             }
             AppEvent::Corrupt { app, intact } => self.input(Input::CorruptLog {
                 app,
@@ -1012,6 +1104,16 @@ impl Core {
                 }
             }
             AppEvent::Installed { app } => self.start_replica(&app),
+            AppEvent::Supplied { app, at } => {
+                let behind = self.locals.get(&app).is_some_and(|l| {
+                    !l.shared.primary.load(Ordering::SeqCst)
+                        && l.shared.replayed.load(Ordering::SeqCst) < at
+                });
+                if behind {
+                    info!(app, at, "the replica starts again from the image received");
+                    self.start_replica(&app);
+                }
+            }
             AppEvent::HaveStart { app } => {
                 let started = self.locals.get(&app).is_none_or(|l| l.program_started);
                 if !started {
@@ -1337,6 +1439,7 @@ impl Local {
             resync_since: None,
             vip_held: None,
             vip_release: None,
+            supplying: HashMap::new(),
         }
     }
 }

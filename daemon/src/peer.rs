@@ -62,6 +62,16 @@ pub enum StreamHead {
         /// after the image's position.
         image: Option<ImageHead>,
     },
+    /// Only a checkpoint image of `app` follows (kind [`KIND_IMAGE_CHUNK`]),
+    /// for a backup that has the log but whose replica would have to
+    /// replay far more of it than the image leaves: the backup keeps its
+    /// log and starts its replica from the image.
+    Image {
+        /// The application.
+        app: String,
+        /// The image.
+        image: ImageHead,
+    },
 }
 
 /// A checkpoint image of the replica sent ahead of the records that follow
@@ -89,6 +99,11 @@ pub enum PeerMessage {
         app: String,
         /// The first gseq wanted.
         from_gseq: u64,
+        /// Where the backup's replica stands or could start from (the
+        /// newer of its position and its newest image): a primary with an
+        /// image far beyond it sends that too, on its own stream
+        /// ([`StreamHead::Image`]).
+        replica_at: u64,
     },
 }
 
@@ -137,6 +152,9 @@ pub struct RecordStream {
     /// The image sent ahead of the records, if any: its bytes are read
     /// with [`RecordStream::next_image_chunk`] before any batch.
     pub image: Option<ImageHead>,
+    /// The stream carries only the image, for a backup that keeps its log
+    /// ([`StreamHead::Image`]); `from_gseq` is then 0.
+    pub image_only: bool,
     /// The stream.
     pub recv: RecvStream,
     /// The frame reader holding bytes read after the head.
@@ -548,6 +566,21 @@ async fn read_stream(
                                 from_gseq,
                                 vip,
                                 image,
+                                image_only: false,
+                                recv,
+                                reader,
+                                connection,
+                            }));
+                            return;
+                        }
+                        StreamHead::Image { app, image } => {
+                            let _ = events.send(PeerEvent::Records(RecordStream {
+                                from: peer,
+                                app,
+                                from_gseq: 0,
+                                vip: None,
+                                image: Some(image),
+                                image_only: true,
                                 recv,
                                 reader,
                                 connection,

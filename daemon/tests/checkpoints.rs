@@ -193,3 +193,68 @@ fn a_checkpointed_replica_keeps_following_new_connections() {
     );
     check_keys(&cluster, port, &acks);
 }
+
+#[test]
+fn after_a_handover_the_old_primary_starts_its_replica_from_the_new_primarys_image() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    // Enough records that replaying them all costs more than an image.
+    let mut acks = Vec::new();
+    for _ in 0..40 {
+        acks.extend(write_keys_from(&cluster, port, acks.len(), 500));
+        if u(&cluster.node("a").app("kv").unwrap(), "logged") > 4096 + 500 {
+            break;
+        }
+    }
+    let logged = u(&cluster.node("a").app("kv").unwrap(), "logged");
+    assert!(logged > 4096 + 500, "only {logged} records");
+    let b = cluster.node("b");
+    wait_for(LIMIT, || {
+        let s = b.app("kv")?;
+        (s["image"].as_u64()? > 4096).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("b has no image past record 4096:\n{}", cluster.logs()));
+
+    // a hands over to b and becomes its backup: a has the whole log but no
+    // image; b sends its image and a's replica starts from it.
+    let out = cluster.node("a").ferry(&["failover", "kv"]);
+    assert!(out.status.success(), "{out:?}");
+    let b = cluster.node("b");
+    let served = wait_for(LIMIT, || {
+        b.app("kv")
+            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+    })
+    .unwrap_or_else(|| panic!("b did not become the primary:\n{}", cluster.logs()));
+    cluster.pids.push(served["pid"].as_i64().unwrap() as i32);
+    acks.extend(write_keys_from(&cluster, port, acks.len(), 20));
+    let logged = u(&cluster.node("b").app("kv").unwrap(), "logged");
+    let a = cluster.node("a");
+    let followed = wait_for(LIMIT, || {
+        a.app("kv").filter(|s| {
+            s["role"] == "backup" && s["pid"].as_i64().is_some() && u(s, "replayed") >= logged
+        })
+    })
+    .unwrap_or_else(|| panic!("a's replica did not catch up:\n{}", cluster.logs()));
+    let log = a.log_text();
+    cluster.pids.push(followed["pid"].as_i64().unwrap() as i32);
+    assert!(
+        log.contains("image received") && log.contains("replica restored from an image"),
+        "a's replica did not start from b's image:\n{}",
+        cluster.logs()
+    );
+
+    // b dies: a's replica, restored from the image, takes over with every
+    // acknowledged write.
+    let pid = served["pid"].as_i64().unwrap() as i32;
+    cluster.node_mut("b").kill9();
+    // SAFETY: kill with the pid of the program this test's cluster runs.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let a = cluster.node("a");
+    let took = wait_for(LIMIT, || {
+        a.app("kv")
+            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+    })
+    .unwrap_or_else(|| panic!("a did not take over:\n{}", cluster.logs()));
+    cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
+    check_keys(&cluster, port, &acks);
+}

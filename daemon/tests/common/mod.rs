@@ -387,8 +387,14 @@ pub fn write_keys_from(cluster: &Cluster, port: u16, first: usize, n: usize) -> 
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     let mut acks = Vec::new();
-    for i in first..first + n {
-        writeln!(w, "SET k{i} v{i}").unwrap();
+    // In rounds of up to 32 requests in flight, as a busy client sends.
+    let end = first + n;
+    let mut sent = first;
+    for i in first..end {
+        while sent < end && sent < i + 32 {
+            writeln!(w, "SET k{sent} v{sent}").unwrap();
+            sent += 1;
+        }
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
         assert!(
@@ -416,8 +422,13 @@ pub fn check_keys(cluster: &Cluster, port: u16, acks: &[String]) {
         .unwrap();
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
+    // In rounds of up to 32 requests in flight.
+    let mut sent = 0;
     for (i, ack) in acks.iter().enumerate() {
-        writeln!(w, "GET k{i}").unwrap();
+        while sent < acks.len() && sent < i + 32 {
+            writeln!(w, "GET k{sent}").unwrap();
+            sent += 1;
+        }
         let mut line = String::new();
         r.read_line(&mut line).unwrap();
         let version = ack.trim_start_matches("OK ");
