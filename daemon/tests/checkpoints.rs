@@ -201,7 +201,7 @@ fn after_a_handover_the_old_primary_starts_its_replica_from_the_new_primarys_ima
     // Enough records that replaying them all costs more than an image.
     let mut acks = Vec::new();
     for _ in 0..40 {
-        acks.extend(write_keys_from(&cluster, port, acks.len(), 500));
+        acks.extend(write_keys_in_flight(&cluster, port, acks.len(), 500, 32));
         if u(&cluster.node("a").app("kv").unwrap(), "logged") > 4096 + 500 {
             break;
         }

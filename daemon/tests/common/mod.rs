@@ -375,8 +375,21 @@ pub fn write_keys(cluster: &Cluster, port: u16, n: usize) -> Vec<String> {
     write_keys_from(cluster, port, 0, n)
 }
 
-/// Set keys `first..first + n`; the versions the server acknowledged.
+/// Set keys `first..first + n`, one request at a time; the versions the
+/// server acknowledged.
 pub fn write_keys_from(cluster: &Cluster, port: u16, first: usize, n: usize) -> Vec<String> {
+    write_keys_in_flight(cluster, port, first, n, 1)
+}
+
+/// Set keys `first..first + n` with up to `in_flight` requests sent ahead
+/// of their answers, as a busy client does; the versions acknowledged.
+pub fn write_keys_in_flight(
+    cluster: &Cluster,
+    port: u16,
+    first: usize,
+    n: usize,
+    in_flight: usize,
+) -> Vec<String> {
     let stream = wait_for(Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", port)).ok()
     })
@@ -387,11 +400,10 @@ pub fn write_keys_from(cluster: &Cluster, port: u16, first: usize, n: usize) -> 
     let mut w = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     let mut acks = Vec::new();
-    // In rounds of up to 32 requests in flight, as a busy client sends.
     let end = first + n;
     let mut sent = first;
     for i in first..end {
-        while sent < end && sent < i + 32 {
+        while sent < end && sent < i + in_flight.max(1) {
             writeln!(w, "SET k{sent} v{sent}").unwrap();
             sent += 1;
         }
