@@ -252,7 +252,7 @@ pub fn lock() {
                 }
                 c.order_waiters.fetch_add(1, Ordering::AcqRel);
                 sys::futex_wait(&c.order_lock, owner, Some(50));
-                c.order_waiters.fetch_sub(1, Ordering::AcqRel);
+                ferry_ring::leave_wait(&c.order_waiters);
                 if spins.is_multiple_of(4) && stale_lock(owner, me) {
                     break;
                 }
@@ -602,7 +602,7 @@ pub fn gate(gseq: u64) {
         if c.gate_seq.load(Ordering::SeqCst) == seq {
             sys::futex_wait(&c.gate_seq, seq, Some(50));
         }
-        c.gate_waiters.fetch_sub(1, Ordering::SeqCst);
+        ferry_ring::leave_wait(&c.gate_waiters);
     }
 }
 

@@ -255,7 +255,7 @@ impl Drain {
             if self.write_error.is_some() || self.stopped {
                 region::kill_program(&self.region);
             }
-            self.region.wait_published(&PollFutex, Some(50));
+            self.region.wait_for_records(&PollFutex, Some(50));
         }
     }
 

@@ -364,7 +364,7 @@ impl Program {
         let r = self.region();
         if r.peek().is_none() {
             let ms = timeout.as_millis().clamp(1, u128::from(u32::MAX)) as u32;
-            r.wait_published(
+            r.wait_for_records(
                 &region::EitherFutex {
                     other: wake,
                     other_seen: seen,

@@ -108,6 +108,17 @@ pub const CTL_LIVE_REPLICA: u32 = 1 << 7;
 pub const WAKING_FLAGS: u32 =
     CTL_END_OF_LOG | CTL_DIVERGED | CTL_FAILED | CTL_CONSUMER_GONE | CTL_WENT_LIVE;
 
+/// Leave a count of sleepers (`*_waiters`, `turn_sleepers`) entered with a
+/// `fetch_add` before a wait. A thread restored from a checkpoint resumes
+/// inside a wait it entered in the region of the process it was
+/// checkpointed from, and leaves it in the restored process's new region,
+/// whose counts never had it. The count then stays at zero instead of
+/// wrapping: a wrapped count reads zero again when the next thread sleeps,
+/// nobody wakes that thread, and it waits out its timeout at every turn.
+pub fn leave_wait(count: &AtomicU32) {
+    let _ = count.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+}
+
 /// Length of `Control::message`.
 pub const MESSAGE_LEN: usize = 1024;
 /// Number of turn words (see `Control::turn_words`).
@@ -595,7 +606,7 @@ impl Region {
                 if c.tail.load(Ordering::SeqCst) == tail && !self.has(CTL_CONSUMER_GONE) {
                     futex.wait(&c.tail_seq, seq, Some(100));
                 }
-                c.tail_waiters.fetch_sub(1, Ordering::SeqCst);
+                leave_wait(&c.tail_waiters);
             }
         }
         let at = (head as usize) & (RING_CAP - 1);
@@ -691,8 +702,8 @@ impl Region {
         if head.is_some() && head != Some(vtid) && stop == 0 {
             futex.wait(&c.turn_words[i], w, timeout_ms);
         }
-        c.turn_waiters[i].fetch_sub(1, Ordering::SeqCst);
-        c.turn_sleepers.fetch_sub(1, Ordering::SeqCst);
+        leave_wait(&c.turn_waiters[i]);
+        leave_wait(&c.turn_sleepers);
     }
 
     /// The published-bytes counter: records below it may be read with
@@ -824,8 +835,21 @@ impl Region {
     }
 
     /// Wait until a record is published (the ring is not empty), a flag is
-    /// raised, or `timeout_ms` passes. Spurious returns are allowed.
+    /// raised, or `timeout_ms` passes. Spurious returns are allowed. For
+    /// the threads of a replica, which must see it go live.
     pub fn wait_published(&self, futex: &impl Futex, timeout_ms: Option<u32>) {
+        self.wait_published_unless(futex, timeout_ms, WAKING_FLAGS);
+    }
+
+    /// The consumer of a recording ring: like [`Region::wait_published`],
+    /// but a replica's having gone live ([`CTL_WENT_LIVE`], which stays set
+    /// for the rest of the program's life) is history to the consumer of
+    /// its new records, not an event to wake for.
+    pub fn wait_for_records(&self, futex: &impl Futex, timeout_ms: Option<u32>) {
+        self.wait_published_unless(futex, timeout_ms, WAKING_FLAGS & !CTL_WENT_LIVE);
+    }
+
+    fn wait_published_unless(&self, futex: &impl Futex, timeout_ms: Option<u32>, waking: u32) {
         let c = self.control();
         if futex.polls() {
             futex.wait(&c.head_seq, 0, timeout_ms);
@@ -834,11 +858,11 @@ impl Region {
         c.head_waiters.fetch_add(1, Ordering::SeqCst);
         let seq = c.head_seq.load(Ordering::SeqCst);
         if c.head.load(Ordering::SeqCst) == c.tail.load(Ordering::SeqCst)
-            && c.flags.load(Ordering::SeqCst) & WAKING_FLAGS == 0
+            && c.flags.load(Ordering::SeqCst) & waking == 0
         {
             futex.wait(&c.head_seq, seq, timeout_ms);
         }
-        c.head_waiters.fetch_sub(1, Ordering::SeqCst);
+        leave_wait(&c.head_waiters);
     }
 
     /// The consumed-bytes counter (replay: whether the head record moved).

@@ -469,6 +469,89 @@ fn consumer_gone(f: TestFutex) {
     assert!(r.publish(&h, &p, &f));
 }
 
+/// A replica that went live keeps `CTL_WENT_LIVE` for good. Its replay
+/// threads must never sleep past it, but the consumer of its new records
+/// must still sleep while the ring is empty: a consumer that treated the
+/// flag as an event would poll the empty ring at full speed for the rest
+/// of the program's life.
+#[test]
+fn after_going_live_the_consumer_sleeps_and_replay_threads_do_not() {
+    let mem = Mem::new();
+    let r = mem.region();
+    let f = TestFutex::default();
+    r.go_live(1, &f);
+    assert!(r.has(CTL_WENT_LIVE));
+    r.wait_published(&f, Some(1));
+    assert_eq!(
+        f.waits.load(Ordering::Relaxed),
+        0,
+        "a replay thread slept past going live"
+    );
+    r.wait_for_records(&f, Some(1));
+    assert_eq!(
+        f.waits.load(Ordering::Relaxed),
+        1,
+        "the consumer did not sleep on an empty ring"
+    );
+    let (h, p) = record(1, 10);
+    assert!(r.publish(&h, &p, &f));
+    r.wait_for_records(&f, Some(1));
+    assert_eq!(
+        f.waits.load(Ordering::Relaxed),
+        1,
+        "the consumer slept with a record published"
+    );
+}
+
+/// A thread checkpointed while it waited for its turn resumes, after a
+/// restore, inside that wait, in a new region whose counts never had it.
+/// Leaving the wait must not hide the next thread that sleeps there: the
+/// thread that passes the turn must still wake it.
+#[test]
+fn a_wait_resumed_in_a_restored_region_leaves_the_next_sleeper_wakeable() {
+    let mem = Mem::new();
+    let r = mem.region();
+    r.control()
+        .mode
+        .store(Mode::Replay as u32, Ordering::SeqCst);
+    let f = TestFutex::default();
+    let (mut h1, p1) = record(1, 8);
+    let (mut h2, p2) = record(2, 8);
+    h1.vtid = 1;
+    h2.vtid = 2;
+    assert!(r.publish(&h1, &p1, &f));
+    assert!(r.publish(&h2, &p2, &f));
+    let c = r.control();
+    thread::scope(|s| {
+        // Thread 2 sleeps for its turn (record 1, thread 1's, is the head).
+        let t = s.spawn(|| r.wait_turn(2, &f, Some(10_000)));
+        eventually("thread 2 to sleep", || {
+            c.turn_waiters[2].load(Ordering::SeqCst) == 1
+        });
+        // The restore: a fresh region, whose counts are zero, under the
+        // sleeping thread; then the thread comes out of its wait.
+        c.turn_waiters[2].store(0, Ordering::SeqCst);
+        c.turn_sleepers.store(0, Ordering::SeqCst);
+        c.turn_words[2].fetch_add(1, Ordering::SeqCst);
+        t.join().unwrap();
+        assert_eq!(c.turn_waiters[2].load(Ordering::SeqCst), 0);
+        assert_eq!(c.turn_sleepers.load(Ordering::SeqCst), 0);
+        // It sleeps again; thread 1 replays record 1 and passes the turn.
+        let t = s.spawn(|| r.wait_turn(2, &f, Some(10_000)));
+        eventually("thread 2 to sleep again", || {
+            c.turn_waiters[2].load(Ordering::SeqCst) == 1
+        });
+        let wakes = f.wakes.load(Ordering::SeqCst);
+        let h = r.peek().expect("record 1 at the head");
+        r.consume_and_pass(&h, &f);
+        assert!(
+            f.wakes.load(Ordering::SeqCst) > wakes,
+            "the turn passed to thread 2 without waking it"
+        );
+        t.join().unwrap();
+    });
+}
+
 #[test]
 fn a_waiting_consumer_is_woken_by_publish() {
     let mem = Mem::new();
