@@ -138,6 +138,9 @@ pub struct AppShared {
     pub replayed: AtomicU64,
     /// Root pid of the local program, 0 if none.
     pub pid: AtomicI32,
+    /// Root pid of the last primary program killed here, once its sockets
+    /// are shut down (its clients told their connections are over).
+    pub sockets_shut: AtomicI32,
     /// The application's service address.
     pub vip: Mutex<Option<String>>,
     /// Set when the application is forgotten: threads and tasks end.
@@ -199,6 +202,7 @@ impl AppShared {
                 stream_gen: AtomicU64::new(0),
                 replayed: AtomicU64::new(0),
                 pid: AtomicI32::new(0),
+                sockets_shut: AtomicI32::new(0),
                 vip: Mutex::new(vip),
                 gone: AtomicBool::new(false),
                 policy: storage.checkpoints,
@@ -672,15 +676,20 @@ impl RunnerThread {
     }
 
     fn kill(&mut self) {
-        match std::mem::replace(&mut self.side, Side::Idle) {
-            Side::Primary(p) | Side::Replica(p) => {
-                p.kill();
-                self.shared.pid.store(0, Ordering::SeqCst);
-                self.pids.clear();
-                let _ = std::fs::remove_file(self.shared.dir.join(PIDS_FILE));
-            }
-            Side::Idle => {}
+        let (p, primary) = match std::mem::replace(&mut self.side, Side::Idle) {
+            Side::Primary(p) => (p, true),
+            Side::Replica(p) => (p, false),
+            Side::Idle => return,
+        };
+        p.kill();
+        if primary {
+            self.shared
+                .sockets_shut
+                .store(p.root_pid(), Ordering::SeqCst);
         }
+        self.shared.pid.store(0, Ordering::SeqCst);
+        self.pids.clear();
+        let _ = std::fs::remove_file(self.shared.dir.join(PIDS_FILE));
     }
 
     /// Keep the pids file up to date (checked every 500 ms).

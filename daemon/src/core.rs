@@ -487,9 +487,12 @@ impl Core {
                 .status(name)
                 .and_then(|s| s.switch)
                 .is_some_and(|w| w.downtime.is_some());
-            // The program's connections close when it ends: with the
-            // address still here, its clients hear of it at once.
-            let ended = old_pid <= 0 || sys::has_exited(old_pid);
+            // The program's connections close when its sockets are shut
+            // down at the kill, or at the latest when it has ended: with
+            // the address still here, its clients hear of it at once.
+            let ended = old_pid <= 0
+                || l.shared.sockets_shut.load(Ordering::SeqCst) == old_pid
+                || sys::has_exited(old_pid);
             if (announced && ended) || Instant::now() >= deadline {
                 l.vip_release = None;
                 if let Some(v) = l.shared.vip.lock().unwrap().clone() {

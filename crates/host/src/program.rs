@@ -261,10 +261,21 @@ impl Program {
             .then(|| region::message(&r))
     }
 
-    /// SIGKILL every process of the program (its process group too).
+    /// SIGKILL every process of the program (its process group too). A
+    /// primary's sockets are shut down first (see
+    /// [`crate::sys::shut_down_sockets`]), so that its clients hear that
+    /// their connections are over at once rather than once a large address
+    /// space is torn down; a replica's are placeholders.
     pub fn kill(&self) {
         let r = self.region();
         r.raise(CTL_CONSUMER_GONE, &SysFutex);
+        if self.side == Side::Primary {
+            for pid in region::live_pids(&r).into_iter().chain([self.root]) {
+                if pid > 0 {
+                    crate::sys::shut_down_sockets(pid);
+                }
+            }
+        }
         if self.root > 0 {
             // SAFETY: kill has no memory preconditions; the group is the
             // program's own (it was made its leader at spawn).

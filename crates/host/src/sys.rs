@@ -2,6 +2,7 @@
 //! process: every `-1` becomes a [`SysError`] naming the operation.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use libc::c_int;
 
@@ -177,8 +178,12 @@ pub fn zeroed_sigaction() -> libc::sigaction {
     unsafe { std::mem::zeroed() }
 }
 
-/// Whether process `pid` has ended: gone, or a zombie (its descriptors,
-/// sockets among them, are closed by then).
+/// Whether process `pid` has ended: gone, or a zombie none of whose
+/// threads still runs. Only then are its descriptors, sockets among them,
+/// closed: the main thread of a killed multi-threaded process is a zombie
+/// as soon as it has exited itself, while another thread may still be
+/// tearing down a large address space before the descriptors it shares
+/// are closed.
 pub fn has_exited(pid: i32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return true;
@@ -188,7 +193,69 @@ pub fn has_exited(pid: i32) -> bool {
     let state = stat
         .rfind(')')
         .and_then(|i| stat[i + 1..].split_whitespace().next());
-    matches!(state, Some("Z" | "X") | None)
+    if !matches!(state, Some("Z" | "X") | None) {
+        return false;
+    }
+    // The main thread stays listed while it is a zombie; any other thread
+    // listed has not finished exiting.
+    match std::fs::read_dir(format!("/proc/{pid}/task")) {
+        Ok(tasks) => tasks
+            .filter_map(Result::ok)
+            .all(|t| t.file_name().to_str() == Some(&pid.to_string())),
+        Err(_) => true,
+    }
+}
+
+/// Shut down, in both directions, every socket process `pid` has open:
+/// its TCP peers get a FIN (a reset where it left data unread) and its
+/// listening sockets refuse new connections now, not once the process has
+/// finished exiting, which after a SIGKILL comes only when its address
+/// space is torn down (tens to hundreds of milliseconds for a large one).
+/// Only for a program that will never run again (paused, about to be
+/// killed). Returns how many sockets were shut down; a process that is
+/// gone, or whose descriptors cannot be had, has none.
+pub fn shut_down_sockets(pid: i32) -> usize {
+    // SAFETY: pidfd_open takes a pid and flags and touches no memory of ours.
+    let pidfd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if pidfd < 0 {
+        return 0;
+    }
+    // SAFETY: pidfd_open returned a new descriptor that nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd as RawFd) };
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut shut = 0;
+    for entry in fds.filter_map(Result::ok) {
+        let Some(fd) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(link) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let link = link.to_string_lossy().into_owned();
+        if !link.starts_with("socket:") || !seen.insert(link) {
+            continue;
+        }
+        // SAFETY: pidfd_getfd takes a pidfd, a descriptor number in that
+        // process and flags; it touches no memory of ours.
+        let ours = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd, 0) };
+        if ours < 0 {
+            continue;
+        }
+        // SAFETY: pidfd_getfd returned a new descriptor that nothing else owns.
+        let ours = unsafe { OwnedFd::from_raw_fd(ours as RawFd) };
+        // SAFETY: shutdown takes a descriptor we own and a constant.
+        if unsafe { libc::shutdown(ours.as_raw_fd(), libc::SHUT_RDWR) } == 0 {
+            shut += 1;
+        }
+    }
+    shut
 }
 
 /// When process `pid` started, in clock ticks after boot (field 22 of
@@ -241,4 +308,115 @@ pub fn receive_fd(
         io::ErrorKind::UnexpectedEof,
         "the restore ended without sending the region",
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A program whose main thread exits while another thread runs on until
+    /// its standard input closes.
+    const MAIN_EXITS_FIRST: &str = r#"
+#include <pthread.h>
+#include <unistd.h>
+static void *until_eof(void *arg) { char c; (void)arg; while (read(0, &c, 1) > 0) {} return 0; }
+int main(void) { pthread_t t; pthread_create(&t, 0, until_eof, 0); pthread_exit(0); }
+"#;
+
+    /// A program that connects to 127.0.0.1:PORT and then waits for ever.
+    const CONNECT_AND_WAIT: &str = r#"
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 2) return 1;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[1])) };
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    if (connect(s, (struct sockaddr *)&a, sizeof a) != 0) return 1;
+    for (;;) pause();
+}
+"#;
+
+    fn build(dir: &std::path::Path, name: &str, source: &str) -> std::path::PathBuf {
+        let exe = dir.join(name);
+        let mut gcc = Command::new("gcc")
+            .args(["-x", "c", "-", "-pthread", "-o"])
+            .arg(&exe)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("run gcc");
+        gcc.stdin
+            .take()
+            .unwrap()
+            .write_all(source.as_bytes())
+            .unwrap();
+        assert!(gcc.wait().unwrap().success(), "gcc failed to build {name}");
+        exe
+    }
+
+    /// The peer of a connection that another, still living process holds
+    /// hears it end once that process's sockets are shut down.
+    #[test]
+    fn shutting_down_a_processs_sockets_ends_its_connections_while_it_lives() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let exe = build(dir.path(), "connect_and_wait", CONNECT_AND_WAIT);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut child = Command::new(&exe).arg(port.to_string()).spawn().unwrap();
+        let pid = child.id() as i32;
+        let (mut conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        assert_eq!(shut_down_sockets(pid), 1);
+        let mut buf = [0u8; 16];
+        assert_eq!(conn.read(&mut buf).expect("the connection to end"), 0);
+        assert!(!has_exited(pid), "the process should still be alive");
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    fn state(pid: i32) -> Option<String> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        Some(
+            stat[stat.rfind(')')? + 1..]
+                .split_whitespace()
+                .next()?
+                .to_owned(),
+        )
+    }
+
+    fn eventually(what: &str, cond: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cond() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A process is not over while any of its threads runs, even once its
+    /// main thread is a zombie: its sockets are still open.
+    #[test]
+    fn a_process_whose_main_thread_is_a_zombie_has_not_exited_while_a_thread_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = build(dir.path(), "main_exits_first", MAIN_EXITS_FIRST);
+
+        let mut child = Command::new(&exe).stdin(Stdio::piped()).spawn().unwrap();
+        let pid = child.id() as i32;
+        eventually("the main thread to exit", || {
+            state(pid).as_deref() == Some("Z")
+        });
+        assert!(
+            !has_exited(pid),
+            "a process with a running thread counted as ended"
+        );
+        drop(child.stdin.take());
+        eventually("the last thread to exit", || has_exited(pid));
+        assert!(child.wait().unwrap().success());
+    }
 }
