@@ -44,10 +44,13 @@ pub enum Scenario {
     /// The backup comes back and, while it catches up, its `ferryd` is
     /// killed again.
     CatchupFault,
+    /// `ferry migrate` to the backup, and kill -9 the source host while
+    /// the target catches up or the roles switch.
+    MigrateKillSource,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::KillApp,
         Scenario::KillFerryd,
         Scenario::KillHost,
@@ -56,6 +59,7 @@ impl Scenario {
         Scenario::KillBackup,
         Scenario::KillWitness,
         Scenario::CatchupFault,
+        Scenario::MigrateKillSource,
     ];
 
     pub fn name(self) -> &'static str {
@@ -68,6 +72,7 @@ impl Scenario {
             Scenario::KillBackup => "kill-backup",
             Scenario::KillWitness => "kill-witness",
             Scenario::CatchupFault => "catchup-fault",
+            Scenario::MigrateKillSource => "migrate-kill-source",
         }
     }
 
@@ -84,6 +89,7 @@ impl Scenario {
                 | Scenario::KillHost
                 | Scenario::FreezeFerryd
                 | Scenario::DropReplication
+                | Scenario::MigrateKillSource
         )
     }
 
@@ -108,6 +114,9 @@ impl Scenario {
             }
             Scenario::CatchupFault => {
                 "the backup host dies and comes back; while it catches up its ferryd is killed again; the primary keeps serving and the backup catches up in the end"
+            }
+            Scenario::MigrateKillSource => {
+                "ferry migrate to the backup; kill -9 every process of the source host while the target catches up or the roles switch; the target serves"
             }
         }
     }
@@ -326,11 +335,12 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
     thread::sleep(settings.warmup);
 
     // The fault.
-    let t_fault = monitor.now_ms();
+    let mut t_fault = monitor.now_ms();
     let mut t_resume = None;
-    let fault = inject(run, cluster, &p0, &b0);
-    if let Err(e) = fault {
-        run.unchecked(format!("injecting the fault: {e}"));
+    match inject(run, cluster, &monitor, &p0, &b0) {
+        Ok(Some(t)) => t_fault = t,
+        Ok(None) => {}
+        Err(e) => run.unchecked(format!("injecting the fault: {e}")),
     }
     let mut new_primary = None;
     if scenario.fails_over() {
@@ -528,13 +538,15 @@ fn body(run: &mut Run<'_>, cluster: &mut Cluster) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Inject the scenario's fault.
+/// Inject the scenario's fault. Returns when it struck (the monitor's
+/// clock) if not at once: a fault during an operation starts it first.
 fn inject(
     run: &mut Run<'_>,
     cluster: &mut Cluster,
+    monitor: &Monitor,
     p0: &str,
     b0: &str,
-) -> Result<(), ClusterError> {
+) -> Result<Option<f64>, ClusterError> {
     match run.scenario {
         Scenario::KillApp => {
             let pids = cluster.kill_app(p0)?;
@@ -555,6 +567,33 @@ fn inject(
         }
         Scenario::KillWitness => {
             cluster.kill_host(WITNESS)?;
+        }
+        Scenario::MigrateKillSource => {
+            // Early in the catch-up, late in it, around the switch, after
+            // it: one moment per run, in turn.
+            let delay =
+                MIGRATE_KILL_AFTER_MS[(run.result.run as usize - 1) % MIGRATE_KILL_AFTER_MS.len()];
+            let app = cluster.config().app.clone();
+            let mut migrate = cluster.ferry(p0, &["migrate", &app, "--to", b0])?;
+            migrate
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+            let mut child = migrate.spawn().map_err(|e| ClusterError::Io {
+                what: format!("running ferry migrate on {p0}"),
+                source: e,
+            })?;
+            thread::sleep(Duration::from_millis(delay));
+            let t = monitor.now_ms();
+            let killed = cluster.kill_host(p0);
+            // The host's processes, `ferry migrate` among them, are gone.
+            let _ = child.kill();
+            let _ = child.wait();
+            let pids = killed?;
+            run.note(format!(
+                "killed host {p0} {delay} ms into ferry migrate --to {b0}: {} processes",
+                pids.len()
+            ));
+            return Ok(Some(t));
         }
         Scenario::CatchupFault => {
             cluster.kill_host(b0)?;
@@ -582,8 +621,12 @@ fn inject(
             cluster.start_daemon(b0)?;
         }
     }
-    Ok(())
+    Ok(None)
 }
+
+/// When `migrate-kill-source` kills the source host, in ms after
+/// `ferry migrate` starts, by run.
+const MIGRATE_KILL_AFTER_MS: [u64; 5] = [0, 100, 300, 700, 1500];
 
 /// Split-brain and answers from two hosts, and the failover time.
 fn check_observations(
@@ -660,7 +703,7 @@ fn check_observations(
 fn heal(run: &mut Run<'_>, cluster: &mut Cluster, p0: &str, b0: &str) {
     let r = match run.scenario {
         Scenario::KillFerryd => cluster.restart_daemon(p0),
-        Scenario::KillHost => cluster.reboot_host(p0),
+        Scenario::KillHost | Scenario::MigrateKillSource => cluster.reboot_host(p0),
         Scenario::KillBackup => cluster.reboot_host(b0),
         Scenario::KillWitness => cluster.reboot_host(WITNESS),
         Scenario::KillApp
