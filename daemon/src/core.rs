@@ -898,6 +898,10 @@ impl Core {
                     image: shipment.head.clone(),
                 };
                 let mut send = peer::open_record_stream(&connection, &head).await?;
+                // Below the records (priority 0): the new primary's writes
+                // wait for this backup's acknowledgements, which must not
+                // queue behind a gigabyte of image.
+                send.set_priority(-1)?;
                 shipment.send(&shared.name, &mut send).await?;
                 send.finish()?;
                 // Until the peer has read it all: dropping the stream early

@@ -261,21 +261,27 @@ impl Program {
             .then(|| region::message(&r))
     }
 
-    /// SIGKILL every process of the program (its process group too). A
-    /// primary's sockets are shut down first (see
+    /// SIGKILL every process of the program (its process group too).
+    ///
+    /// A paused primary's sockets are shut down first (see
     /// [`crate::sys::shut_down_sockets`]), so that its clients hear that
     /// their connections are over at once rather than once a large address
-    /// space is torn down; a replica's are placeholders.
+    /// space is torn down. Only a paused one: no thread of it can log, and
+    /// so none can act on, what the shutdown makes its calls return (a
+    /// running program would log the ends of connections that its clients
+    /// never closed). A replica's sockets are placeholders.
     pub fn kill(&self) {
         let r = self.region();
-        r.raise(CTL_CONSUMER_GONE, &SysFutex);
-        if self.side == Side::Primary {
+        if self.side == Side::Primary && r.has(ferry_ring::CTL_PAUSE) && self.pause_done().is_some()
+        {
             for pid in region::live_pids(&r).into_iter().chain([self.root]) {
                 if pid > 0 {
                     crate::sys::shut_down_sockets(pid);
                 }
             }
         }
+        // Only now: the consumer's going lets waiting threads go on.
+        r.raise(CTL_CONSUMER_GONE, &SysFutex);
         if self.root > 0 {
             // SAFETY: kill has no memory preconditions; the group is the
             // program's own (it was made its leader at spawn).
