@@ -15,20 +15,7 @@ const LIMIT: Duration = Duration::from_secs(30);
 /// a, b and the witness w, checkpointing every second into 64 KiB segments.
 fn three() -> Cluster {
     Cluster::start_with(
-        &[
-            NodeSpec {
-                name: "a",
-                witness: false,
-            },
-            NodeSpec {
-                name: "b",
-                witness: false,
-            },
-            NodeSpec {
-                name: "w",
-                witness: true,
-            },
-        ],
+        &THREE,
         "checkpoint-every = 1\ncheckpoints-kept = 1\nlog-segment-kib = 64\n",
     )
 }
@@ -74,20 +61,13 @@ fn a_replica_restored_from_its_image_takes_over_with_every_acknowledged_write() 
     let replica = s["pid"].as_i64().expect("b's replica runs") as i32;
     // SAFETY: kill with the pid of the replica this test's cluster runs.
     unsafe { libc::kill(replica, libc::SIGKILL) };
-    let a = cluster.node("a").app("kv").unwrap();
-    let pid = a["pid"].as_i64().unwrap() as i32;
-    cluster.node_mut("a").kill9();
-    // SAFETY: kill with the pid of the program this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    cluster.kill_host("a", "kv");
 
-    let b = cluster.node("b");
-    let took = wait_for(LIMIT, || {
-        b.app("kv")
-            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
-    })
-    .unwrap_or_else(|| panic!("b did not take over:\n{}", cluster.logs()));
-    let restored = b.log_text().contains("replica restored from an image");
-    cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
+    cluster.wait_primary("b", "kv", LIMIT);
+    let restored = cluster
+        .node("b")
+        .log_text()
+        .contains("replica restored from an image");
     assert!(
         restored,
         "b did not start its replica from the image:\n{}",
@@ -109,18 +89,8 @@ fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and
 
     // a's host dies for good: b takes over, with a log that no longer
     // starts at record 1.
-    let a = cluster.node("a").app("kv").unwrap();
-    let pid = a["pid"].as_i64().unwrap() as i32;
-    cluster.node_mut("a").kill9();
-    // SAFETY: kill with the pid of the program this test started.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let b = cluster.node("b");
-    let took = wait_for(LIMIT, || {
-        b.app("kv")
-            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
-    })
-    .unwrap_or_else(|| panic!("b did not take over:\n{}", cluster.logs()));
-    cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
+    cluster.kill_host("a", "kv");
+    let took = cluster.wait_primary("b", "kv", LIMIT);
     assert!(u(&took, "log_first") > 1, "b's log was not trimmed: {took}");
     acks.extend(write_keys_from(&cluster, port, 250, 30));
 
@@ -152,18 +122,8 @@ fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and
 
     // Now b dies: a, which never saw the first records, takes over with
     // every acknowledged write.
-    let b = cluster.node("b").app("kv").unwrap();
-    let pid = b["pid"].as_i64().unwrap() as i32;
-    cluster.node_mut("b").kill9();
-    // SAFETY: kill with the pid of the program this test's cluster runs.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let a = cluster.node("a");
-    let took = wait_for(LIMIT, || {
-        a.app("kv")
-            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
-    })
-    .unwrap_or_else(|| panic!("a did not take over:\n{}", cluster.logs()));
-    cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
+    cluster.kill_host("b", "kv");
+    cluster.wait_primary("a", "kv", LIMIT);
     check_keys(&cluster, port, &acks);
 }
 
@@ -219,13 +179,7 @@ fn after_a_handover_the_old_primary_starts_its_replica_from_the_new_primarys_ima
     // image; b sends its image and a's replica starts from it.
     let out = cluster.node("a").ferry(&["failover", "kv"]);
     assert!(out.status.success(), "{out:?}");
-    let b = cluster.node("b");
-    let served = wait_for(LIMIT, || {
-        b.app("kv")
-            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
-    })
-    .unwrap_or_else(|| panic!("b did not become the primary:\n{}", cluster.logs()));
-    cluster.pids.push(served["pid"].as_i64().unwrap() as i32);
+    cluster.wait_primary("b", "kv", LIMIT);
     acks.extend(write_keys_from(&cluster, port, acks.len(), 20));
     let logged = u(&cluster.node("b").app("kv").unwrap(), "logged");
     let a = cluster.node("a");
@@ -245,16 +199,7 @@ fn after_a_handover_the_old_primary_starts_its_replica_from_the_new_primarys_ima
 
     // b dies: a's replica, restored from the image, takes over with every
     // acknowledged write.
-    let pid = served["pid"].as_i64().unwrap() as i32;
-    cluster.node_mut("b").kill9();
-    // SAFETY: kill with the pid of the program this test's cluster runs.
-    unsafe { libc::kill(pid, libc::SIGKILL) };
-    let a = cluster.node("a");
-    let took = wait_for(LIMIT, || {
-        a.app("kv")
-            .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
-    })
-    .unwrap_or_else(|| panic!("a did not take over:\n{}", cluster.logs()));
-    cluster.pids.push(took["pid"].as_i64().unwrap() as i32);
+    cluster.kill_host("b", "kv");
+    cluster.wait_primary("a", "kv", LIMIT);
     check_keys(&cluster, port, &acks);
 }

@@ -15,20 +15,7 @@ use serde_json::Value;
 const LIMIT: Duration = Duration::from_secs(20);
 
 fn three() -> Cluster {
-    Cluster::start(&[
-        NodeSpec {
-            name: "a",
-            witness: false,
-        },
-        NodeSpec {
-            name: "b",
-            witness: false,
-        },
-        NodeSpec {
-            name: "w",
-            witness: true,
-        },
-    ])
+    Cluster::start(&THREE)
 }
 
 fn u(v: &Value, k: &str) -> u64 {

@@ -17,20 +17,7 @@ use serde_json::Value;
 const LIMIT: Duration = Duration::from_secs(30);
 
 fn three() -> Cluster {
-    Cluster::start(&[
-        NodeSpec {
-            name: "a",
-            witness: false,
-        },
-        NodeSpec {
-            name: "b",
-            witness: false,
-        },
-        NodeSpec {
-            name: "w",
-            witness: true,
-        },
-    ])
+    Cluster::start(&THREE)
 }
 
 /// A client that writes keys `first..` one after the other, reconnecting

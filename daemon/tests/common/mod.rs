@@ -174,6 +174,22 @@ pub struct NodeSpec<'a> {
     pub witness: bool,
 }
 
+/// Two nodes that run programs, a and b, and the witness w.
+pub const THREE: [NodeSpec<'static>; 3] = [
+    NodeSpec {
+        name: "a",
+        witness: false,
+    },
+    NodeSpec {
+        name: "b",
+        witness: false,
+    },
+    NodeSpec {
+        name: "w",
+        witness: true,
+    },
+];
+
 impl Cluster {
     /// Start `nodes`, all peers of each other, with certificates from one
     /// CA; wait until each is ready and connected to all the others.
@@ -258,6 +274,32 @@ impl Cluster {
     /// The daemon named `name`, mutably.
     pub fn node_mut(&mut self, name: &str) -> &mut Daemon {
         self.daemons.iter_mut().find(|d| d.name == name).unwrap()
+    }
+
+    /// Node `name`'s host dies: kill -9 its `ferryd` and the program it
+    /// runs for `app`.
+    pub fn kill_host(&mut self, name: &str, app: &str) {
+        let pid = self.node(name).app(app).and_then(|s| s["pid"].as_i64());
+        self.node_mut(name).kill9();
+        if let Some(pid) = pid {
+            // SAFETY: kill with the pid of the program this test's cluster
+            // runs.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// Wait until node `name` serves `app` as primary with a program (which
+    /// is then killed with the cluster); its status. Panics with every log
+    /// after `limit`.
+    pub fn wait_primary(&mut self, name: &str, app: &str, limit: Duration) -> serde_json::Value {
+        let node = self.node(name);
+        let s = wait_for(limit, || {
+            node.app(app)
+                .filter(|s| s["role"] == "primary" && s["pid"].as_i64().is_some())
+        })
+        .unwrap_or_else(|| panic!("{name} did not become the primary:\n{}", self.logs()));
+        self.pids.push(s["pid"].as_i64().unwrap() as i32);
+        s
     }
 
     /// Every daemon's log, for failure messages.
