@@ -147,6 +147,48 @@ pub struct AppShared {
     pub gone: AtomicBool,
     /// When the replica is checkpointed.
     pub policy: Policy,
+    /// Long work under way on the images, for `ferry status`.
+    under_way: Mutex<Vec<(u64, UnderWay)>>,
+    next_work: AtomicU64,
+}
+
+/// Long work under way on an application's images.
+#[derive(Clone, Debug)]
+pub struct UnderWay {
+    /// What, in a few words (`sending an image to n2`).
+    pub what: String,
+    /// The image's position.
+    pub at: u64,
+    /// Bytes done and in all (0: not known).
+    pub done: u64,
+    pub total: u64,
+    pub since: Instant,
+}
+
+/// Work listed in [`AppShared::under_way`] until this is dropped.
+pub struct Working<'a> {
+    shared: &'a AppShared,
+    id: u64,
+}
+
+impl Working<'_> {
+    /// `done` bytes of the work are done.
+    pub fn done(&self, done: u64) {
+        let mut list = self.shared.under_way.lock().unwrap();
+        if let Some((_, w)) = list.iter_mut().find(|(id, _)| *id == self.id) {
+            w.done = done;
+        }
+    }
+}
+
+impl Drop for Working<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .under_way
+            .lock()
+            .unwrap()
+            .retain(|(id, _)| *id != self.id);
+    }
 }
 
 /// How every application's files are kept (from the settings).
@@ -159,6 +201,33 @@ pub struct Storage {
 }
 
 impl AppShared {
+    /// List `what` (about the image at `at`, `total` bytes if known) as
+    /// under way until the guard is dropped.
+    pub fn working(&self, what: String, at: u64, total: u64) -> Working<'_> {
+        let id = self.next_work.fetch_add(1, Ordering::Relaxed);
+        self.under_way.lock().unwrap().push((
+            id,
+            UnderWay {
+                what,
+                at,
+                done: 0,
+                total,
+                since: Instant::now(),
+            },
+        ));
+        Working { shared: self, id }
+    }
+
+    /// The long work under way now.
+    pub fn under_way(&self) -> Vec<UnderWay> {
+        self.under_way
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, w)| w.clone())
+            .collect()
+    }
+
     /// Open (or create) the application's directory and log. A log that
     /// cannot be opened is moved aside and a new empty one made; the
     /// caller reports the damage with `Corrupt`.
@@ -206,6 +275,8 @@ impl AppShared {
                 vip: Mutex::new(vip),
                 gone: AtomicBool::new(false),
                 policy: storage.checkpoints,
+                under_way: Mutex::new(Vec::new()),
+                next_work: AtomicU64::new(0),
             }),
             damaged,
         ))
@@ -1148,7 +1219,11 @@ impl RunnerThread {
             }
             return;
         }
+        let working = self
+            .shared
+            .working("checkpointing the replica".into(), at, 0);
         let result = self.take_checkpoint(at);
+        drop(working);
         self.ckpt.pending = None;
         self.ckpt.since = Instant::now();
         match result {

@@ -855,7 +855,7 @@ impl Core {
         l.streamers.insert(
             to.to_owned(),
             tokio::spawn(async move {
-                if let Err(e) = stream_records(shared, connection, from_gseq).await {
+                if let Err(e) = stream_records(shared, connection, &peer, from_gseq).await {
                     debug!(peer, error = %e, "record stream ended");
                 }
             }),
@@ -902,7 +902,7 @@ impl Core {
                 // wait for this backup's acknowledgements, which must not
                 // queue behind a gigabyte of image.
                 send.set_priority(-1)?;
-                shipment.send(&shared.name, &mut send).await?;
+                shipment.send(&shared, &peer, &mut send).await?;
                 send.finish()?;
                 // Until the peer has read it all: dropping the stream early
                 // would cut it short.
@@ -1428,6 +1428,18 @@ impl Core {
                 epoch: w.epoch,
                 downtime_us: w.downtime.map(|d| d / 1_000),
             }),
+            under_way: local
+                .map(|l| l.shared.under_way())
+                .unwrap_or_default()
+                .into_iter()
+                .map(|w| ctl::UnderWayStatus {
+                    what: w.what,
+                    at: w.at,
+                    done_bytes: w.done,
+                    total_bytes: w.total,
+                    elapsed_ms: w.since.elapsed().as_millis() as u64,
+                })
+                .collect(),
         }
     }
 }
@@ -1456,6 +1468,7 @@ impl Local {
 async fn stream_records(
     shared: Arc<AppShared>,
     connection: quinn::Connection,
+    peer: &str,
     from_gseq: u64,
 ) -> anyhow::Result<()> {
     let mut progress = shared.progress.subscribe();
@@ -1483,7 +1496,7 @@ async fn stream_records(
     };
     let mut send = peer::open_record_stream(&connection, &head).await?;
     if let Some(shipment) = shipment {
-        shipment.send(&shared.name, &mut send).await?;
+        shipment.send(&shared, peer, &mut send).await?;
     }
     let mut next = from_gseq;
     let mut first = true;

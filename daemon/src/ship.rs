@@ -18,7 +18,7 @@ use quinn::SendStream;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::app::AppShared;
+use crate::app::{AppShared, Working};
 use crate::images::{self, Stored};
 use crate::peer::{ImageHead, RecordStream};
 
@@ -74,10 +74,18 @@ impl Shipment {
         })
     }
 
-    /// Send the files' bytes on `send` (the head is already written).
-    pub async fn send(self, app: &str, send: &mut SendStream) -> anyhow::Result<()> {
+    /// Send the files' bytes on `send` to `peer` (the head is already
+    /// written).
+    pub async fn send(
+        self,
+        shared: &AppShared,
+        peer: &str,
+        send: &mut SendStream,
+    ) -> anyhow::Result<()> {
+        let app = shared.name.as_str();
         let total: u64 = self.head.files.iter().map(|f| f.1).sum();
         let at = self.head.at;
+        let working = shared.working(format!("sending an image to {peer}"), at, total);
         info!(app, at, mib = mib(total), image = %self.dir.display(), "sending an image to a backup");
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
         let lens: Vec<u64> = self.head.files.iter().map(|f| f.1).collect();
@@ -107,6 +115,7 @@ impl Shipment {
                 ferry_proto::wire::encode_raw(ferry_proto::wire::KIND_IMAGE_CHUNK, 0, &chunk)?;
             send.write_all(&frame).await?;
             sent += chunk.len() as u64;
+            working.done(sent);
             if said.elapsed() >= EVERY {
                 said = Instant::now();
                 info!(
@@ -159,7 +168,13 @@ pub async fn receive(
     let part = dir.with_extension("part");
     images::remove(&part);
     std::fs::create_dir_all(&part)?;
-    let result = receive_into(app, head, stream, &part).await;
+    let total: u64 = head.files.iter().map(|f| f.1).sum();
+    let working = shared.working(
+        format!("receiving an image from {}", stream.from),
+        at,
+        total,
+    );
+    let result = receive_into(app, head, stream, &part, &working).await;
     if let Err(e) = result {
         images::remove(&part);
         return Err(e);
@@ -175,6 +190,7 @@ async fn receive_into(
     head: &ImageHead,
     stream: &mut RecordStream,
     part: &Path,
+    working: &Working<'_>,
 ) -> anyhow::Result<()> {
     let at = head.at;
     let total: u64 = head.files.iter().map(|f| f.1).sum();
@@ -205,6 +221,7 @@ async fn receive_into(
             pending.drain(..n);
             left -= n as u64;
             got += n as u64;
+            working.done(got);
             if said.elapsed() >= EVERY {
                 said = Instant::now();
                 info!(

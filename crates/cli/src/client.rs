@@ -16,6 +16,9 @@ use ferry_proto::wire::{self, FrameReader, KIND_CONTROL_REPLY, KIND_CONTROL_REQU
 
 use crate::exit::{report, BAD_INPUT, PROGRAM_FAILED, SUCCESS};
 
+/// Bytes in a MiB, for sizes shown to people.
+const MIB: f64 = (1u64 << 20) as f64;
+
 /// Where `ferryd` listens by default.
 pub const DEFAULT_CONTROL: &str = "/run/ferry/ferryd.sock";
 
@@ -223,6 +226,24 @@ pub fn table(s: &NodeStatus) -> String {
                 a.log_first
             );
         }
+        for w in &a.under_way {
+            let size = if w.total_bytes > 0 {
+                format!(
+                    ": {:.1} of {:.1} MiB",
+                    w.done_bytes as f64 / MIB,
+                    w.total_bytes as f64 / MIB
+                )
+            } else {
+                String::new()
+            };
+            let _ = writeln!(
+                out,
+                "  {} after gseq {}{size}, {:.1} s so far",
+                w.what,
+                w.at,
+                w.elapsed_ms as f64 / 1000.0
+            );
+        }
         for b in &a.backups {
             let replica = b
                 .replayed
@@ -334,4 +355,67 @@ pub fn failover(control: &Path, args: FailoverArgs) -> u8 {
 /// `ferry stop`.
 pub fn stop(control: &Path, args: StopArgs) -> u8 {
     request(control, Command::Stop { app: args.app }, false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::control::{AppStatus, UnderWayStatus};
+
+    fn backup_receiving_an_image() -> NodeStatus {
+        NodeStatus {
+            node: "n1".into(),
+            witness: false,
+            connected: vec!["n2".into()],
+            apps: vec![AppStatus {
+                app: "kv".into(),
+                role: "backup".into(),
+                epoch: 2,
+                primary: Some("n2".into()),
+                mode: "sync".into(),
+                logged: 210_000,
+                acked: 210_000,
+                durable: 210_000,
+                replayed: 0,
+                lag_records: 0,
+                lag_ms: 0,
+                healthy: true,
+                protected: false,
+                gate_open: false,
+                backups: vec![],
+                vip: None,
+                pid: None,
+                image: None,
+                log_first: 1,
+                migration: None,
+                switch: None,
+                under_way: vec![UnderWayStatus {
+                    what: "receiving an image from n2".into(),
+                    at: 209_991,
+                    done_bytes: 412 << 20,
+                    total_bytes: 1030 << 20,
+                    elapsed_ms: 3_500,
+                }],
+            }],
+        }
+    }
+
+    /// An image on its way shows how far it is, in the table.
+    #[test]
+    fn the_status_table_shows_an_image_transfer_with_its_progress() {
+        let text = table(&backup_receiving_an_image());
+        assert!(
+            text.contains("  receiving an image from n2 after gseq 209991: 412.0 of 1030.0 MiB, 3.5 s so far\n"),
+            "{text}"
+        );
+    }
+
+    /// A status from a ferryd that predates the field still reads.
+    #[test]
+    fn a_status_without_work_under_way_reads() {
+        let mut json = serde_json::to_value(backup_receiving_an_image()).unwrap();
+        json["apps"][0].as_object_mut().unwrap().remove("under_way");
+        let s: NodeStatus = serde_json::from_value(json).unwrap();
+        assert!(s.apps[0].under_way.is_empty());
+    }
 }

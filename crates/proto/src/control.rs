@@ -256,6 +256,25 @@ pub struct AppStatus {
     pub migration: Option<MigrationStatus>,
     /// The last planned switchover this node handed the role over in.
     pub switch: Option<SwitchStatus>,
+    /// Long work under way on the application's images: a checkpoint
+    /// being written, an image being sent or received.
+    #[serde(default)]
+    pub under_way: Vec<UnderWayStatus>,
+}
+
+/// Long work under way, with its progress, as `ferry status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnderWayStatus {
+    /// What: `checkpointing the replica`, `sending an image to NODE`,
+    /// `receiving an image from NODE`.
+    pub what: String,
+    /// The image's position (gseq).
+    pub at: u64,
+    /// Bytes done so far, and in all (0 when not known beforehand).
+    pub done_bytes: u64,
+    pub total_bytes: u64,
+    /// Since when, in ms.
+    pub elapsed_ms: u64,
 }
 
 /// What a primary knows of one backup.
