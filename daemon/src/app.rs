@@ -747,13 +747,11 @@ impl RunnerThread {
     }
 
     fn kill(&mut self) {
-        let (p, primary) = match std::mem::replace(&mut self.side, Side::Idle) {
-            Side::Primary(p) => (p, true),
-            Side::Replica(p) => (p, false),
-            Side::Idle => return,
+        let (Side::Primary(p) | Side::Replica(p)) = std::mem::replace(&mut self.side, Side::Idle)
+        else {
+            return;
         };
-        p.kill();
-        if primary {
+        if p.kill() {
             self.shared
                 .sockets_shut
                 .store(p.root_pid(), Ordering::SeqCst);

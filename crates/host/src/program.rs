@@ -269,11 +269,14 @@ impl Program {
     /// space is torn down. Only a paused one: no thread of it can log, and
     /// so none can act on, what the shutdown makes its calls return (a
     /// running program would log the ends of connections that its clients
-    /// never closed). A replica's sockets are placeholders.
-    pub fn kill(&self) {
+    /// never closed). A replica's sockets are placeholders. Returns
+    /// whether the sockets were shut down.
+    pub fn kill(&self) -> bool {
         let r = self.region();
-        if self.side == Side::Primary && r.has(ferry_ring::CTL_PAUSE) && self.pause_done().is_some()
-        {
+        let shut = self.side == Side::Primary
+            && r.has(ferry_ring::CTL_PAUSE)
+            && self.pause_done().is_some();
+        if shut {
             for pid in region::live_pids(&r).into_iter().chain([self.root]) {
                 if pid > 0 {
                     crate::sys::shut_down_sockets(pid);
@@ -292,6 +295,7 @@ impl Program {
                 crate::sys::kill_hard(pid);
             }
         }
+        shut
     }
 
     fn need(&self, side: Side) -> Result<(), ProgramError> {
