@@ -586,6 +586,25 @@ impl Node {
         Some(r)
     }
 
+    /// Run the command `f` on the application `name`, or answer that it
+    /// is not known here.
+    fn with_known_app(
+        &mut self,
+        name: &str,
+        out: &mut Vec<Action>,
+        f: impl FnOnce(&mut Node, &mut App, &mut Vec<Action>),
+    ) {
+        if self.with_app(name, |node, app| f(node, app, out)).is_none() {
+            fail(
+                out,
+                name,
+                CommandError::UnknownApp {
+                    app: name.to_owned(),
+                },
+            );
+        }
+    }
+
     fn random(&mut self) -> u64 {
         // SplitMix64.
         self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
@@ -2064,7 +2083,7 @@ impl Node {
     }
 
     fn on_logged(&mut self, name: &str, gseq: Gseq, out: &mut Vec<Action>) {
-        let found = self.with_app(name, |node, app| {
+        self.with_known_app(name, out, |node, app, out| {
             let Some(l) = app.leader.as_mut() else {
                 let error = CommandError::NotPrimary {
                     app: app.name.clone(),
@@ -2077,15 +2096,6 @@ impl Node {
             app.durable = l.logged;
             node.update_gate(app, out);
         });
-        if found.is_none() {
-            fail(
-                out,
-                name,
-                CommandError::UnknownApp {
-                    app: name.to_owned(),
-                },
-            );
-        }
     }
 
     fn on_paused(&mut self, name: &str, gseq: Gseq, out: &mut Vec<Action>) {
@@ -2124,7 +2134,7 @@ impl Node {
     }
 
     fn on_corrupt(&mut self, name: &str, intact_up_to: Gseq, out: &mut Vec<Action>) {
-        let found = self.with_app(name, |node, app| {
+        self.with_known_app(name, out, |node, app, out| {
             if app.leader.as_ref().is_some_and(|l| l.promoted) || app.witness {
                 fail(out, &app.name, CommandError::NotBackup { app: app.name.clone() });
                 return;
@@ -2162,15 +2172,6 @@ impl Node {
                 node.send_join(app, out);
             }
         });
-        if found.is_none() {
-            fail(
-                out,
-                name,
-                CommandError::UnknownApp {
-                    app: name.to_owned(),
-                },
-            );
-        }
     }
 
     fn on_resynced(&mut self, name: &str, gseq: Option<Gseq>, out: &mut Vec<Action>) {
@@ -2207,7 +2208,7 @@ impl Node {
     }
 
     fn on_failover(&mut self, name: &str, to: Option<NodeId>, out: &mut Vec<Action>) {
-        let found = self.with_app(name, |node, app| {
+        self.with_known_app(name, out, |node, app, out| {
             let now = node.now;
             let lease = node.config.timings.lease;
             let Some(l) = app.leader.as_ref() else {
@@ -2273,15 +2274,6 @@ impl Node {
             };
             node.begin_transfer(app, target, out);
         });
-        if found.is_none() {
-            fail(
-                out,
-                name,
-                CommandError::UnknownApp {
-                    app: name.to_owned(),
-                },
-            );
-        }
     }
 
     /// Close the gate, pause the program and hand the role to `target` once
@@ -2419,7 +2411,7 @@ impl Node {
     }
 
     fn on_migrate(&mut self, name: &str, to: NodeId, step: MigrateStep, out: &mut Vec<Action>) {
-        let found = self.with_app(name, |node, app| {
+        self.with_known_app(name, out, |node, app, out| {
             let me = node.config.name.clone();
             let Some(l) = app.leader.as_ref().filter(|l| l.promoted) else {
                 let error = CommandError::NotPrimary {
@@ -2523,19 +2515,10 @@ impl Node {
                 l.migration_since = now;
             }
         });
-        if found.is_none() {
-            fail(
-                out,
-                name,
-                CommandError::UnknownApp {
-                    app: name.to_owned(),
-                },
-            );
-        }
     }
 
     fn on_stop_app(&mut self, name: &str, out: &mut Vec<Action>) {
-        let found = self.with_app(name, |node, app| {
+        self.with_known_app(name, out, |node, app, out| {
             let Some(l) = app.leader.as_ref() else {
                 let error = CommandError::NotPrimary {
                     app: app.name.clone(),
@@ -2564,14 +2547,5 @@ impl Node {
             });
             app.gone = true;
         });
-        if found.is_none() {
-            fail(
-                out,
-                name,
-                CommandError::UnknownApp {
-                    app: name.to_owned(),
-                },
-            );
-        }
     }
 }
