@@ -165,20 +165,42 @@ pub struct UnderWay {
     pub since: Instant,
 }
 
+/// How often long work says in the log how far it is.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// Work listed in [`AppShared::under_way`] until this is dropped.
 pub struct Working<'a> {
     shared: &'a AppShared,
     id: u64,
+    said: Instant,
 }
 
 impl Working<'_> {
-    /// `done` bytes of the work are done.
-    pub fn done(&self, done: u64) {
+    /// `done` bytes of the work are done; every [`PROGRESS_EVERY`] the log
+    /// hears how far it is.
+    pub fn done(&mut self, done: u64) {
         let mut list = self.shared.under_way.lock().unwrap();
-        if let Some((_, w)) = list.iter_mut().find(|(id, _)| *id == self.id) {
-            w.done = done;
+        let Some((_, w)) = list.iter_mut().find(|(id, _)| *id == self.id) else {
+            return;
+        };
+        w.done = done;
+        if self.said.elapsed() >= PROGRESS_EVERY {
+            self.said = Instant::now();
+            info!(
+                app = %self.shared.name,
+                at = w.at,
+                done_mib = mib(w.done),
+                total_mib = mib(w.total),
+                "{}",
+                w.what
+            );
         }
     }
+}
+
+/// Bytes in MiB, to one decimal, for the log.
+pub fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / (1 << 20) as f64 * 10.0).round() / 10.0
 }
 
 impl Drop for Working<'_> {
@@ -215,7 +237,11 @@ impl AppShared {
                 since: Instant::now(),
             },
         ));
-        Working { shared: self, id }
+        Working {
+            shared: self,
+            id,
+            said: Instant::now(),
+        }
     }
 
     /// The long work under way now.

@@ -11,14 +11,14 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use ferry_image::dir::Image;
 use quinn::SendStream;
 use tokio::sync::mpsc;
 use tracing::info;
 
-use crate::app::{AppShared, Working};
+use crate::app::{mib, AppShared, Working};
 use crate::images::{self, Stored};
 use crate::peer::{ImageHead, RecordStream};
 
@@ -27,8 +27,6 @@ const CHUNK: usize = 1 << 20;
 /// Most files in an image the receiver accepts (a manifest and one file
 /// per process).
 const MAX_FILES: usize = 65_537;
-/// How often progress is logged.
-const EVERY: Duration = Duration::from_secs(5);
 
 /// An image ready to send: its files are open, so that pruning it while it
 /// is sent does not cut it short.
@@ -85,7 +83,7 @@ impl Shipment {
         let app = shared.name.as_str();
         let total: u64 = self.head.files.iter().map(|f| f.1).sum();
         let at = self.head.at;
-        let working = shared.working(format!("sending an image to {peer}"), at, total);
+        let mut working = shared.working(format!("sending an image to {peer}"), at, total);
         info!(app, at, mib = mib(total), image = %self.dir.display(), "sending an image to a backup");
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
         let lens: Vec<u64> = self.head.files.iter().map(|f| f.1).collect();
@@ -107,7 +105,6 @@ impl Shipment {
             }
         });
         let started = Instant::now();
-        let mut said = Instant::now();
         let mut sent = 0u64;
         while let Some(chunk) = rx.recv().await {
             let chunk = chunk?;
@@ -116,16 +113,6 @@ impl Shipment {
             send.write_all(&frame).await?;
             sent += chunk.len() as u64;
             working.done(sent);
-            if said.elapsed() >= EVERY {
-                said = Instant::now();
-                info!(
-                    app,
-                    at,
-                    sent_mib = mib(sent),
-                    total_mib = mib(total),
-                    "sending an image"
-                );
-            }
         }
         if sent != total {
             anyhow::bail!("the image's files were {sent} bytes, not {total}");
@@ -141,10 +128,6 @@ impl Shipment {
         );
         Ok(())
     }
-}
-
-fn mib(bytes: u64) -> f64 {
-    (bytes as f64 / (1 << 20) as f64 * 10.0).round() / 10.0
 }
 
 /// A file name of an image as the head lists it: one plain name.
@@ -169,12 +152,12 @@ pub async fn receive(
     images::remove(&part);
     std::fs::create_dir_all(&part)?;
     let total: u64 = head.files.iter().map(|f| f.1).sum();
-    let working = shared.working(
+    let mut working = shared.working(
         format!("receiving an image from {}", stream.from),
         at,
         total,
     );
-    let result = receive_into(app, head, stream, &part, &working).await;
+    let result = receive_into(app, head, stream, &part, &mut working).await;
     if let Err(e) = result {
         images::remove(&part);
         return Err(e);
@@ -190,7 +173,7 @@ async fn receive_into(
     head: &ImageHead,
     stream: &mut RecordStream,
     part: &Path,
-    working: &Working<'_>,
+    working: &mut Working<'_>,
 ) -> anyhow::Result<()> {
     let at = head.at;
     let total: u64 = head.files.iter().map(|f| f.1).sum();
@@ -201,7 +184,6 @@ async fn receive_into(
         "receiving an image from the primary"
     );
     let started = Instant::now();
-    let mut said = Instant::now();
     let mut got = 0u64;
     let mut pending: Vec<u8> = Vec::new();
     for (name, len) in &head.files {
@@ -222,16 +204,6 @@ async fn receive_into(
             left -= n as u64;
             got += n as u64;
             working.done(got);
-            if said.elapsed() >= EVERY {
-                said = Instant::now();
-                info!(
-                    app,
-                    at,
-                    got_mib = mib(got),
-                    total_mib = mib(total),
-                    "receiving an image"
-                );
-            }
         }
         f.sync_all()?;
     }
