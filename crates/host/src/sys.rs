@@ -185,25 +185,29 @@ pub fn zeroed_sigaction() -> libc::sigaction {
 /// tearing down a large address space before the descriptors it shares
 /// are closed.
 pub fn has_exited(pid: i32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+    let Some(fields) = stat_after_name(pid) else {
         return true;
     };
-    // The state follows the command name, which is in parentheses and may
-    // hold anything, so look after the last one.
-    let state = stat
-        .rfind(')')
-        .and_then(|i| stat[i + 1..].split_whitespace().next());
-    if !matches!(state, Some("Z" | "X") | None) {
+    if !matches!(fields.split_whitespace().next(), Some("Z" | "X") | None) {
         return false;
     }
     // The main thread stays listed while it is a zombie; any other thread
     // listed has not finished exiting.
+    let main = pid.to_string();
     match std::fs::read_dir(format!("/proc/{pid}/task")) {
         Ok(tasks) => tasks
             .filter_map(Result::ok)
-            .all(|t| t.file_name().to_str() == Some(&pid.to_string())),
+            .all(|t| t.file_name().to_str() == Some(main.as_str())),
         Err(_) => true,
     }
+}
+
+/// The fields of `/proc/PID/stat` after the command name (field 3, the
+/// state, on), or `None` if there is no such process. The name is in
+/// parentheses and may hold anything, so they start after the last one.
+fn stat_after_name(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 1..].to_owned())
 }
 
 /// Shut down, in both directions, every socket process `pid` has open:
@@ -262,10 +266,11 @@ pub fn shut_down_sockets(pid: i32) -> usize {
 /// `/proc/PID/stat`), to tell it from a later process with the same pid;
 /// `None` if there is no such process.
 pub fn start_time(pid: i32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces: count from after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    stat_after_name(pid)?
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()
 }
 
 /// One descriptor from `sock`, waiting at most `ms`: `Ok(None)` when
@@ -382,13 +387,7 @@ int main(int argc, char **argv) {
     }
 
     fn state(pid: i32) -> Option<String> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-        Some(
-            stat[stat.rfind(')')? + 1..]
-                .split_whitespace()
-                .next()?
-                .to_owned(),
-        )
+        Some(stat_after_name(pid)?.split_whitespace().next()?.to_owned())
     }
 
     fn eventually(what: &str, cond: impl Fn() -> bool) {
