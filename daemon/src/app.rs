@@ -72,9 +72,15 @@ pub enum AppEvent {
     /// Backup: the log starts after a received image: the replica starts
     /// (again) from it.
     Installed { app: String },
-    /// Backup: an image at `at` arrived beside the log, which it keeps: a
-    /// replica behind it starts again from it.
-    Supplied { app: String, at: u64 },
+    /// An image at `at` arrived from `from`, beside the log, which this
+    /// node keeps. Backup: a replica behind it starts again from it.
+    /// Primary: the image came from a backup, checked against the log;
+    /// the log is trimmed to it.
+    Supplied { app: String, from: String, at: u64 },
+    /// An image from `from` did not arrive whole, or did not match the log.
+    SupplyFailed { app: String, from: String },
+    /// Backup: a new image of the replica, after record `at`.
+    Checkpointed { app: String, at: u64 },
     /// Backup: the record stream `gen` from `from` ended.
     StreamEnded { app: String, from: String, gen: u64 },
 }
@@ -159,6 +165,8 @@ pub struct UnderWay {
     pub what: String,
     /// The image's position.
     pub at: u64,
+    /// The work is receiving that image.
+    pub receipt: bool,
     /// Bytes done and in all (0: not known).
     pub done: u64,
     pub total: u64,
@@ -226,10 +234,35 @@ impl AppShared {
     /// List `what` (about the image at `at`, `total` bytes if known) as
     /// under way until the guard is dropped.
     pub fn working(&self, what: String, at: u64, total: u64) -> Working<'_> {
+        let list = self.under_way.lock().unwrap();
+        self.work_on(list, what, at, total, false)
+    }
+
+    /// List the receipt of the image at `at` from `from` as under way;
+    /// `None` when an image at `at` is being received already (from
+    /// another stream, whose files this one would overwrite).
+    pub fn receiving(&self, from: &str, at: u64, total: u64) -> Option<Working<'_>> {
+        let list = self.under_way.lock().unwrap();
+        if list.iter().any(|(_, w)| w.receipt && w.at == at) {
+            return None;
+        }
+        let what = format!("receiving an image from {from}");
+        Some(self.work_on(list, what, at, total, true))
+    }
+
+    fn work_on(
+        &self,
+        mut list: std::sync::MutexGuard<'_, Vec<(u64, UnderWay)>>,
+        what: String,
+        at: u64,
+        total: u64,
+        receipt: bool,
+    ) -> Working<'_> {
         let id = self.next_work.fetch_add(1, Ordering::Relaxed);
-        self.under_way.lock().unwrap().push((
+        list.push((
             id,
             UnderWay {
+                receipt,
                 what,
                 at,
                 done: 0,
@@ -441,6 +474,72 @@ impl AppShared {
         }
     }
 
+    /// The CRC-32C that an image's position carries at `at` (of records 1
+    /// to `at`, start and end records left out), from `base`: that CRC at
+    /// an earlier record (`(0, 0)` before record 1). `None` when the log
+    /// does not hold every record after `base` up to `at`.
+    pub fn prefix_crc(&self, base: (u64, u32), at: u64) -> Option<u32> {
+        let mut c = Checkpoints::new(base.0, base.1);
+        let mut next = base.0 + 1;
+        while next <= at {
+            let (bytes, last) = self.read_records(next, BATCH_BYTES).ok()?;
+            let last = last?;
+            // Only the records up to `at`.
+            let mut end = 0;
+            while end < bytes.len() {
+                let (h, _) = ferry_proto::RecordHeader::read_from_prefix(&bytes[end..]).ok()?;
+                if h.gseq > at {
+                    break;
+                }
+                end += ferry_proto::padded(h.len as usize);
+            }
+            c.fed(&bytes[..end.min(bytes.len())]);
+            next = last.min(at) + 1;
+        }
+        Some(c.crc)
+    }
+
+    /// Primary: whether the image a backup took after record `at` is worth
+    /// fetching: at least one whole log segment lies between the newest
+    /// image here and it, so that it lets this node trim its log further
+    /// (or gives it its first image to send a late backup).
+    pub fn image_worth_fetching(&self, at: u64) -> bool {
+        let after = images::latest(&self.dir).map_or(0, |i| i.position.gseq + 1);
+        let log = self.log.lock().unwrap();
+        at < log.next_gseq()
+            && log
+                .segment_ranges()
+                .any(|(first, end)| first >= after && end <= at + 1)
+    }
+
+    /// Check an image from another node, taken after record `at`, whose
+    /// position carries `crc`, against this node's log: the records it
+    /// replayed must be this log's. The CRC is carried on from the newest
+    /// image here below it, or from record 1 while the log holds it.
+    pub fn check_image(&self, at: u64, crc: u32) -> Result<(), String> {
+        let first = self.log.lock().unwrap().first_gseq();
+        let base = images::list(&self.dir)
+            .into_iter()
+            .rev()
+            .map(|i| i.position)
+            .find(|p| p.gseq < at && p.gseq + 1 >= first)
+            .map(|p| (p.gseq, p.prefix_crc))
+            .or((first <= 1).then_some((0, 0)))
+            .ok_or_else(|| {
+                format!("the log here starts at gseq {first} and no image here is below gseq {at}: the image cannot be checked")
+            })?;
+        match self.prefix_crc(base, at) {
+            Some(c) if c == crc => Ok(()),
+            Some(c) => Err(format!(
+                "the image replayed records whose CRC-32C up to gseq {at} is {crc:08x}; this log's is {c:08x}"
+            )),
+            None => Err(format!(
+                "the log here does not hold records {} to {at}",
+                base.0 + 1
+            )),
+        }
+    }
+
     /// The durable gseq of the log (0 when it holds only record 0 or less).
     pub fn durable(&self) -> u64 {
         self.log.lock().unwrap().durable_gseq().unwrap_or(0)
@@ -555,6 +654,9 @@ pub enum RunnerCmd {
     StartPrimary { start: StartInfo, gated: bool },
     /// Start (or restart from record 1) the live replica.
     StartReplica,
+    /// An image after record `at` arrived: a replica behind it starts
+    /// again from it.
+    ImageArrived { at: u64 },
     /// Open the output gate.
     OpenGate { up_to: u64, until: u64 },
     /// Close the output gate.
@@ -838,6 +940,15 @@ impl RunnerThread {
                 self.kill();
                 self.start_replica();
             }
+            RunnerCmd::ImageArrived { at } => {
+                // Known here, after any start already asked for: a replica
+                // started from this image meanwhile is not behind it.
+                if matches!(&self.side, Side::Replica(p) if p.replayed() < at) {
+                    info!(app = %self.shared.name, at, "the replica starts again from the image received");
+                    self.kill();
+                    self.start_replica();
+                }
+            }
             RunnerCmd::OpenGate { up_to, until } => {
                 self.gate_up_to = up_to;
                 if let Side::Primary(p) = &self.side {
@@ -984,7 +1095,7 @@ impl RunnerThread {
                 continue;
             }
             if first <= 1 {
-                match self.prefix_crc(at) {
+                match self.shared.prefix_crc((0, 0), at) {
                     Some(crc) if crc == image.position.prefix_crc => {}
                     _ => {
                         warn!(app = %self.shared.name, image = %image.dir.display(), "an image of the replica is not of this log; removed");
@@ -996,29 +1107,6 @@ impl RunnerThread {
             return Some(image);
         }
         None
-    }
-
-    /// The CRC-32C of records 1 to `at` of the log, as an image's position
-    /// has it.
-    fn prefix_crc(&self, at: u64) -> Option<u32> {
-        let mut c = Checkpoints::new(0, 0);
-        let mut next = 1;
-        while next <= at {
-            let (bytes, last) = self.shared.read_records(next, BATCH_BYTES).ok()?;
-            let last = last?;
-            // Only the records up to `at`.
-            let mut end = 0;
-            while end < bytes.len() {
-                let (h, _) = ferry_proto::RecordHeader::read_from_prefix(&bytes[end..]).ok()?;
-                if h.gseq > at {
-                    break;
-                }
-                end += ferry_proto::padded(h.len as usize);
-            }
-            c.fed(&bytes[..end.min(bytes.len())]);
-            next = last.min(at) + 1;
-        }
-        Some(c.crc)
     }
 
     /// Restore `image` into a live replica: `ferry restore --feeder-fd`
@@ -1258,6 +1346,10 @@ impl RunnerThread {
                 if let Some(oldest) = images::prune(&self.shared.dir, self.shared.policy.keep) {
                     self.shared.trim_log(oldest);
                 }
+                self.emit(AppEvent::Checkpointed {
+                    app: self.app(),
+                    at,
+                });
             }
             Err(e) => {
                 warn!(app = %self.shared.name, at, error = %e, "cannot checkpoint the replica")

@@ -35,6 +35,10 @@ const VIP_RELEASE_WAIT: Duration = Duration::from_secs(1);
 /// dropped.
 const STOPPED_GRACE: Duration = Duration::from_secs(3);
 
+/// A primary that asked a backup for an image asks no other until it
+/// arrives, fails, or this long has passed.
+const IMAGE_WANTED_FOR: Duration = Duration::from_secs(300);
+
 /// A request from the control socket.
 #[derive(Debug)]
 pub enum CoreReq {
@@ -112,8 +116,11 @@ struct Local {
     /// clients that reconnect meanwhile are refused at once instead of
     /// sending into the void and waiting for a retransmission.
     vip_release: Option<(Instant, i32)>,
-    /// Images being sent beside the log to backups: peer → position.
+    /// Images being sent to peers: peer → position.
     supplying: HashMap<String, (u64, JoinHandle<()>)>,
+    /// Primary: the image asked of a backup (peer, position, when), until
+    /// it arrives or fails.
+    image_wanted: Option<(String, u64, Instant)>,
 }
 
 /// The core task's state.
@@ -796,6 +803,14 @@ impl Core {
                         replica_at,
                     },
             } => self.serve(&app, &from, from_gseq, replica_at),
+            PeerEvent::Message {
+                from,
+                message: PeerMessage::Checkpointed { app, at },
+            } => self.image_offered(&app, &from, at),
+            PeerEvent::Message {
+                from,
+                message: PeerMessage::SendImage { app, at },
+            } => self.image_asked(&app, &from, at),
             PeerEvent::Records(stream) => self.receive(stream),
         }
     }
@@ -831,6 +846,84 @@ impl Core {
                     replica_at,
                 },
             );
+            self.report_image(app, peer);
+        }
+    }
+
+    /// Backup: tell `primary` of the newest image here, which it may ask
+    /// for to trim its own log.
+    fn report_image(&self, app: &str, primary: &str) {
+        let Some(image) = self
+            .locals
+            .get(app)
+            .and_then(|l| crate::images::latest(&l.shared.dir))
+        else {
+            return;
+        };
+        self.transport.send(
+            primary,
+            PeerMessage::Checkpointed {
+                app: app.to_owned(),
+                at: image.position.gseq,
+            },
+        );
+    }
+
+    /// Primary: backup `from` has an image after record `at`. Ask for it
+    /// when it lets this node trim its log by a segment at least and no
+    /// other image is on its way here.
+    fn image_offered(&mut self, app: &str, from: &str, at: u64) {
+        let primary = self
+            .node
+            .status(app)
+            .is_some_and(|s| s.role == Role::Primary);
+        let Some(l) = self.locals.get_mut(app).filter(|_| primary) else {
+            return;
+        };
+        let waiting = l
+            .image_wanted
+            .as_ref()
+            .is_some_and(|(_, _, asked)| asked.elapsed() < IMAGE_WANTED_FOR);
+        if waiting || !l.shared.image_worth_fetching(at) {
+            return;
+        }
+        info!(
+            app,
+            peer = from,
+            at,
+            "asking a backup for its image, to trim the log here"
+        );
+        l.image_wanted = Some((from.to_owned(), at, Instant::now()));
+        self.transport.send(
+            from,
+            PeerMessage::SendImage {
+                app: app.to_owned(),
+                at,
+            },
+        );
+    }
+
+    /// Backup: the primary `to` asks for the image after record `at`.
+    fn image_asked(&mut self, app: &str, to: &str, at: u64) {
+        let backup_of = self
+            .node
+            .status(app)
+            .is_some_and(|s| s.role == Role::Backup && s.primary.as_deref() == Some(to));
+        let image = self.locals.get(app).filter(|_| backup_of).and_then(|l| {
+            crate::images::list(&l.shared.dir)
+                .into_iter()
+                .find(|i| i.position.gseq == at)
+        });
+        match image {
+            Some(image) => self.send_image(app, to, image),
+            None => {
+                debug!(
+                    app,
+                    peer = to,
+                    at,
+                    "asked for an image this node does not have (or not as its backup)"
+                )
+            }
         }
     }
 
@@ -867,8 +960,7 @@ impl Core {
     /// replaying most of the log (the old primary after a handover has
     /// the whole log but no image), unless one is on its way.
     fn supply(&mut self, app: &str, to: &str, from_gseq: u64, replica_at: u64) {
-        let (Some(l), Some(connection)) = (self.locals.get_mut(app), self.transport.connection(to))
-        else {
+        let Some(l) = self.locals.get(app) else {
             return;
         };
         let Some(image) = l.shared.image_beyond(replica_at, from_gseq) else {
@@ -888,6 +980,16 @@ impl Core {
             replica_at,
             "sending an image to spare the backup's replica replaying the log"
         );
+        self.send_image(app, to, image);
+    }
+
+    /// Send `image` to `to` on a stream of its own.
+    fn send_image(&mut self, app: &str, to: &str, image: crate::images::Stored) {
+        let (Some(l), Some(connection)) = (self.locals.get_mut(app), self.transport.connection(to))
+        else {
+            return;
+        };
+        let at = image.position.gseq;
         let shared = l.shared.clone();
         let peer = to.to_owned();
         let task = tokio::spawn(async move {
@@ -898,9 +1000,9 @@ impl Core {
                     image: shipment.head.clone(),
                 };
                 let mut send = peer::open_record_stream(&connection, &head).await?;
-                // Below the records (priority 0): the new primary's writes
-                // wait for this backup's acknowledgements, which must not
-                // queue behind a gigabyte of image.
+                // Below the records and messages (priority 0): a sync-mode
+                // primary's writes wait for the backups' acknowledgements,
+                // which must not queue behind a gigabyte of image.
                 send.set_priority(-1)?;
                 shipment.send(&shared, &peer, &mut send).await?;
                 send.finish()?;
@@ -910,7 +1012,7 @@ impl Core {
                 anyhow::Ok(())
             };
             if let Err(e) = result.await {
-                warn!(app = %shared.name, peer, error = %e, "could not send the image to the backup");
+                warn!(app = %shared.name, peer, error = %e, "could not send the image");
             }
         });
         if let Some((_, old)) = l.supplying.insert(to.to_owned(), (at, task)) {
@@ -932,21 +1034,39 @@ impl Core {
             l.shared.set_vip(stream.vip.clone());
         }
         if stream.image_only {
+            // A primary takes only the image it asked for: it trims its
+            // log to it.
+            let primary = self
+                .node
+                .status(&app)
+                .is_some_and(|s| s.role == Role::Primary);
+            let asked = l.image_wanted.as_ref().is_some_and(|(peer, at, _)| {
+                *peer == stream.from && Some(*at) == stream.image.as_ref().map(|i| i.at)
+            });
+            if primary && !asked {
+                warn!(app, peer = %stream.from, "an image this primary did not ask for; ignored");
+                return;
+            }
             let shared = l.shared.clone();
             let events = self.app_tx.clone();
             tokio::spawn(async move {
                 let Some(head) = stream.image.take() else {
                     return;
                 };
-                match ship::receive(&shared, &head, &mut stream).await {
+                match ship::receive(&shared, &head, &mut stream, primary).await {
                     Ok(()) => {
                         let _ = events.send(AppEvent::Supplied {
                             app: stream.app,
+                            from: stream.from,
                             at: head.at,
                         });
                     }
                     Err(e) => {
-                        warn!(app = %stream.app, peer = %stream.from, error = %e, "the image from the primary did not arrive whole; the replica goes on replaying the log");
+                        warn!(app = %stream.app, peer = %stream.from, error = %e, "the image did not arrive whole, or is not of this log; not used");
+                        let _ = events.send(AppEvent::SupplyFailed {
+                            app: stream.app,
+                            from: stream.from,
+                        });
                     }
                 }
             });
@@ -959,7 +1079,7 @@ impl Core {
         let shared = l.shared.clone();
         tokio::spawn(async move {
             if let Some(head) = stream.image.take() {
-                match ship::receive(&shared, &head, &mut stream).await {
+                match ship::receive(&shared, &head, &mut stream, false).await {
                     Ok(()) => {
                         let install = WriterMsg::Install {
                             gen,
@@ -1090,11 +1210,12 @@ impl Core {
                 self.transport.send(
                     &node,
                     PeerMessage::Fetch {
-                        app,
+                        app: app.clone(),
                         from_gseq,
                         replica_at,
                     },
                 );
+                self.report_image(&app, &node);
             }
             AppEvent::Corrupt { app, intact } => self.input(Input::CorruptLog {
                 app,
@@ -1111,14 +1232,44 @@ impl Core {
                 }
             }
             AppEvent::Installed { app } => self.start_replica(&app),
-            AppEvent::Supplied { app, at } => {
-                let behind = self.locals.get(&app).is_some_and(|l| {
-                    !l.shared.primary.load(Ordering::SeqCst)
-                        && l.shared.replayed.load(Ordering::SeqCst) < at
-                });
-                if behind {
-                    info!(app, at, "the replica starts again from the image received");
-                    self.start_replica(&app);
+            AppEvent::Supplied { app, from, at } => {
+                let Some(l) = self.locals.get_mut(&app) else {
+                    return;
+                };
+                if l.image_wanted.as_ref().is_some_and(|w| w.0 == from) {
+                    l.image_wanted = None;
+                }
+                if l.shared.primary.load(Ordering::SeqCst) {
+                    info!(
+                        app,
+                        peer = from,
+                        at,
+                        "image from a backup kept; trimming the log to the images kept"
+                    );
+                    let shared = l.shared.clone();
+                    if let Some(oldest) = crate::images::prune(&shared.dir, shared.policy.keep) {
+                        shared.trim_log(oldest);
+                    }
+                } else {
+                    l.runner.send(RunnerCmd::ImageArrived { at });
+                }
+            }
+            AppEvent::SupplyFailed { app, from } => {
+                if let Some(l) = self.locals.get_mut(&app) {
+                    if l.image_wanted.as_ref().is_some_and(|w| w.0 == from) {
+                        l.image_wanted = None;
+                    }
+                }
+            }
+            AppEvent::Checkpointed { app, at } => {
+                let primary = self
+                    .node
+                    .status(&app)
+                    .filter(|s| s.role == Role::Backup)
+                    .and_then(|s| s.primary.clone());
+                if let Some(primary) = primary {
+                    self.transport
+                        .send(&primary, PeerMessage::Checkpointed { app, at });
                 }
             }
             AppEvent::HaveStart { app } => {
@@ -1459,6 +1610,7 @@ impl Local {
             vip_held: None,
             vip_release: None,
             supplying: HashMap::new(),
+            image_wanted: None,
         }
     }
 }

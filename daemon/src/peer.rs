@@ -62,10 +62,11 @@ pub enum StreamHead {
         /// after the image's position.
         image: Option<ImageHead>,
     },
-    /// Only a checkpoint image of `app` follows (kind [`KIND_IMAGE_CHUNK`]),
-    /// for a backup that has the log but whose replica would have to
-    /// replay far more of it than the image leaves: the backup keeps its
-    /// log and starts its replica from the image.
+    /// Only a checkpoint image of `app` follows (kind [`KIND_IMAGE_CHUNK`]):
+    /// from a primary, for a backup that has the log but whose replica
+    /// would have to replay far more of it than the image leaves (the
+    /// backup keeps its log and starts its replica from the image); from a
+    /// backup, for a primary that asked for it ([`PeerMessage::SendImage`]).
     Image {
         /// The application.
         app: String,
@@ -104,6 +105,23 @@ pub enum PeerMessage {
         /// image far beyond it sends that too, on its own stream
         /// ([`StreamHead::Image`]).
         replica_at: u64,
+    },
+    /// Backup → primary: this backup has a new image of its replica, after
+    /// record `at`.
+    Checkpointed {
+        /// The application.
+        app: String,
+        /// The image's position.
+        at: u64,
+    },
+    /// Primary → backup: send the image after record `at` (on a
+    /// [`StreamHead::Image`] stream): the primary keeps it, trims its log
+    /// to it and gives it to late backups.
+    SendImage {
+        /// The application.
+        app: String,
+        /// The image's position.
+        at: u64,
     },
 }
 

@@ -1,7 +1,9 @@
-//! Sending a checkpoint image to a backup whose log would start before the
-//! sender's: on its record stream, the head announces the image (position,
-//! start record, files), the files' bytes follow as image chunks, then the
-//! records after the image as usual.
+//! Sending a checkpoint image to another node: to a backup whose log would
+//! start before the sender's, on its record stream (the head announces the
+//! image: position, start record, files; the files' bytes follow as image
+//! chunks, then the records after the image as usual); on a stream of its
+//! own to a backup whose replica is far behind an image, or from a backup
+//! to the primary that asked for it.
 //!
 //! The receiver writes the files into `images/at-GSEQ.part`, checks the
 //! image (its manifest and its position), and only then renames it to
@@ -84,7 +86,7 @@ impl Shipment {
         let total: u64 = self.head.files.iter().map(|f| f.1).sum();
         let at = self.head.at;
         let mut working = shared.working(format!("sending an image to {peer}"), at, total);
-        info!(app, at, mib = mib(total), image = %self.dir.display(), "sending an image to a backup");
+        info!(app, at, mib = mib(total), peer, image = %self.dir.display(), "sending an image");
         let (tx, mut rx) = mpsc::channel::<std::io::Result<Vec<u8>>>(4);
         let lens: Vec<u64> = self.head.files.iter().map(|f| f.1).collect();
         let files = self.files;
@@ -136,28 +138,36 @@ fn plain(name: &str) -> bool {
 }
 
 /// Receive the image `head` announces from `stream` into `shared`'s images
-/// directory. On any error nothing is left that looks like an image.
+/// directory; with `check`, the records it replayed must be those of this
+/// node's log ([`AppShared::check_image`]). On any error nothing is left
+/// that looks like an image.
 pub async fn receive(
     shared: &AppShared,
     head: &ImageHead,
     stream: &mut RecordStream,
+    check: bool,
 ) -> anyhow::Result<()> {
     let app = &shared.name;
     let at = head.at;
     if head.files.len() > MAX_FILES || head.files.iter().any(|(n, _)| !plain(n)) {
         anyhow::bail!("the image's file list is not a list of plain names");
     }
+    let total: u64 = head.files.iter().map(|f| f.1).sum();
+    let Some(mut working) = shared.receiving(&stream.from, at, total) else {
+        anyhow::bail!("the image after gseq {at} is being received from another stream already");
+    };
     let dir = images::dir_for(&shared.dir, at);
     let part = dir.with_extension("part");
     images::remove(&part);
     std::fs::create_dir_all(&part)?;
-    let total: u64 = head.files.iter().map(|f| f.1).sum();
-    let mut working = shared.working(
-        format!("receiving an image from {}", stream.from),
-        at,
-        total,
-    );
-    let result = receive_into(app, head, stream, &part, &mut working).await;
+    let result = receive_into(app, head, stream, &part, &mut working)
+        .await
+        .and_then(|crc| match check {
+            // Reads the log up to the image: off the event loop's thread.
+            true => tokio::task::block_in_place(|| shared.check_image(at, crc))
+                .map_err(|e| anyhow::anyhow!("{e}")),
+            false => Ok(()),
+        });
     if let Err(e) = result {
         images::remove(&part);
         return Err(e);
@@ -168,20 +178,23 @@ pub async fn receive(
     Ok(())
 }
 
+/// The files into `part`, checked as an image at `head.at`; the CRC its
+/// position carries.
 async fn receive_into(
     app: &str,
     head: &ImageHead,
     stream: &mut RecordStream,
     part: &Path,
     working: &mut Working<'_>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u32> {
     let at = head.at;
     let total: u64 = head.files.iter().map(|f| f.1).sum();
     info!(
         app,
         at,
         mib = mib(total),
-        "receiving an image from the primary"
+        from = %stream.from,
+        "receiving an image"
     );
     let started = Instant::now();
     let mut got = 0u64;
@@ -212,9 +225,9 @@ async fn receive_into(
     }
     sync_dir(part);
     let image = Image::open(part).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if image.replay_position().map(|p| p.gseq) != Some(at) {
+    let Some(position) = image.replay_position().filter(|p| p.gseq == at) else {
         anyhow::bail!("the image received is not at gseq {at}, as its head said");
-    }
+    };
     image.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = started.elapsed().as_secs_f64();
     info!(
@@ -224,7 +237,7 @@ async fn receive_into(
         ms = (secs * 1e3) as u64,
         "image received"
     );
-    Ok(())
+    Ok(position.prefix_crc)
 }
 
 fn sync_dir(dir: &Path) {

@@ -1,7 +1,8 @@
 //! Checkpoints in ferryd: a backup checkpoints its replica as it follows
 //! the primary, drops the log segments an image covers, and a replica that
 //! starts again starts from the image, not from record 1, and takes over
-//! with every acknowledged write.
+//! with every acknowledged write. The primary keeps a backup's image and
+//! trims its own log to it.
 
 mod common;
 
@@ -128,6 +129,67 @@ fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and
 }
 
 #[test]
+fn a_primary_trims_its_log_to_a_backups_image_and_starts_a_new_backup_from_it() {
+    let mut cluster = three();
+    let port = run_kv(&mut cluster);
+    let mut acks = write_keys(&cluster, port, 250);
+    wait_for_image(&cluster);
+
+    // a, the primary, never checkpoints: it asks b for b's image, checks
+    // it against its own log, and drops the segments it covers.
+    let a = cluster.node("a");
+    wait_for(LIMIT, || {
+        let s = a.app("kv")?;
+        (s["role"] == "primary" && s["image"].as_u64()? > 0 && u(&s, "log_first") > 1).then_some(s)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "the primary kept its whole log, or has no image: {:?}\n{}",
+            a.app("kv"),
+            cluster.logs()
+        )
+    });
+    assert!(
+        a.log_text().contains("image from a backup kept"),
+        "{}",
+        cluster.logs()
+    );
+
+    // b's host dies for good, and a new host (an empty data directory)
+    // joins in its place: a's log no longer starts at record 1, so it
+    // sends the image it has from b, then the records after it.
+    cluster.kill_host("b", "kv");
+    acks.extend(write_keys_from(&cluster, port, 250, 30));
+    let data = cluster.node("b").data.clone();
+    std::fs::remove_dir_all(&data).unwrap();
+    cluster.node_mut("b").restart();
+    let b = cluster.node("b");
+    let joined = wait_for(LIMIT, || {
+        let s = b.app("kv")?;
+        let logged = u(&cluster.node("a").app("kv")?, "logged");
+        (s["role"] == "backup"
+            && s["pid"].as_i64().is_some()
+            && u(&s, "durable") >= logged
+            && u(&s, "replayed") >= logged)
+            .then_some(s)
+    })
+    .unwrap_or_else(|| panic!("b did not catch up from a's image:\n{}", cluster.logs()));
+    let log = b.log_text();
+    assert!(
+        log.contains("image received") && log.contains("replica restored from an image"),
+        "b did not start from an image:\n{}",
+        cluster.logs()
+    );
+    cluster.pids.push(joined["pid"].as_i64().unwrap() as i32);
+    acks.extend(write_keys_from(&cluster, port, 280, 20));
+
+    // a dies: b takes over with every acknowledged write.
+    cluster.kill_host("a", "kv");
+    cluster.wait_primary("b", "kv", LIMIT);
+    check_keys(&cluster, port, &acks);
+}
+
+#[test]
 fn a_checkpointed_replica_keeps_following_new_connections() {
     let mut cluster = three();
     let port = run_kv(&mut cluster);
@@ -175,8 +237,9 @@ fn after_a_handover_the_old_primary_starts_its_replica_from_the_new_primarys_ima
     })
     .unwrap_or_else(|| panic!("b has no image past record 4096:\n{}", cluster.logs()));
 
-    // a hands over to b and becomes its backup: a has the whole log but no
-    // image; b sends its image and a's replica starts from it.
+    // a hands over to b and becomes its backup. a has the whole log and
+    // either no image (b sends its own) or the one it fetched from b as
+    // the primary: a's replica starts from an image of b's either way.
     let out = cluster.node("a").ferry(&["failover", "kv"]);
     assert!(out.status.success(), "{out:?}");
     cluster.wait_primary("b", "kv", LIMIT);

@@ -135,6 +135,7 @@ fn hand_over(region: &OwnedFd, feeder: &Feeder, name: &str) -> Result<(), String
     r.control()
         .consumer_pid
         .store(feeder.pid, std::sync::atomic::Ordering::Release);
+    own_process_table(&r);
     r.lower(
         ferry_ring::CTL_END_OF_LOG | ferry_ring::CTL_CONSUMER_GONE,
         &ferry_host::region::SysFutex,
@@ -142,6 +143,25 @@ fn hand_over(region: &OwnedFd, feeder: &Feeder, name: &str) -> Result<(), String
     drop(map);
     send_fd(feeder.socket, region)
         .map_err(|e| format!("{name}: sending the region to the replay: {e}"))
+}
+
+/// The process table in a region saved in an image names the pids the
+/// program had where it was checkpointed, which here may be any other
+/// process: the feeder kills the pids it lists. The image's one process is
+/// this one (the shim writes its pid again as it resumes); a table with
+/// more live slots keeps none until then.
+fn own_process_table(r: &ferry_ring::Region) {
+    use std::sync::atomic::Ordering;
+    let live: Vec<usize> = (0..ferry_ring::MAX_PROCS)
+        .filter(|&s| r.proc(s).state.load(Ordering::Acquire) == ferry_ring::PROC_LIVE)
+        .collect();
+    let own = match live[..] {
+        [_] => std::process::id(),
+        _ => 0,
+    };
+    for s in live {
+        r.proc(s).real_pid.store(own, Ordering::Release);
+    }
 }
 
 /// Send descriptor `fd` over the unix socket `sock`.
@@ -1759,4 +1779,39 @@ fn own_rseq() -> Option<(u64, u32, u32)> {
     // SAFETY: reads the thread pointer (fs:0 holds it on x86_64).
     unsafe { core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly)) };
     Some(((tp as i64 + off as i64) as u64, 32, 0x5305_3053))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::own_process_table;
+    use ferry_host::region::{live_pids, SharedRegion};
+    use ferry_ring::Mode;
+
+    #[test]
+    fn a_restored_region_names_the_restored_process_not_the_checkpointed_one() {
+        let shared = SharedRegion::create(Mode::Replay).unwrap();
+        let r = shared.region();
+        // Slot 0 is the root's, virtual pid 1, with the pid the program had
+        // on the host it was checkpointed on: here it may be any process,
+        // which the feeder would kill.
+        r.proc(0)
+            .real_pid
+            .store(std::process::id() + 1, std::sync::atomic::Ordering::Release);
+        own_process_table(&r);
+        assert_eq!(live_pids(&r), [std::process::id() as i32]);
+    }
+
+    #[test]
+    fn a_restored_region_with_more_live_slots_names_no_process_until_the_shim_does() {
+        let shared = SharedRegion::create(Mode::Replay).unwrap();
+        let r = shared.region();
+        let child = r.alloc_proc(2, 1).unwrap();
+        for (slot, pid) in [(0, 4_000_001), (child, 4_000_002)] {
+            r.proc(slot)
+                .real_pid
+                .store(pid, std::sync::atomic::Ordering::Release);
+        }
+        own_process_table(&r);
+        assert_eq!(live_pids(&r), Vec::<i32>::new());
+    }
 }
