@@ -187,11 +187,19 @@ impl Working<'_> {
     /// `done` bytes of the work are done; every [`PROGRESS_EVERY`] the log
     /// hears how far it is.
     pub fn done(&mut self, done: u64) {
+        self.done_of(done, None);
+    }
+
+    /// As [`Working::done`], with what the whole is now thought to be.
+    pub fn done_of(&mut self, done: u64, total: Option<u64>) {
         let mut list = self.shared.under_way.lock().unwrap();
         let Some((_, w)) = list.iter_mut().find(|(id, _)| *id == self.id) else {
             return;
         };
         w.done = done;
+        if let Some(t) = total {
+            w.total = t;
+        }
         if self.said.elapsed() >= PROGRESS_EVERY {
             self.said = Instant::now();
             info!(
@@ -1331,10 +1339,14 @@ impl RunnerThread {
             }
             return;
         }
-        let working = self
-            .shared
-            .working("checkpointing the replica".into(), at, 0);
-        let result = self.take_checkpoint(at);
+        let working = std::cell::RefCell::new(self.shared.working(
+            "checkpointing the replica (the total is its resident memory)".into(),
+            at,
+            0,
+        ));
+        let result = self.take_checkpoint(at, &|done, total| {
+            working.borrow_mut().done_of(done, Some(total))
+        });
         drop(working);
         self.ckpt.pending = None;
         self.ckpt.since = Instant::now();
@@ -1357,8 +1369,9 @@ impl RunnerThread {
         }
     }
 
-    /// Checkpoint the replica, which has replayed up to `at` and no further.
-    fn take_checkpoint(&self, at: u64) -> Result<String, String> {
+    /// Checkpoint the replica, which has replayed up to `at` and no further,
+    /// telling `progress` how far the image is written.
+    fn take_checkpoint(&self, at: u64, progress: &dyn Fn(u64, u64)) -> Result<String, String> {
         let Side::Replica(p) = &self.side else {
             return Err("no replica".into());
         };
@@ -1385,6 +1398,7 @@ impl RunnerThread {
                 gseq: at,
                 reserved: 0,
             }),
+            progress: Some(progress),
         };
         ferry_host::checkpoint::take(&region, pid as u32, &request).map_err(|e| {
             images::remove(&dir);

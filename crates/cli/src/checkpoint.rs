@@ -79,11 +79,59 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         }
         None => return Err(Error::Version { pid }),
     }
+    let meter = Meter::new();
+    let tell = |done, total| meter.tell(done, total);
     let request = Request {
         image: &args.image,
         parent: args.parent.as_deref(),
         timeout: args.timeout,
         position: None,
+        progress: meter.on.then_some(&tell as &dyn Fn(u64, u64)),
     };
-    take(&region, pid, &request)
+    let result = take(&region, pid, &request);
+    meter.end();
+    result
+}
+
+/// A progress line on a terminal's stderr for an image that takes more
+/// than a second to write, redrawn each second.
+struct Meter {
+    on: bool,
+    started: std::time::Instant,
+    shown: std::cell::Cell<Option<std::time::Instant>>,
+}
+
+impl Meter {
+    fn new() -> Meter {
+        use std::io::IsTerminal;
+        Meter {
+            on: std::io::stderr().is_terminal(),
+            started: std::time::Instant::now(),
+            shown: std::cell::Cell::new(None),
+        }
+    }
+
+    fn tell(&self, done: u64, total: u64) {
+        let second = std::time::Duration::from_secs(1);
+        let due = match self.shown.get() {
+            None => self.started.elapsed() >= second,
+            Some(t) => t.elapsed() >= second,
+        };
+        if due {
+            self.shown.set(Some(std::time::Instant::now()));
+            let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
+            eprint!(
+                "\rferry: writing the image: {:.0} of about {:.0} MiB, {:.0} s",
+                mib(done),
+                mib(total),
+                self.started.elapsed().as_secs_f64()
+            );
+        }
+    }
+
+    fn end(&self) {
+        if self.shown.get().is_some() {
+            eprintln!();
+        }
+    }
 }

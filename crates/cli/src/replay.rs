@@ -578,6 +578,7 @@ fn pause_and_checkpoint(
         parent: None,
         timeout: 600,
         position: Some(log.position(p.at)),
+        progress: None,
     };
     let line = ferry_host::checkpoint::take(&region, pid, &request)?;
     eprintln!("ferry: after record #{}: {line}", p.at);

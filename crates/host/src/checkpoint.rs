@@ -116,6 +116,11 @@ pub struct Request<'a> {
     pub timeout: u64,
     /// For a replay paused at a record boundary: where in its log.
     pub position: Option<ReplayPosition>,
+    /// Told about every 50 ms while a copy of the process writes a full
+    /// image's memory: the bytes it has written, and about how many it
+    /// will (the process's resident memory; zero pages are left out, so
+    /// fewer).
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
 }
 
 /// Checkpoint process `pid`, whose region is `region`, as `req` says, and
@@ -180,13 +185,23 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
         }
     }
     let parent_seq = parent.as_ref().map_or(0, |p| p.0);
+    let rss = resident_bytes(pid);
     preallocate(
         &dir.join(format!("{vpid}.fimg.tmp")),
-        pid,
+        rss,
         parent.as_ref().map(|p| p.1.as_path()),
         vpid,
     );
-    let result = ask(region, pid, vpid, &dir, dir_bytes, parent_seq, req.timeout);
+    let progress = req.progress.map(|tell| (tell, rss));
+    let result = ask(
+        region,
+        pid,
+        vpid,
+        (&dir, dir_bytes),
+        parent_seq,
+        req.timeout,
+        progress,
+    );
     let seq = c.seq.load(Ordering::Acquire);
     c.owner.store(0, Ordering::Release);
     let started = result?;
@@ -238,15 +253,28 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
 /// parent's file, at least 64 MiB, at most the resident memory. A guess
 /// either way: the shim cuts the file to what it wrote, and if allocation
 /// fails nothing is lost but the head start.
-fn preallocate(tmp: &Path, pid: u32, parent: Option<&Path>, vpid: u32) {
-    let rss = std::fs::read_to_string(format!("/proc/{pid}/status"))
+/// The resident memory of process `pid` in bytes (0 if unknown).
+fn resident_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
                 .find(|l| l.starts_with("VmRSS:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
         })
-        .map_or(0, |kib| kib * 1024);
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// The bytes process `pid` has written with write(2) and its like since
+/// it started (`wchar` in /proc/PID/io).
+fn written_bytes(pid: u32) -> Option<u64> {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn preallocate(tmp: &Path, rss: u64, parent: Option<&Path>, vpid: u32) {
     let want = match parent {
         None => rss + (8 << 20),
         Some(p) => {
@@ -290,15 +318,18 @@ fn preallocate(tmp: &Path, pid: u32, parent: Option<&Path>, vpid: u32) {
     }
 }
 
+/// Whom to tell how far a full image is written, and the total guessed.
+type Progress<'a> = (&'a dyn Fn(u64, u64), u64);
+
 /// Make the request and wait for the answer.
 fn ask(
     region: &Region,
     pid: u32,
     vpid: u32,
-    dir: &Path,
-    dir_bytes: &[u8],
+    (dir, dir_bytes): (&Path, &[u8]),
     parent_seq: u64,
     timeout: u64,
+    progress: Option<Progress<'_>>,
 ) -> Result<Instant, Error> {
     let c = region.ckpt();
     c.target_pid.store(pid, Ordering::Relaxed);
@@ -343,6 +374,13 @@ fn ask(
                 ),
             });
         }
+        // The writer holds no descriptor but the image's (and writes
+        // nothing else), and its counters start at zero.
+        if let (Some((tell, total)), true) = (progress, writer != 0) {
+            if let Some(done) = written_bytes(writer) {
+                tell(done, total);
+            }
+        }
         if Instant::now() > deadline {
             return Err(Error::Timeout {
                 pid,
@@ -370,4 +408,43 @@ fn ask(
         });
     }
     Ok(started)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::written_bytes;
+
+    /// The progress of a full image is its writer's `wchar`: a forked
+    /// process's count starts at zero and counts what it writes.
+    #[test]
+    fn a_forked_writers_count_of_bytes_written_is_its_own() {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        // SAFETY: the child only writes, waits on a socket and exits with
+        // _exit; the test process's other threads are not touched.
+        let child = unsafe { libc::fork() };
+        assert!(child >= 0);
+        if child == 0 {
+            use std::io::{Read, Write};
+            let mut null = std::fs::OpenOptions::new()
+                .write(true)
+                .open("/dev/null")
+                .unwrap();
+            let _ = null.write_all(&vec![1u8; 300_000]);
+            let _ = (&theirs).write_all(b"w");
+            let mut b = [0u8; 1];
+            let _ = (&theirs).read(&mut b);
+            // SAFETY: ends the child without the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        use std::io::{Read, Write};
+        let mut b = [0u8; 1];
+        (&ours).read_exact(&mut b).unwrap();
+        let written = written_bytes(child as u32);
+        (&ours).write_all(b"x").unwrap();
+        crate::sys::wait_for(child).unwrap();
+        // Its 300 000 bytes (and the socket's one, where sends count),
+        // nothing of the parent's.
+        let written = written.unwrap();
+        assert!((300_000..=300_001).contains(&written), "{written}");
+    }
 }
