@@ -79,8 +79,8 @@ pub enum AppEvent {
     Supplied { app: String, from: String, at: u64 },
     /// An image from `from` did not arrive whole, or did not match the log.
     SupplyFailed { app: String, from: String },
-    /// Backup: a new image of the replica, after record `at`.
-    Checkpointed { app: String, at: u64 },
+    /// Backup: a new image of the replica.
+    Checkpointed { app: String },
     /// Backup: the record stream `gen` from `from` ended.
     StreamEnded { app: String, from: String, gen: u64 },
 }
@@ -507,17 +507,28 @@ impl AppShared {
         Some(c.crc)
     }
 
-    /// Primary: whether the image a backup took after record `at` is worth
-    /// fetching: at least one whole log segment lies between the newest
-    /// image here and it, so that it lets this node trim its log further
-    /// (or gives it its first image to send a late backup).
-    pub fn image_worth_fetching(&self, at: u64) -> bool {
-        let after = images::latest(&self.dir).map_or(0, |i| i.position.gseq + 1);
+    /// Primary: whether the image of `bytes` a backup took after record
+    /// `at` is worth fetching. It must cover at least one whole log
+    /// segment after the newest image here. The first image is then
+    /// fetched at once: it spares a late backup replaying the program's
+    /// history. A later one is fetched once the segments it covers are at
+    /// least as large as it is, so that fetching it saves more disk than
+    /// it costs.
+    pub fn image_worth_fetching(&self, at: u64, bytes: u64) -> bool {
+        let newest = images::latest(&self.dir);
+        let after = newest.as_ref().map_or(0, |i| i.position.gseq + 1);
         let log = self.log.lock().unwrap();
+        // Never the last segment, which is being written.
+        let closed = log.segment_count().saturating_sub(1);
+        let covered: Vec<u64> = log
+            .segment_ranges()
+            .take(closed)
+            .filter(|&(first, end, _)| first >= after && end <= at + 1)
+            .map(|(_, _, len)| len)
+            .collect();
         at < log.next_gseq()
-            && log
-                .segment_ranges()
-                .any(|(first, end)| first >= after && end <= at + 1)
+            && !covered.is_empty()
+            && (newest.is_none() || covered.iter().sum::<u64>() >= bytes)
     }
 
     /// Check an image from another node, taken after record `at`, whose
@@ -1358,10 +1369,7 @@ impl RunnerThread {
                 if let Some(oldest) = images::prune(&self.shared.dir, self.shared.policy.keep) {
                     self.shared.trim_log(oldest);
                 }
-                self.emit(AppEvent::Checkpointed {
-                    app: self.app(),
-                    at,
-                });
+                self.emit(AppEvent::Checkpointed { app: self.app() });
             }
             Err(e) => {
                 warn!(app = %self.shared.name, at, error = %e, "cannot checkpoint the replica")

@@ -805,8 +805,8 @@ impl Core {
             } => self.serve(&app, &from, from_gseq, replica_at),
             PeerEvent::Message {
                 from,
-                message: PeerMessage::Checkpointed { app, at },
-            } => self.image_offered(&app, &from, at),
+                message: PeerMessage::Checkpointed { app, at, bytes },
+            } => self.image_offered(&app, &from, at, bytes),
             PeerEvent::Message {
                 from,
                 message: PeerMessage::SendImage { app, at },
@@ -865,14 +865,15 @@ impl Core {
             PeerMessage::Checkpointed {
                 app: app.to_owned(),
                 at: image.position.gseq,
+                bytes: crate::images::bytes(&image.dir),
             },
         );
     }
 
-    /// Primary: backup `from` has an image after record `at`. Ask for it
-    /// when it lets this node trim its log by a segment at least and no
-    /// other image is on its way here.
-    fn image_offered(&mut self, app: &str, from: &str, at: u64) {
+    /// Primary: backup `from` has an image of `bytes` after record `at`.
+    /// Ask for it when it lets this node drop at least as much of its log
+    /// and no other image is on its way here.
+    fn image_offered(&mut self, app: &str, from: &str, at: u64, bytes: u64) {
         let primary = self
             .node
             .status(app)
@@ -884,7 +885,7 @@ impl Core {
             .image_wanted
             .as_ref()
             .is_some_and(|(_, _, asked)| asked.elapsed() < IMAGE_WANTED_FOR);
-        if waiting || !l.shared.image_worth_fetching(at) {
+        if waiting || !l.shared.image_worth_fetching(at, bytes) {
             return;
         }
         info!(
@@ -1261,15 +1262,14 @@ impl Core {
                     }
                 }
             }
-            AppEvent::Checkpointed { app, at } => {
+            AppEvent::Checkpointed { app } => {
                 let primary = self
                     .node
                     .status(&app)
                     .filter(|s| s.role == Role::Backup)
                     .and_then(|s| s.primary.clone());
                 if let Some(primary) = primary {
-                    self.transport
-                        .send(&primary, PeerMessage::Checkpointed { app, at });
+                    self.report_image(&app, &primary);
                 }
             }
             AppEvent::HaveStart { app } => {

@@ -112,6 +112,19 @@ pub fn list(app_dir: &Path) -> Vec<Stored> {
         .collect()
 }
 
+/// The bytes of the files of the image in `dir`.
+pub fn bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok()?.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// The newest finished image.
 pub fn latest(app_dir: &Path) -> Option<Stored> {
     list(app_dir).pop()

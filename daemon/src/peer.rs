@@ -113,6 +113,8 @@ pub enum PeerMessage {
         app: String,
         /// The image's position.
         at: u64,
+        /// The bytes of its files.
+        bytes: u64,
     },
     /// Primary → backup: send the image after record `at` (on a
     /// [`StreamHead::Image`] stream): the primary keeps it, trims its log

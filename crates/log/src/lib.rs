@@ -482,10 +482,12 @@ impl SegmentLog {
         self.segments.len()
     }
 
-    /// The records of each segment: `(first gseq, gseq after its last)`,
-    /// in `gseq` order.
-    pub fn segment_ranges(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.segments.iter().map(|s| (s.first_gseq, s.end_gseq))
+    /// Each segment's records and size: `(first gseq, gseq after its
+    /// last, bytes)`, in `gseq` order.
+    pub fn segment_ranges(&self) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        self.segments
+            .iter()
+            .map(|s| (s.first_gseq, s.end_gseq, s.len))
     }
 
     /// Paths of the segment files, in `gseq` order.

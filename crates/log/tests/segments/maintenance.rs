@@ -26,12 +26,18 @@ fn drop_below_removes_whole_segments_below_the_checkpoint() {
     assert!(starts.len() >= 4, "{starts:?}");
     let (mut log, _) = open(dir.path(), 500);
     // The ranges follow on from each other and end where the log does.
-    let ranges: Vec<(u64, u64)> = log.segment_ranges().collect();
+    let ranges: Vec<(u64, u64, u64)> = log.segment_ranges().collect();
     assert_eq!(ranges.iter().map(|r| r.0).collect::<Vec<_>>(), starts);
     for pair in ranges.windows(2) {
         assert_eq!(pair[0].1, pair[1].0, "{ranges:?}");
     }
     assert_eq!(ranges.last().unwrap().1, 40);
+    // Their sizes are the files'.
+    let sizes: Vec<u64> = segment_files(dir.path())
+        .iter()
+        .map(|p| fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(ranges.iter().map(|r| r.2).collect::<Vec<_>>(), sizes);
 
     // Inside the second segment: only the first goes.
     assert_eq!(log.drop_below(starts[2] - 1).unwrap(), 1);
