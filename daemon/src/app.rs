@@ -165,8 +165,9 @@ pub struct UnderWay {
     pub what: String,
     /// The image's position.
     pub at: u64,
-    /// The work is receiving that image.
-    pub receipt: bool,
+    /// The work is receiving these images (the one at `at` last, after
+    /// those it is incremental to); empty for other work.
+    pub receipt: Vec<u64>,
     /// Bytes done and in all (0: not known).
     pub done: u64,
     pub total: u64,
@@ -243,19 +244,24 @@ impl AppShared {
     /// under way until the guard is dropped.
     pub fn working(&self, what: String, at: u64, total: u64) -> Working<'_> {
         let list = self.under_way.lock().unwrap();
-        self.work_on(list, what, at, total, false)
+        self.work_on(list, what, at, total, Vec::new())
     }
 
-    /// List the receipt of the image at `at` from `from` as under way;
-    /// `None` when an image at `at` is being received already (from
-    /// another stream, whose files this one would overwrite).
-    pub fn receiving(&self, from: &str, at: u64, total: u64) -> Option<Working<'_>> {
+    /// List the receipt from `from` of the images at `positions` (the
+    /// image's last, after those it is incremental to) as under way;
+    /// `None` when one of them is being received already (from another
+    /// stream, whose files this one would overwrite).
+    pub fn receiving(&self, from: &str, positions: &[u64], total: u64) -> Option<Working<'_>> {
         let list = self.under_way.lock().unwrap();
-        if list.iter().any(|(_, w)| w.receipt && w.at == at) {
+        let busy = list
+            .iter()
+            .any(|(_, w)| w.receipt.iter().any(|g| positions.contains(g)));
+        let at = *positions.last()?;
+        if busy {
             return None;
         }
         let what = format!("receiving an image from {from}");
-        Some(self.work_on(list, what, at, total, true))
+        Some(self.work_on(list, what, at, total, positions.to_vec()))
     }
 
     fn work_on(
@@ -264,7 +270,7 @@ impl AppShared {
         what: String,
         at: u64,
         total: u64,
-        receipt: bool,
+        receipt: Vec<u64>,
     ) -> Working<'_> {
         let id = self.next_work.fetch_add(1, Ordering::Relaxed);
         list.push((
@@ -782,6 +788,14 @@ struct Checkpoints {
     since: Instant,
     /// Bytes of records fed since.
     bytes: u64,
+    /// The bytes of the last full image, or of the chain the replica was
+    /// restored from (0: none).
+    full_bytes: u64,
+    /// The last image this replica process took, which the next may be
+    /// incremental to (a restored process starts with a full one).
+    parent: Option<u64>,
+    /// Incremental images since the last full one.
+    incrementals: usize,
     /// Feeding stopped after this gseq, at this time: the checkpoint is
     /// taken once the replica has replayed it.
     pending: Option<(u64, Instant)>,
@@ -798,8 +812,18 @@ impl Checkpoints {
             last: at,
             since: Instant::now(),
             bytes: 0,
+            full_bytes: 0,
+            parent: None,
+            incrementals: 0,
             pending: None,
         }
+    }
+
+    /// The image the next checkpoint is incremental to: the last one this
+    /// replica process took, unless `policy` wants a full one now.
+    fn next_parent(&self, policy: &Policy) -> Option<u64> {
+        self.parent
+            .filter(|_| self.incrementals < policy.incrementals)
     }
 
     /// Account for `records`, just fed (whole records in the log encoding).
@@ -1070,6 +1094,7 @@ impl RunnerThread {
                     self.started(&p);
                     self.shared.replayed.store(at, Ordering::SeqCst);
                     self.ckpt = Checkpoints::new(at, image.position.prefix_crc);
+                    self.ckpt.full_bytes = images::chain_bytes(&self.shared.dir, &image);
                     self.side = Side::Replica(p);
                     return;
                 }
@@ -1288,7 +1313,15 @@ impl RunnerThread {
         self.shared.replayed.store(p.replayed(), Ordering::Relaxed);
         let fed = p.fed();
         let policy = self.shared.policy;
-        if fed > self.ckpt.last && policy.due(self.ckpt.since.elapsed(), self.ckpt.bytes) {
+        // By size, a full image waits until the log is as large as the
+        // last one; an incremental one does not.
+        let next_full = self.ckpt.next_parent(&policy).is_none();
+        let due = policy.due(
+            self.ckpt.since.elapsed(),
+            self.ckpt.bytes,
+            if next_full { self.ckpt.full_bytes } else { 0 },
+        );
+        if fed > self.ckpt.last && due {
             // Stop feeding here: the image is taken once the replica has
             // replayed everything it was given.
             self.ckpt.pending = Some((fed, Instant::now()));
@@ -1355,10 +1388,15 @@ impl RunnerThread {
             at,
             0,
         ));
-        let result = self.take_checkpoint(at, &|done, total| {
-            working.borrow_mut().done_of(done, Some(total))
-        });
+        let tell = |done, total| working.borrow_mut().done_of(done, Some(total));
+        let parent = self.ckpt.next_parent(&self.shared.policy);
+        let mut result = self.take_checkpoint(at, parent, &tell);
+        if let (Some(p), Err(e)) = (parent, &result) {
+            warn!(app = %self.shared.name, at, parent = p, error = %e, "no incremental image; taking a full one");
+            result = self.take_checkpoint(at, None, &tell);
+        }
         drop(working);
+        let full = parent.is_none() || result.as_ref().is_ok_and(|l| l.contains("full image"));
         self.ckpt.pending = None;
         self.ckpt.since = Instant::now();
         match result {
@@ -1366,6 +1404,13 @@ impl RunnerThread {
                 info!(app = %self.shared.name, at, "{line}");
                 self.ckpt.last = at;
                 self.ckpt.bytes = 0;
+                self.ckpt.parent = Some(at);
+                if full {
+                    self.ckpt.incrementals = 0;
+                    self.ckpt.full_bytes = images::bytes(&images::dir_for(&self.shared.dir, at));
+                } else {
+                    self.ckpt.incrementals += 1;
+                }
                 if let Some(oldest) = images::prune(&self.shared.dir, self.shared.policy.keep) {
                     self.shared.trim_log(oldest);
                 }
@@ -1378,8 +1423,14 @@ impl RunnerThread {
     }
 
     /// Checkpoint the replica, which has replayed up to `at` and no further,
-    /// telling `progress` how far the image is written.
-    fn take_checkpoint(&self, at: u64, progress: &dyn Fn(u64, u64)) -> Result<String, String> {
+    /// incremental to the image after record `parent` if given, telling
+    /// `progress` how far the image is written.
+    fn take_checkpoint(
+        &self,
+        at: u64,
+        parent: Option<u64>,
+        progress: &dyn Fn(u64, u64),
+    ) -> Result<String, String> {
         let Side::Replica(p) = &self.side else {
             return Err("no replica".into());
         };
@@ -1395,9 +1446,11 @@ impl RunnerThread {
         images::remove(&dir);
         std::fs::create_dir_all(images::images_dir(&self.shared.dir))
             .map_err(|e| format!("{}: {e}", images::images_dir(&self.shared.dir).display()))?;
+        let parent = parent.map(|g| (images::dir_for(&self.shared.dir, g), images::sibling(g)));
         let request = ferry_host::checkpoint::Request {
             image: &dir,
-            parent: None,
+            parent: parent.as_ref().map(|p| p.0.as_path()),
+            parent_named: parent.as_ref().map(|p| p.1.as_path()),
             timeout: 120,
             position: Some(ferry_image::manifest::ReplayPosition {
                 flags: ferry_image::manifest::POSITION_PRESENT,

@@ -50,12 +50,18 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS")]
     pub checkpoint_every: Option<u64>,
     /// Checkpoint each replica once it has replayed this many MiB of
-    /// records since its last image (0: never by size). Default 256.
+    /// records since its last image, and no fewer than that image holds
+    /// (0: never by size). Default 256.
     #[arg(long, value_name = "MIB")]
     pub checkpoint_log_mib: Option<u64>,
-    /// How many images of each replica to keep (at least 1). Default 2.
+    /// How many images of each replica to keep (at least 1), each with
+    /// the images it is incremental to. Default 2.
     #[arg(long, value_name = "N")]
     pub checkpoints_kept: Option<usize>,
+    /// How many incremental images (the pages written since the last
+    /// image) follow each full one (0: every image is full). Default 8.
+    #[arg(long, value_name = "N")]
+    pub checkpoint_incrementals: Option<usize>,
     /// Close a log segment and start a new one at this size, in KiB (at
     /// least 64). Segments wholly covered by an image are dropped. Default
     /// 65536 (64 MiB).
@@ -82,6 +88,7 @@ struct File {
     checkpoint_every: Option<u64>,
     checkpoint_log_mib: Option<u64>,
     checkpoints_kept: Option<usize>,
+    checkpoint_incrementals: Option<usize>,
     log_segment_kib: Option<u64>,
     #[serde(default)]
     timings: FileTimings,
@@ -248,6 +255,17 @@ impl Settings {
         if kept == 0 {
             return Err(bad("--checkpoints-kept", "0", "at least one image is kept"));
         }
+        let incrementals = args
+            .checkpoint_incrementals
+            .or(file.checkpoint_incrementals)
+            .unwrap_or(dflt.incrementals);
+        if incrementals >= ferry_image::dir::MAX_CHAIN {
+            return Err(bad(
+                "--checkpoint-incrementals",
+                &incrementals.to_string(),
+                "a chain holds at most 255 incremental images",
+            ));
+        }
         if mib.is_some_and(|m| m > u64::MAX >> 20) {
             return Err(bad(
                 "--checkpoint-log-mib",
@@ -267,6 +285,7 @@ impl Settings {
                 None => dflt.log_bytes,
             },
             keep: kept,
+            incrementals,
         };
         let dflt_kib = ferry_log::DEFAULT_SEGMENT_BYTES >> 10;
         let kib = args
@@ -430,7 +449,8 @@ mod tests {
         std::fs::write(
             &path,
             "node = \"a\"\nlisten = \"127.0.0.1:1\"\ndata-dir = \"/d\"\ncontrol = \"/c\"\n\
-             certs = \"/k\"\ncheckpoint-every = 30\ncheckpoint-log-mib = 0\n",
+             certs = \"/k\"\ncheckpoint-every = 30\ncheckpoint-log-mib = 0\n\
+             checkpoint-incrementals = 3\n",
         )
         .unwrap();
         let p = path.to_str().unwrap();
@@ -441,6 +461,7 @@ mod tests {
         );
         assert_eq!(s.storage.checkpoints.log_bytes, None);
         assert_eq!(s.storage.checkpoints.keep, 2);
+        assert_eq!(s.storage.checkpoints.incrementals, 3);
         let s = parse(&[
             "ferryd",
             "--config",
@@ -455,6 +476,10 @@ mod tests {
         assert_eq!(s.storage.checkpoints.log_bytes, Some(4 << 20));
         let e = parse(&["ferryd", "--config", p, "--checkpoints-kept", "0"]).unwrap_err();
         assert!(e.to_string().contains("--checkpoints-kept"), "{e}");
+        let e = parse(&["ferryd", "--config", p, "--checkpoint-incrementals", "256"]).unwrap_err();
+        assert!(e.to_string().contains("--checkpoint-incrementals"), "{e}");
+        let s = parse(&["ferryd", "--config", p, "--checkpoint-incrementals", "0"]).unwrap();
+        assert_eq!(s.storage.checkpoints.incrementals, 0);
     }
 
     #[test]

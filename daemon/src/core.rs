@@ -853,11 +853,10 @@ impl Core {
     /// Backup: tell `primary` of the newest image here, which it may ask
     /// for to trim its own log.
     fn report_image(&self, app: &str, primary: &str) {
-        let Some(image) = self
-            .locals
-            .get(app)
-            .and_then(|l| crate::images::latest(&l.shared.dir))
-        else {
+        let Some(l) = self.locals.get(app) else {
+            return;
+        };
+        let Some(image) = crate::images::latest(&l.shared.dir) else {
             return;
         };
         self.transport.send(
@@ -865,7 +864,7 @@ impl Core {
             PeerMessage::Checkpointed {
                 app: app.to_owned(),
                 at: image.position.gseq,
-                bytes: crate::images::bytes(&image.dir),
+                bytes: crate::images::chain_bytes(&l.shared.dir, &image),
             },
         );
     }
@@ -881,10 +880,16 @@ impl Core {
         let Some(l) = self.locals.get_mut(app).filter(|_| primary) else {
             return;
         };
+        // Another image is on its way, unless this offer replaces the one
+        // asked of the same backup before any of it came (that backup no
+        // longer had it).
+        let receiving = l.shared.under_way().iter().any(|w| !w.receipt.is_empty());
         let waiting = l
             .image_wanted
             .as_ref()
-            .is_some_and(|(_, _, asked)| asked.elapsed() < IMAGE_WANTED_FOR);
+            .is_some_and(|(peer, wanted, asked)| {
+                asked.elapsed() < IMAGE_WANTED_FOR && (peer != from || *wanted == at || receiving)
+            });
         if waiting || !l.shared.image_worth_fetching(at, bytes) {
             return;
         }
@@ -917,14 +922,12 @@ impl Core {
         });
         match image {
             Some(image) => self.send_image(app, to, image),
-            None => {
-                debug!(
-                    app,
-                    peer = to,
-                    at,
-                    "asked for an image this node does not have (or not as its backup)"
-                )
+            None if backup_of => {
+                // Pruned since it was offered: offer the newest instead.
+                debug!(app, peer = to, at, "asked for an image no longer here");
+                self.report_image(app, to);
             }
+            None => debug!(app, peer = to, at, "asked for an image, not as its backup"),
         }
     }
 

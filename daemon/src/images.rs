@@ -21,11 +21,13 @@ use tracing::warn;
 pub struct Policy {
     /// At most this long after the last image (`None`: never by time).
     pub every: Option<Duration>,
-    /// Once this many bytes of records were replayed since the last image
-    /// (`None`: never by size).
+    /// Once this many bytes of records were replayed since the last image,
+    /// and at least as many as that image holds (`None`: never by size).
     pub log_bytes: Option<u64>,
-    /// Images kept (at least 1).
+    /// Images kept (at least 1), each with the images it is incremental to.
     pub keep: usize,
+    /// Incremental images after each full one (0: every image is full).
+    pub incrementals: usize,
 }
 
 impl Default for Policy {
@@ -34,14 +36,21 @@ impl Default for Policy {
             every: Some(Duration::from_secs(600)),
             log_bytes: Some(256 << 20),
             keep: 2,
+            incrementals: 8,
         }
     }
 }
 
 impl Policy {
-    /// Whether one is due, `since` the last and `bytes` replayed after it.
-    pub fn due(&self, since: Duration, bytes: u64) -> bool {
-        self.every.is_some_and(|e| since >= e) || self.log_bytes.is_some_and(|b| bytes >= b)
+    /// Whether one is due, `since` the last (of `image_bytes`) and `bytes`
+    /// replayed after it. By size, the images written never outgrow the
+    /// log they replace: a program holding 4 GiB is checkpointed after
+    /// 4 GiB of log at the soonest, not after each 256 MiB.
+    pub fn due(&self, since: Duration, bytes: u64, image_bytes: u64) -> bool {
+        self.every.is_some_and(|e| since >= e)
+            || self
+                .log_bytes
+                .is_some_and(|b| bytes >= b && bytes >= image_bytes)
     }
 }
 
@@ -52,6 +61,10 @@ pub struct Stored {
     pub dir: PathBuf,
     /// Its position: after record `position.gseq`.
     pub position: ReplayPosition,
+    /// For an incremental image, the images it is incremental to, in this
+    /// directory, newest first, ending with a full one; empty for a full
+    /// image.
+    pub ancestors: Vec<u64>,
 }
 
 const PREFIX: &str = "at-";
@@ -63,11 +76,17 @@ pub fn images_dir(app_dir: &Path) -> PathBuf {
 
 /// The directory of the image taken after record `gseq`.
 pub fn dir_for(app_dir: &Path, gseq: u64) -> PathBuf {
-    images_dir(app_dir).join(format!("{PREFIX}{gseq:020}"))
+    images_dir(app_dir).join(name_for(gseq))
 }
 
-fn gseq_of(name: &str) -> Option<u64> {
+/// The position an image directory's name says.
+pub fn gseq_of(name: &str) -> Option<u64> {
     name.strip_prefix(PREFIX)?.parse().ok()
+}
+
+/// The name of the directory of the image after record `gseq`.
+pub fn name_for(gseq: u64) -> String {
+    format!("{PREFIX}{gseq:020}")
 }
 
 /// Every image directory by position, finished or not.
@@ -104,15 +123,47 @@ pub fn list(app_dir: &Path) -> Vec<Stored> {
             if position.is_none() {
                 warn!(image = %dir.display(), "an image of the replica is not at the position its name says; not used");
             }
+            let ancestors = match ancestors(&image) {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(image = %dir.display(), error = %e, "an incremental image of the replica lacks an image it needs; not used");
+                    return None;
+                }
+            };
             Some(Stored {
                 dir,
                 position: position?,
+                ancestors,
             })
         })
         .collect()
 }
 
-/// The bytes of the files of the image in `dir`.
+/// The positions of the images `image` is incremental to, newest first:
+/// each must be whole and beside it (`../at-N`).
+fn ancestors(image: &Image) -> Result<Vec<u64>, String> {
+    let chain = image.chain().map_err(|e| e.to_string())?;
+    let home = |dir: &Path| dir.parent().and_then(|p| std::fs::canonicalize(p).ok());
+    let here = home(image.dir());
+    chain[1..]
+        .iter()
+        .map(|i| {
+            let name = i.dir().file_name().and_then(|n| n.to_str());
+            name.and_then(gseq_of)
+                .filter(|_| home(i.dir()) == here)
+                .ok_or_else(|| format!("{}: not an image beside it", i.dir().display()))
+        })
+        .collect()
+}
+
+/// The path by which an image beside it names the image after record
+/// `gseq` as its parent.
+pub fn sibling(gseq: u64) -> PathBuf {
+    Path::new("..").join(name_for(gseq))
+}
+
+/// The bytes of the files of the image in `dir` (of it alone, not of the
+/// images it is incremental to).
 pub fn bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .map(|entries| {
@@ -125,29 +176,41 @@ pub fn bytes(dir: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// The bytes of the files of `image` and of the images it is
+/// incremental to: what shipping it sends.
+pub fn chain_bytes(app_dir: &Path, image: &Stored) -> u64 {
+    bytes(&image.dir)
+        + image
+            .ancestors
+            .iter()
+            .map(|&g| bytes(&dir_for(app_dir, g)))
+            .sum::<u64>()
+}
+
 /// The newest finished image.
 pub fn latest(app_dir: &Path) -> Option<Stored> {
     list(app_dir).pop()
 }
 
-/// Keep the newest `keep` finished images; remove older ones and every
-/// unfinished directory below the newest. Returns the position of the
-/// oldest image kept, below which the log is not needed.
+/// Keep the newest `keep` finished images and those they are incremental
+/// to; remove older ones and every unfinished directory below the newest.
+/// Returns the position of the oldest of the `keep`, below which the log
+/// is not needed.
 pub fn prune(app_dir: &Path, keep: usize) -> Option<u64> {
     let finished = list(app_dir);
-    let kept: Vec<u64> = finished
+    let heads: Vec<&Stored> = finished.iter().rev().take(keep.max(1)).collect();
+    let newest = heads.first()?.position.gseq;
+    let oldest = heads.last()?.position.gseq;
+    let kept: Vec<u64> = heads
         .iter()
-        .rev()
-        .take(keep.max(1))
-        .map(|s| s.position.gseq)
+        .flat_map(|s| std::iter::once(s.position.gseq).chain(s.ancestors.iter().copied()))
         .collect();
-    let newest = kept.first().copied()?;
     for (gseq, dir) in dirs(app_dir) {
         if gseq < newest && !kept.contains(&gseq) {
             remove(&dir);
         }
     }
-    kept.last().copied()
+    Some(oldest)
 }
 
 /// Remove the images after `gseq`: the log was cut there, and what they
@@ -192,21 +255,28 @@ mod tests {
     }
 
     #[test]
-    fn a_policy_is_due_by_time_or_by_size() {
+    fn a_policy_is_due_by_time_or_by_size_but_not_more_often_than_an_images_size() {
         let p = Policy {
             every: Some(Duration::from_secs(10)),
             log_bytes: Some(100),
             keep: 2,
+            incrementals: 0,
         };
-        assert!(!p.due(Duration::from_secs(9), 99));
-        assert!(p.due(Duration::from_secs(10), 0));
-        assert!(p.due(Duration::ZERO, 100));
+        assert!(!p.due(Duration::from_secs(9), 99, 0));
+        assert!(p.due(Duration::from_secs(10), 0, 0));
+        assert!(p.due(Duration::ZERO, 100, 0));
+        // Not by size before the log is as large as the last image; by
+        // time, still.
+        assert!(!p.due(Duration::ZERO, 100, 1000));
+        assert!(p.due(Duration::ZERO, 1000, 1000));
+        assert!(p.due(Duration::from_secs(10), 0, 1000));
         let off = Policy {
             every: None,
             log_bytes: None,
             keep: 1,
+            incrementals: 0,
         };
-        assert!(!off.due(Duration::from_secs(1 << 30), u64::MAX));
+        assert!(!off.due(Duration::from_secs(1 << 30), u64::MAX, 0));
     }
 
     #[test]

@@ -40,28 +40,38 @@ pub struct Shipment {
 }
 
 impl Shipment {
-    /// Open `image` of `shared` for sending.
+    /// Open `image` of `shared` for sending, with the images it is
+    /// incremental to: their files come first, oldest first, named
+    /// `at-N/NAME`; the image's own have plain names.
     pub fn open(shared: &AppShared, image: Stored) -> anyhow::Result<Shipment> {
         let start = shared
             .start_record()
             .ok_or_else(|| anyhow::anyhow!("no start record to send with the image"))?;
-        let mut names = Vec::new();
-        for e in std::fs::read_dir(&image.dir)? {
-            let e = e?;
-            if e.file_type()?.is_file() {
-                if let Some(name) = e.file_name().to_str() {
-                    names.push(name.to_owned());
-                }
-            }
-        }
-        names.sort();
         let mut files = Vec::new();
         let mut list = Vec::new();
-        for name in names {
-            let f = File::open(image.dir.join(&name))?;
-            let len = f.metadata()?.len();
-            list.push((name, len));
-            files.push(f);
+        let dirs = image.ancestors.iter().rev().map(|&g| Some(g)).chain([None]);
+        for ancestor in dirs {
+            let dir = ancestor.map_or(image.dir.clone(), |g| images::dir_for(&shared.dir, g));
+            let mut names = Vec::new();
+            for e in std::fs::read_dir(&dir)? {
+                let e = e?;
+                if e.file_type()?.is_file() {
+                    if let Some(name) = e.file_name().to_str() {
+                        names.push(name.to_owned());
+                    }
+                }
+            }
+            names.sort();
+            for name in names {
+                let f = File::open(dir.join(&name))?;
+                let len = f.metadata()?.len();
+                let listed = match ancestor {
+                    Some(g) => format!("{}/{name}", images::name_for(g)),
+                    None => name,
+                };
+                list.push((listed, len));
+                files.push(f);
+            }
         }
         Ok(Shipment {
             head: ImageHead {
@@ -137,10 +147,25 @@ fn plain(name: &str) -> bool {
     !name.is_empty() && name != "." && name != ".." && !name.contains('/') && !name.contains('\0')
 }
 
+/// Where a file the head lists goes: `None` for the image's own (a
+/// plain name), `Some(N)` for the image after record N it is incremental
+/// to (`at-N/NAME`, N below the image's position); the file's name.
+fn place(name: &str, at: u64) -> Option<(Option<u64>, &str)> {
+    match name.split_once('/') {
+        None => plain(name).then_some((None, name)),
+        Some((dir, file)) => {
+            let g = images::gseq_of(dir).filter(|&g| g < at && images::name_for(g) == dir)?;
+            plain(file).then_some((Some(g), file))
+        }
+    }
+}
+
 /// Receive the image `head` announces from `stream` into `shared`'s images
-/// directory; with `check`, the records it replayed must be those of this
-/// node's log ([`AppShared::check_image`]). On any error nothing is left
-/// that looks like an image.
+/// directory, with the images it is incremental to; with `check`, the
+/// records it replayed must be those of this node's log
+/// ([`AppShared::check_image`]). Each image is checked whole before it is
+/// put in place, oldest first; on any error nothing is left that looks
+/// like an image but those already in place, which are whole.
 pub async fn receive(
     shared: &AppShared,
     head: &ImageHead,
@@ -149,44 +174,80 @@ pub async fn receive(
 ) -> anyhow::Result<()> {
     let app = &shared.name;
     let at = head.at;
-    if head.files.len() > MAX_FILES || head.files.iter().any(|(n, _)| !plain(n)) {
-        anyhow::bail!("the image's file list is not a list of plain names");
-    }
-    let total: u64 = head.files.iter().map(|f| f.1).sum();
-    let Some(mut working) = shared.receiving(&stream.from, at, total) else {
-        anyhow::bail!("the image after gseq {at} is being received from another stream already");
+    let places: Option<Vec<(Option<u64>, &str)>> =
+        head.files.iter().map(|(n, _)| place(n, at)).collect();
+    let Some(places) = places.filter(|_| head.files.len() <= MAX_FILES) else {
+        anyhow::bail!("the image's file list is not a list of plain names (and at-N/NAME for the images it is incremental to)");
     };
-    let dir = images::dir_for(&shared.dir, at);
-    let part = dir.with_extension("part");
-    images::remove(&part);
-    std::fs::create_dir_all(&part)?;
-    let result = receive_into(app, head, stream, &part, &mut working)
-        .await
-        .and_then(|crc| match check {
-            // Reads the log up to the image: off the event loop's thread.
-            true => tokio::task::block_in_place(|| shared.check_image(at, crc))
-                .map_err(|e| anyhow::anyhow!("{e}")),
-            false => Ok(()),
-        });
-    if let Err(e) = result {
-        images::remove(&part);
-        return Err(e);
+    let mut ancestors: Vec<u64> = places.iter().filter_map(|p| p.0).collect();
+    ancestors.sort_unstable();
+    ancestors.dedup();
+    let total: u64 = head.files.iter().map(|f| f.1).sum();
+    let positions: Vec<u64> = ancestors.iter().copied().chain([at]).collect();
+    let Some(mut working) = shared.receiving(&stream.from, &positions, total) else {
+        anyhow::bail!("the image after gseq {at} (or one it is incremental to) is being received from another stream already");
+    };
+    let part = |g: u64| images::dir_for(&shared.dir, g).with_extension("part");
+    for &g in &positions {
+        images::remove(&part(g));
+        std::fs::create_dir_all(part(g))?;
     }
-    images::remove(&dir);
-    std::fs::rename(&part, &dir)?;
-    sync_dir(&images::images_dir(&shared.dir));
+    let result = match receive_into(app, head, &places, stream, &part, &mut working).await {
+        Ok(()) => tokio::task::block_in_place(|| install(shared, at, &ancestors, check)),
+        Err(e) => Err(e),
+    };
+    if result.is_err() {
+        for &g in &positions {
+            images::remove(&part(g));
+        }
+    }
+    result
+}
+
+/// Put the received images in place, oldest first, each checked whole
+/// (an incremental one needs its parent in place to open). An image this
+/// node has already, the same byte for byte, is kept as it is.
+fn install(shared: &AppShared, at: u64, ancestors: &[u64], check: bool) -> anyhow::Result<()> {
+    let manifest = |dir: &Path| std::fs::read(dir.join(ferry_image::dir::MANIFEST_NAME)).ok();
+    for &g in ancestors.iter().chain([&at]) {
+        let dir = images::dir_for(&shared.dir, g);
+        let part = dir.with_extension("part");
+        sync_dir(&part);
+        if g != at && manifest(&dir).is_some() && manifest(&dir) == manifest(&part) {
+            images::remove(&part);
+            continue;
+        }
+        let image = Image::open(&part).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let Some(position) = image.replay_position().filter(|p| p.gseq == g) else {
+            anyhow::bail!(
+                "{}: the image received is not at gseq {g}, as its name says",
+                part.display()
+            );
+        };
+        image.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        image.chain().map_err(|e| anyhow::anyhow!("{e}"))?;
+        if g == at && check {
+            // Reads the log up to the image.
+            shared
+                .check_image(at, position.prefix_crc)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        images::remove(&dir);
+        std::fs::rename(&part, &dir)?;
+        sync_dir(&images::images_dir(&shared.dir));
+    }
     Ok(())
 }
 
-/// The files into `part`, checked as an image at `head.at`; the CRC its
-/// position carries.
+/// The files into their images' `.part` directories.
 async fn receive_into(
     app: &str,
     head: &ImageHead,
+    places: &[(Option<u64>, &str)],
     stream: &mut RecordStream,
-    part: &Path,
+    part: &(dyn Fn(u64) -> std::path::PathBuf + Sync),
     working: &mut Working<'_>,
-) -> anyhow::Result<u32> {
+) -> anyhow::Result<()> {
     let at = head.at;
     let total: u64 = head.files.iter().map(|f| f.1).sum();
     info!(
@@ -194,13 +255,14 @@ async fn receive_into(
         at,
         mib = mib(total),
         from = %stream.from,
+        images = places.iter().filter_map(|p| p.0).collect::<std::collections::BTreeSet<_>>().len() + 1,
         "receiving an image"
     );
     let started = Instant::now();
     let mut got = 0u64;
     let mut pending: Vec<u8> = Vec::new();
-    for (name, len) in &head.files {
-        let mut f = File::create(part.join(name))?;
+    for ((_, len), (image, name)) in head.files.iter().zip(places) {
+        let mut f = File::create(part(image.unwrap_or(at)).join(name))?;
         let mut left = *len;
         while left > 0 {
             if pending.is_empty() {
@@ -223,12 +285,6 @@ async fn receive_into(
     if !pending.is_empty() {
         anyhow::bail!("the image's chunks are longer than its files");
     }
-    sync_dir(part);
-    let image = Image::open(part).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let Some(position) = image.replay_position().filter(|p| p.gseq == at) else {
-        anyhow::bail!("the image received is not at gseq {at}, as its head said");
-    };
-    image.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
     let secs = started.elapsed().as_secs_f64();
     info!(
         app,
@@ -237,7 +293,7 @@ async fn receive_into(
         ms = (secs * 1e3) as u64,
         "image received"
     );
-    Ok(position.prefix_crc)
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) {

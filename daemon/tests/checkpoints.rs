@@ -51,11 +51,27 @@ fn a_replica_restored_from_its_image_takes_over_with_every_acknowledged_write() 
     let s = wait_for_image(&cluster);
     let image = u(&s, "image");
     let images = cluster.node("b").data.join("apps/kv/images");
-    let dirs: Vec<_> = std::fs::read_dir(&images)
+    let mut dirs: Vec<_> = std::fs::read_dir(&images)
         .unwrap()
-        .map(|e| e.unwrap().file_name())
+        .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(dirs.len(), 1, "one image kept: {dirs:?}");
+    dirs.sort();
+    // One image kept (the newest), with the images it is incremental to:
+    // the chain back to a full image, and nothing else.
+    let newest = ferry_image::dir::Image::open(dirs.last().unwrap()).unwrap();
+    let mut chain: Vec<_> = newest
+        .chain()
+        .unwrap()
+        .iter()
+        .map(|i| std::fs::canonicalize(i.dir()).unwrap())
+        .collect();
+    chain.sort();
+    assert_eq!(chain, dirs, "not one image and its chain");
+    assert!(
+        cluster.node("b").log_text().contains("incremental image"),
+        "b took no incremental image:\n{}",
+        cluster.logs()
+    );
 
     // The replica dies; the primary's host dies: b takes over with a
     // replica restored from the image.

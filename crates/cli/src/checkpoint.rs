@@ -84,6 +84,7 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
     let request = Request {
         image: &args.image,
         parent: args.parent.as_deref(),
+        parent_named: None,
         timeout: args.timeout,
         position: None,
         progress: meter.on.then_some(&tell as &dyn Fn(u64, u64)),

@@ -576,6 +576,7 @@ fn pause_and_checkpoint(
     let request = ferry_host::checkpoint::Request {
         image: &p.image,
         parent: None,
+        parent_named: None,
         timeout: 600,
         position: Some(log.position(p.at)),
         progress: None,

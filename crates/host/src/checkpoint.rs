@@ -112,6 +112,10 @@ pub struct Request<'a> {
     pub image: &'a Path,
     /// The parent image, for an incremental one.
     pub parent: Option<&'a Path>,
+    /// The parent's path as the manifest names it, relative to the image
+    /// directory (images that move together: `../at-N`); `None`: its
+    /// absolute path.
+    pub parent_named: Option<&'a Path>,
     /// Seconds to wait for the shim before giving up.
     pub timeout: u64,
     /// For a replay paused at a record boundary: where in its log.
@@ -155,8 +159,11 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
                     p.display()
                 )));
             }
-            let abs = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
-            Some((image.seq(), abs))
+            let named = match req.parent_named {
+                Some(rel) => rel.to_path_buf(),
+                None => std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()),
+            };
+            Some((image.seq(), named))
         }
     };
     // The directory is made and checked now; the image's sequence number
@@ -189,7 +196,7 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
     preallocate(
         &dir.join(format!("{vpid}.fimg.tmp")),
         rss,
-        parent.as_ref().map(|p| p.1.as_path()),
+        req.parent.filter(|_| parent.is_some()),
         vpid,
     );
     let progress = req.progress.map(|tell| (tell, rss));
@@ -246,13 +253,6 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
     Ok(line)
 }
 
-/// Allocate the image file's blocks before the program is stopped, so
-/// that the freeze is spent copying, not allocating (fresh pages of a tmpfs
-/// or of the page cache are what a write waits for most): the process's
-/// resident memory for a full image; for an incremental one twice its
-/// parent's file, at least 64 MiB, at most the resident memory. A guess
-/// either way: the shim cuts the file to what it wrote, and if allocation
-/// fails nothing is lost but the head start.
 /// The resident memory of process `pid` in bytes (0 if unknown).
 fn resident_bytes(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -274,6 +274,13 @@ fn written_bytes(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// Allocate the image file's blocks before the program is stopped, so
+/// that the freeze is spent copying, not allocating (fresh pages of a tmpfs
+/// or of the page cache are what a write waits for most): the process's
+/// resident memory for a full image; for an incremental one twice its
+/// parent's file, at least 64 MiB, at most the resident memory. A guess
+/// either way: the shim cuts the file to what it wrote, and if allocation
+/// fails nothing is lost but the head start.
 fn preallocate(tmp: &Path, rss: u64, parent: Option<&Path>, vpid: u32) {
     let want = match parent {
         None => rss + (8 << 20),
