@@ -1389,14 +1389,15 @@ impl RunnerThread {
             0,
         ));
         let tell = |done, total| working.borrow_mut().done_of(done, Some(total));
-        let parent = self.ckpt.next_parent(&self.shared.policy);
+        let mut parent = self.ckpt.next_parent(&self.shared.policy);
         let mut result = self.take_checkpoint(at, parent, &tell);
         if let (Some(p), Err(e)) = (parent, &result) {
             warn!(app = %self.shared.name, at, parent = p, error = %e, "no incremental image; taking a full one");
+            parent = None;
             result = self.take_checkpoint(at, None, &tell);
         }
         drop(working);
-        let full = parent.is_none() || result.as_ref().is_ok_and(|l| l.contains("full image"));
+        let full = parent.is_none();
         self.ckpt.pending = None;
         self.ckpt.since = Instant::now();
         match result {
