@@ -43,6 +43,34 @@ fn wait_for_image(cluster: &Cluster) -> Value {
     })
 }
 
+/// A new host in `node`'s place (its data directory emptied) joins and
+/// catches up with `primary`: it must have received an image and started
+/// its replica from it. Its status then.
+fn join_afresh(cluster: &mut Cluster, node: &str, primary: &str) -> Value {
+    let data = cluster.node(node).data.clone();
+    std::fs::remove_dir_all(&data).unwrap();
+    cluster.node_mut(node).restart();
+    let n = cluster.node(node);
+    let joined = wait_for(LIMIT, || {
+        let s = n.app("kv")?;
+        let logged = u(&cluster.node(primary).app("kv")?, "logged");
+        (s["role"] == "backup"
+            && s["pid"].as_i64().is_some()
+            && u(&s, "durable") >= logged
+            && u(&s, "replayed") >= logged)
+            .then_some(s)
+    })
+    .unwrap_or_else(|| panic!("{node} did not catch up from an image:\n{}", cluster.logs()));
+    let log = n.log_text();
+    assert!(
+        log.contains("image received") && log.contains("replica restored from an image"),
+        "{node} did not start from an image:\n{}",
+        cluster.logs()
+    );
+    cluster.pids.push(joined["pid"].as_i64().unwrap() as i32);
+    joined
+}
+
 #[test]
 fn a_replica_restored_from_its_image_takes_over_with_every_acknowledged_write() {
     let mut cluster = three();
@@ -113,28 +141,8 @@ fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and
 
     // A new host in a's place (an empty data directory) joins: it gets the
     // image first, then the records after it, and follows live.
-    let data = cluster.node("a").data.clone();
-    std::fs::remove_dir_all(&data).unwrap();
-    cluster.node_mut("a").restart();
-    let a = cluster.node("a");
-    let joined = wait_for(LIMIT, || {
-        let s = a.app("kv")?;
-        let logged = u(&cluster.node("b").app("kv")?, "logged");
-        (s["role"] == "backup"
-            && s["pid"].as_i64().is_some()
-            && u(&s, "durable") >= logged
-            && u(&s, "replayed") >= logged)
-            .then_some(s)
-    })
-    .unwrap_or_else(|| panic!("a did not catch up from an image:\n{}", cluster.logs()));
-    let log = a.log_text();
-    assert!(
-        log.contains("image received") && log.contains("replica restored from an image"),
-        "a did not start from an image:\n{}",
-        cluster.logs()
-    );
+    let joined = join_afresh(&mut cluster, "a", "b");
     assert!(u(&joined, "log_first") > 1, "{joined}");
-    cluster.pids.push(joined["pid"].as_i64().unwrap() as i32);
     acks.extend(write_keys_from(&cluster, port, 280, 20));
 
     // Now b dies: a, which never saw the first records, takes over with
@@ -186,27 +194,7 @@ fn a_primary_trims_its_log_to_a_backups_image_and_starts_a_new_backup_from_it() 
     // sends the image it has from b, then the records after it.
     cluster.kill_host("b", "kv");
     acks.extend(write_keys_from(&cluster, port, acks.len(), 30));
-    let data = cluster.node("b").data.clone();
-    std::fs::remove_dir_all(&data).unwrap();
-    cluster.node_mut("b").restart();
-    let b = cluster.node("b");
-    let joined = wait_for(LIMIT, || {
-        let s = b.app("kv")?;
-        let logged = u(&cluster.node("a").app("kv")?, "logged");
-        (s["role"] == "backup"
-            && s["pid"].as_i64().is_some()
-            && u(&s, "durable") >= logged
-            && u(&s, "replayed") >= logged)
-            .then_some(s)
-    })
-    .unwrap_or_else(|| panic!("b did not catch up from a's image:\n{}", cluster.logs()));
-    let log = b.log_text();
-    assert!(
-        log.contains("image received") && log.contains("replica restored from an image"),
-        "b did not start from an image:\n{}",
-        cluster.logs()
-    );
-    cluster.pids.push(joined["pid"].as_i64().unwrap() as i32);
+    join_afresh(&mut cluster, "b", "a");
     acks.extend(write_keys_from(&cluster, port, acks.len(), 20));
 
     // a dies: b takes over with every acknowledged write.
