@@ -1388,10 +1388,18 @@ impl RunnerThread {
             at,
             0,
         ));
-        let tell = |done, total| working.borrow_mut().done_of(done, Some(total));
+        // A command that comes while a copy of the replica writes a full
+        // image (seconds for gigabytes) gives the image up: a promotion
+        // must not wait for it.
+        let wake = self.wake.load(Ordering::SeqCst);
+        let commanded = || self.wake.load(Ordering::SeqCst) != wake;
+        let tell = |done, total| {
+            working.borrow_mut().done_of(done, Some(total));
+            !commanded()
+        };
         let mut parent = self.ckpt.next_parent(&self.shared.policy);
         let mut result = self.take_checkpoint(at, parent, &tell);
-        if let (Some(p), Err(e)) = (parent, &result) {
+        if let (Some(p), Err(e), false) = (parent, &result, commanded()) {
             warn!(app = %self.shared.name, at, parent = p, error = %e, "no incremental image; taking a full one");
             parent = None;
             result = self.take_checkpoint(at, None, &tell);
@@ -1430,7 +1438,7 @@ impl RunnerThread {
         &self,
         at: u64,
         parent: Option<u64>,
-        progress: &dyn Fn(u64, u64),
+        progress: &dyn Fn(u64, u64) -> bool,
     ) -> Result<String, String> {
         let Side::Replica(p) = &self.side else {
             return Err("no replica".into());

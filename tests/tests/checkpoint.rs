@@ -628,3 +628,60 @@ fn a_checkpoint_whose_program_dies_leaves_no_image() {
         "an interrupted checkpoint must leave no process file"
     );
 }
+
+/// `ferryd` gives a replica's checkpoint up when a command (a promotion)
+/// comes while a copy of the process writes a full image: the promotion
+/// must not wait seconds for the image. What is given up leaves no image
+/// that looks whole; the program runs on as it was, and the next
+/// checkpoint is whole and restores.
+#[test]
+fn a_checkpoint_given_up_while_its_image_is_written_leaves_no_image_and_the_program_runs_on() {
+    use std::cell::Cell;
+    let trial = Trial::c_program("large");
+    let ferry = trial.ferry();
+    let mut original = trial.exec(&ferry);
+    let pid = original.pid() as u32;
+    let mut map = ferry_host::checkpoint::open_region(pid).unwrap();
+    // SAFETY: the mapping is the program's region, REGION_LEN bytes, page
+    // aligned, and outlives `region` (both live to the end of the test).
+    let region = unsafe { ferry_ring::Region::from_raw(map.as_mut_ptr()) };
+    let told = Cell::new(0u32);
+    let give_up = |_done: u64, total: u64| {
+        assert!(
+            total >= 512 << 20,
+            "the total guessed is the resident memory: {total}"
+        );
+        told.set(told.get() + 1);
+        false
+    };
+    let given_up = trial.work.file("given-up");
+    let request = |image, progress| ferry_host::checkpoint::Request {
+        image,
+        parent: None,
+        parent_named: None,
+        timeout: 120,
+        position: None,
+        progress,
+    };
+    let e = ferry_host::checkpoint::take(&region, pid, &request(&given_up, Some(&give_up)))
+        .unwrap_err();
+    assert!(
+        matches!(e, ferry_host::checkpoint::Error::GivenUp { .. }),
+        "{e}"
+    );
+    assert_eq!(told.get(), 1, "given up at the first word of progress");
+    assert!(
+        !given_up.join("manifest.fimg").exists() && process_files(&given_up).is_empty(),
+        "a checkpoint given up must leave no image"
+    );
+    // The next one, waited for, is whole; then the program checks its heap.
+    let image = trial.image();
+    ferry_host::checkpoint::take(&region, pid, &request(&image, None)).unwrap();
+    original.send(ferry_tests::ckpt::GO);
+    let out = original.finish(TIMEOUT);
+    ferry_tests::ckpt::assert_ok(&out, &format!("ready\n{}", trial.subject.ok_line()));
+    trial.restore_and_check(
+        "ferry restore (after a checkpoint given up)",
+        trial.restore_command(&ferry),
+    );
+}

@@ -80,14 +80,17 @@ fn checkpoint(args: &CheckpointArgs) -> Result<String, Error> {
         None => return Err(Error::Version { pid }),
     }
     let meter = Meter::new();
-    let tell = |done, total| meter.tell(done, total);
+    let tell = |done, total| {
+        meter.tell(done, total);
+        true
+    };
     let request = Request {
         image: &args.image,
         parent: args.parent.as_deref(),
         parent_named: None,
         timeout: args.timeout,
         position: None,
-        progress: meter.on.then_some(&tell as &dyn Fn(u64, u64)),
+        progress: meter.on.then_some(&tell as &dyn Fn(u64, u64) -> bool),
     };
     let result = take(&region, pid, &request);
     meter.end();

@@ -49,6 +49,8 @@ pub enum Error {
     Died { pid: u32, dir: PathBuf },
     #[error("process {pid}: the checkpoint did not finish within {secs} s; {} holds no image", .dir.display())]
     Timeout { pid: u32, secs: u64, dir: PathBuf },
+    #[error("process {pid}: the checkpoint was given up while its image was written; {} holds no image", .dir.display())]
+    GivenUp { pid: u32, dir: PathBuf },
     #[error("--parent: {0}")]
     Parent(String),
     #[error("process {pid}: the checkpoint failed: {why}")]
@@ -63,7 +65,10 @@ impl Error {
     pub fn is_program_failure(&self) -> bool {
         matches!(
             self,
-            Error::Died { .. } | Error::Timeout { .. } | Error::Failed { .. }
+            Error::Died { .. }
+                | Error::Timeout { .. }
+                | Error::Failed { .. }
+                | Error::GivenUp { .. }
         )
     }
 }
@@ -121,10 +126,12 @@ pub struct Request<'a> {
     /// For a replay paused at a record boundary: where in its log.
     pub position: Option<ReplayPosition>,
     /// Told about every 50 ms while a copy of the process writes a full
-    /// image's memory: the bytes it has written, and about how many it
-    /// will (the process's resident memory; zero pages are left out, so
-    /// fewer).
-    pub progress: Option<&'a dyn Fn(u64, u64)>,
+    /// image's memory (the program runs on meanwhile): the bytes it has
+    /// written, and about how many it will (the process's resident memory;
+    /// zero pages are left out, so fewer). Returning `false` gives the
+    /// checkpoint up ([`Error::GivenUp`]): no image is made, and the copy
+    /// ends on its own.
+    pub progress: Option<&'a dyn Fn(u64, u64) -> bool>,
 }
 
 /// Checkpoint process `pid`, whose region is `region`, as `req` says, and
@@ -326,7 +333,7 @@ fn preallocate(tmp: &Path, rss: u64, parent: Option<&Path>, vpid: u32) {
 }
 
 /// Whom to tell how far a full image is written, and the total guessed.
-type Progress<'a> = (&'a dyn Fn(u64, u64), u64);
+type Progress<'a> = (&'a dyn Fn(u64, u64) -> bool, u64);
 
 /// Make the request and wait for the answer.
 fn ask(
@@ -384,8 +391,13 @@ fn ask(
         // The writer holds no descriptor but the image's (and writes
         // nothing else), and its counters start at zero.
         if let (Some((tell, total)), true) = (progress, writer != 0) {
-            if let Some(done) = written_bytes(writer) {
-                tell(done, total);
+            let done = written_bytes(writer).unwrap_or(0);
+            if !tell(done, total) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::GivenUp {
+                    pid,
+                    dir: dir.to_path_buf(),
+                });
             }
         }
         if Instant::now() > deadline {
