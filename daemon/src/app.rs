@@ -1384,7 +1384,7 @@ impl RunnerThread {
             return;
         }
         let working = std::cell::RefCell::new(self.shared.working(
-            "checkpointing the replica (the total is its resident memory)".into(),
+            "checkpointing the replica (of at most its resident memory)".into(),
             at,
             0,
         ));

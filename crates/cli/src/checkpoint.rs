@@ -125,7 +125,7 @@ impl Meter {
             self.shown.set(Some(std::time::Instant::now()));
             let mib = |b: u64| b as f64 / (1u64 << 20) as f64;
             eprint!(
-                "\rferry: writing the image: {:.0} of about {:.0} MiB, {:.0} s",
+                "\rferry: writing the image: {:.0} MiB of at most {:.0}, {:.0} s",
                 mib(done),
                 mib(total),
                 self.started.elapsed().as_secs_f64()

@@ -125,12 +125,15 @@ pub struct Request<'a> {
     pub timeout: u64,
     /// For a replay paused at a record boundary: where in its log.
     pub position: Option<ReplayPosition>,
-    /// Told about every 50 ms while a copy of the process writes a full
-    /// image's memory (the program runs on meanwhile): the bytes it has
-    /// written, and about how many it will (the process's resident memory;
-    /// zero pages are left out, so fewer). Returning `false` gives the
-    /// checkpoint up ([`Error::GivenUp`]): no image is made, and the copy
-    /// ends on its own.
+    /// Told about every 50 ms while the image is written: the bytes
+    /// written so far, and at most how many in all (the process's resident
+    /// memory; zero pages are left out, and an incremental image holds
+    /// only the pages written since its parent). While a copy of the
+    /// process writes a full image's memory (the program runs on
+    /// meanwhile), returning `false` gives the checkpoint up
+    /// ([`Error::GivenUp`]): no image is made, and the copy ends on its
+    /// own. An image written in the freeze (an incremental one) is not
+    /// given up.
     pub progress: Option<&'a dyn Fn(u64, u64) -> bool>,
 }
 
@@ -358,6 +361,7 @@ fn ask(
     c.message_len.store(0, Ordering::Relaxed);
     let request = c.request.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
     let started = Instant::now();
+    let written_before = written_bytes(pid);
     // SAFETY: sends the checkpoint signal; no memory is involved.
     if unsafe { libc::kill(pid as i32, CKPT_SIGNAL) } != 0 {
         return Err(Error::NoProcess(pid));
@@ -390,15 +394,26 @@ fn ask(
         }
         // The writer holds no descriptor but the image's (and writes
         // nothing else), and its counters start at zero.
-        if let (Some((tell, total)), true) = (progress, writer != 0) {
-            let done = written_bytes(writer).unwrap_or(0);
-            if !tell(done, total) {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::GivenUp {
-                    pid,
-                    dir: dir.to_path_buf(),
-                });
+        match (progress, writer) {
+            (Some((tell, total)), 0) => {
+                // Written in the freeze (an incremental image) by the
+                // process itself, whose other threads are stopped. Not
+                // given up: the program stays stopped until it is written.
+                if let (Some(before), Some(now)) = (written_before, written_bytes(pid)) {
+                    tell(now.saturating_sub(before), total);
+                }
             }
+            (Some((tell, total)), writer) => {
+                let done = written_bytes(writer).unwrap_or(0);
+                if !tell(done, total) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(Error::GivenUp {
+                        pid,
+                        dir: dir.to_path_buf(),
+                    });
+                }
+            }
+            (None, _) => {}
         }
         if Instant::now() > deadline {
             return Err(Error::Timeout {
