@@ -820,10 +820,15 @@ impl Checkpoints {
     }
 
     /// The image the next checkpoint is incremental to: the last one this
-    /// replica process took, unless `policy` wants a full one now.
+    /// replica process took, unless `policy` wants a full one now, or the
+    /// log fed since is at least half the last full image. Many pages have
+    /// then likely been written, and an incremental image is written with
+    /// the replica stopped, while a full one is written by a forked copy
+    /// as the replica runs on (a promotion waits for the first, not for
+    /// the second).
     fn next_parent(&self, policy: &Policy) -> Option<u64> {
         self.parent
-            .filter(|_| self.incrementals < policy.incrementals)
+            .filter(|_| self.incrementals < policy.incrementals && self.bytes < self.full_bytes / 2)
     }
 
     /// Account for `records`, just fed (whole records in the log encoding).
