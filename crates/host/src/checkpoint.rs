@@ -335,6 +335,23 @@ fn preallocate(tmp: &Path, rss: u64, parent: Option<&Path>, vpid: u32) {
     }
 }
 
+/// The copy writing a full image for a request that is given up (or timed
+/// out) must not answer a later request in the region it shares: the
+/// sizes it would leave there cut the later image short. Kill it, and
+/// wait (a second at most) until it has exited. Until the program reaps
+/// it at its next full checkpoint, its pid stays taken.
+fn end_writer(region: &Region) {
+    let writer = region.ckpt().writer_pid.load(Ordering::Acquire);
+    if writer == 0 {
+        return;
+    }
+    crate::sys::kill_hard(writer as i32);
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while !crate::sys::has_exited(writer as i32) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Whom to tell how far a full image is written, and the total guessed.
 type Progress<'a> = (&'a dyn Fn(u64, u64) -> bool, u64);
 
@@ -406,6 +423,7 @@ fn ask(
             (Some((tell, total)), writer) => {
                 let done = written_bytes(writer).unwrap_or(0);
                 if !tell(done, total) {
+                    end_writer(region);
                     let _ = std::fs::remove_file(&tmp);
                     return Err(Error::GivenUp {
                         pid,
@@ -416,6 +434,7 @@ fn ask(
             (None, _) => {}
         }
         if Instant::now() > deadline {
+            end_writer(region);
             return Err(Error::Timeout {
                 pid,
                 secs: timeout,
