@@ -1240,9 +1240,7 @@ impl Core {
                 let Some(l) = self.locals.get_mut(&app) else {
                     return;
                 };
-                if l.image_wanted.as_ref().is_some_and(|w| w.0 == from) {
-                    l.image_wanted = None;
-                }
+                l.image_came(&from);
                 if l.shared.primary.load(Ordering::SeqCst) {
                     info!(
                         app,
@@ -1260,9 +1258,7 @@ impl Core {
             }
             AppEvent::SupplyFailed { app, from } => {
                 if let Some(l) = self.locals.get_mut(&app) {
-                    if l.image_wanted.as_ref().is_some_and(|w| w.0 == from) {
-                        l.image_wanted = None;
-                    }
+                    l.image_came(&from);
                 }
             }
             AppEvent::Checkpointed { app } => {
@@ -1599,6 +1595,14 @@ impl Core {
 }
 
 impl Local {
+    /// An image from `from` arrived or failed: the one asked of it, if
+    /// any, is no longer awaited.
+    fn image_came(&mut self, from: &str) {
+        if self.image_wanted.as_ref().is_some_and(|w| w.0 == from) {
+            self.image_wanted = None;
+        }
+    }
+
     fn new(shared: Arc<AppShared>, events: &mpsc::UnboundedSender<AppEvent>) -> Local {
         Local {
             runner: Runner::spawn(shared.clone(), events.clone()),
