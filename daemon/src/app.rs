@@ -1402,7 +1402,12 @@ impl RunnerThread {
             working.borrow_mut().done_of(done, Some(total));
             !commanded()
         };
-        let mut parent = self.ckpt.next_parent(&self.shared.policy);
+        // An image of several processes is a full one.
+        let several = ferry_host::region::live_pids(&region).len() > 1;
+        let mut parent = self
+            .ckpt
+            .next_parent(&self.shared.policy)
+            .filter(|_| !several);
         let mut result = self.take_checkpoint(at, parent, &tell);
         if let (Some(p), Err(e), false) = (parent, &result, commanded()) {
             warn!(app = %self.shared.name, at, parent = p, error = %e, "no incremental image; taking a full one");
@@ -1449,13 +1454,10 @@ impl RunnerThread {
             return Err("no replica".into());
         };
         let region = p.region();
-        let live = ferry_host::region::live_pids(&region);
-        let [pid] = live[..] else {
-            return Err(format!(
-                "the replica has {} processes after gseq {at}, and an image holds one",
-                live.len()
-            ));
-        };
+        let live: Vec<u32> = ferry_host::region::live_pids(&region)
+            .into_iter()
+            .map(|pid| pid as u32)
+            .collect();
         let dir = images::dir_for(&self.shared.dir, at);
         images::remove(&dir);
         std::fs::create_dir_all(images::images_dir(&self.shared.dir))
@@ -1475,7 +1477,7 @@ impl RunnerThread {
             }),
             progress: Some(progress),
         };
-        ferry_host::checkpoint::take(&region, pid as u32, &request).map_err(|e| {
+        ferry_host::checkpoint::take_all(&region, &live, &request).map_err(|e| {
             images::remove(&dir);
             e.to_string()
         })

@@ -987,7 +987,10 @@ fn write_file(fd: i32, vpid: u32, scratch: &Scratch, path: &[u8]) -> Result<Outc
             0,
         ));
     }
-    let seq = LAST_SEQ.load(Ordering::Relaxed).max(parent) + 1;
+    let min_seq = state::region()
+        .map(|r| r.ckpt().min_seq.load(Ordering::Acquire))
+        .unwrap_or(0);
+    let seq = (LAST_SEQ.load(Ordering::Relaxed).max(parent) + 1).max(min_seq);
     let mut sink = FdSink {
         fd,
         buf: scratch.bytes(OFF_IO, IO_BUF),
@@ -1184,7 +1187,7 @@ fn process_section(w: &mut W<'_>, vpid: u32, buf: &mut [u8]) -> Result<(), Fail>
     raw(SYS_umask, [mask as usize, 0, 0, 0, 0, 0]);
     let info = ProcessInfo {
         vpid,
-        parent_vpid: 0,
+        parent_vpid: parent_in_table(),
         vpgid: raw(SYS_getpgid, [0; 6]) as u32,
         vsid: raw(SYS_getsid, [0; 6]) as u32,
         umask: mask as u32,
@@ -1205,6 +1208,28 @@ fn process_section(w: &mut W<'_>, vpid: u32, buf: &mut [u8]) -> Result<(), Fail>
         Some(&env_buf[..env_n]),
     )?;
     Ok(())
+}
+
+/// For an image of all the program's processes, the virtual pid of this
+/// process's parent while the parent is one of them; 0 otherwise (an
+/// image of one process, the root, an orphan): the image holds the
+/// processes as a tree.
+fn parent_in_table() -> u32 {
+    let Some(r) = state::region().filter(|r| r.ckpt().tree.load(Ordering::Acquire) != 0) else {
+        return 0;
+    };
+    let me = r.proc(state::MY_SLOT.load(Ordering::Relaxed));
+    let parent = me.parent_vpid.load(Ordering::Acquire);
+    let live = (0..ferry_ring::MAX_PROCS).any(|s| {
+        let p = r.proc(s);
+        p.state.load(Ordering::Acquire) == ferry_ring::PROC_LIVE
+            && p.vpid.load(Ordering::Acquire) == parent
+    });
+    if parent != 0 && live {
+        parent
+    } else {
+        0
+    }
 }
 
 fn rlimits_section(w: &mut W<'_>) -> Result<(), Fail> {

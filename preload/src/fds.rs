@@ -222,6 +222,9 @@ pub fn pair(nr: i64, a: [usize; 6], rec: bool) -> isize {
                 let fds = unsafe { core::ptr::read_unaligned(arr as *const [i32; 2]) };
                 set_kind(fds[0], FD_PLACEHOLDER);
                 set_kind(fds[1], FD_PLACEHOLDER);
+                if nr == SYS_socketpair {
+                    crate::ckpt_fd::note_socketpair(arr);
+                }
             }
             emit_outs(Rec::sys(nr, ret, 0, 0), &outs(nr, &a, ret, pre(nr, &a)));
             ret
@@ -262,6 +265,10 @@ pub fn pair(nr: i64, a: [usize; 6], rec: bool) -> isize {
         }
         set_kind(want[0], FD_PLACEHOLDER);
         set_kind(want[1], FD_PLACEHOLDER);
+        if nr == SYS_socketpair {
+            // The program's int[2] holds the recorded numbers now.
+            crate::ckpt_fd::note_socketpair(arr);
+        }
     } else {
         placeholder(&h, want[0], false);
         placeholder(&h, want[1], false);

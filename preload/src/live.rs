@@ -181,6 +181,9 @@ pub fn note(nr: i64, a: &[usize; 6], ret: isize, rec: bool) {
         }
         SYS_pipe | SYS_pipe2 | SYS_socketpair if ret == 0 => {
             let arr = if nr == SYS_socketpair { a[3] } else { a[0] };
+            if nr == SYS_socketpair {
+                crate::ckpt_fd::note_socketpair(arr);
+            }
             // SAFETY: the program's int[2], filled by the call.
             let fds = unsafe { core::ptr::read_unaligned(arr as *const [i32; 2]) };
             for fd in fds {

@@ -59,7 +59,7 @@ fn checkpoint_at(
     assert!(
         taking
             .stderr_text()
-            .contains(&format!("after record #{at}: checkpoint of process")),
+            .contains(&format!("after record #{at}: checkpoint of ")),
         "{}",
         taking.describe()
     );
@@ -120,6 +120,75 @@ fn a_multithreaded_replay_goes_on_from_an_image_taken_at_any_record() {
             "the replay from the image after record #{at} printed otherwise"
         );
     }
+}
+
+/// The process files of the image in `dir`.
+fn process_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".fimg") && name != "manifest.fimg"
+        })
+        .count()
+}
+
+#[test]
+fn a_replay_of_three_processes_goes_on_from_an_image_of_all_three() {
+    let work = Workdir::new("rckpt-tree");
+    let ferry = Ferry::new(&work);
+    let exe = work.compile("tree");
+    let argv = os(&[&exe]);
+    let log = work.file("tree.log");
+    let record = ferry.record(&log, &argv);
+    assert_exit(&record, 0);
+    let recorded = record.stdout_text();
+    assert!(
+        recorded.contains("round 59:") && recorded.contains("worker2 pid 3 parent 1: 60 answers"),
+        "{}",
+        record.describe()
+    );
+    let total = records_in(&ferry, &log, &argv);
+    // While the parent and both workers run, talking through a pipe with
+    // requests queued in it, a socket pair and shared memory.
+    for at in [total / 4, total / 2, 3 * total / 4] {
+        let image = work.file(&format!("img-{at}"));
+        checkpoint_at(&ferry, &log, at, &image, &argv, &recorded);
+        assert_eq!(process_files(&image), 3, "the image after record #{at}");
+        // tree.c prints everything after its last round: the whole output.
+        let out = from_image(&ferry, &log, &image, &argv, total, at);
+        assert_eq!(
+            out, recorded,
+            "the replay from the image after record #{at} printed otherwise"
+        );
+    }
+
+    // One process file damaged in its pages: the restore fails naming it,
+    // and no process of the program is left running.
+    let image = work.file(&format!("img-{}", total / 2));
+    let victim = image.join("3.fimg");
+    let mut bytes = std::fs::read(&victim).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x55;
+    std::fs::write(&victim, bytes).unwrap();
+    let damaged = replay(&ferry, &log, &os(&[&"--from-image", &image]), &argv);
+    assert_exit(&damaged, 2);
+    let err = damaged.stderr_text();
+    assert!(
+        err.contains("3.fimg: offset ") && damaged.stdout_text().is_empty(),
+        "{}",
+        damaged.describe()
+    );
+    let image_arg = image.to_string_lossy().into_owned();
+    let left: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(&image_arg))
+        .collect();
+    assert!(left.is_empty(), "still running: {left:?}");
 }
 
 #[test]

@@ -553,26 +553,13 @@ fn pause_and_checkpoint(
         }
         std::thread::sleep(Duration::from_millis(1));
     }
-    // The process to checkpoint is the program's only one (the root may
-    // have exec'd; its children may have ended).
+    // Every process of the program stands still here: the image holds
+    // them all.
     let live: Vec<u32> = (0..ferry_ring::MAX_PROCS)
         .map(|s| region.proc(s))
         .filter(|p| p.state.load(Ordering::Acquire) == ferry_ring::PROC_LIVE)
         .map(|p| p.real_pid.load(Ordering::Acquire))
         .collect();
-    let pid = match live.as_slice() {
-        [one] => *one,
-        _ => {
-            return Err(crate::checkpoint::Error::Refused {
-                pid: p.pid,
-                why: format!(
-                    "the program has {} processes after record #{}, and an image holds one",
-                    live.len(),
-                    p.at
-                ),
-            })
-        }
-    };
     let request = ferry_host::checkpoint::Request {
         image: &p.image,
         parent: None,
@@ -581,7 +568,7 @@ fn pause_and_checkpoint(
         position: Some(log.position(p.at)),
         progress: None,
     };
-    let line = ferry_host::checkpoint::take(&region, pid, &request)?;
+    let line = ferry_host::checkpoint::take_all(&region, &live, &request)?;
     eprintln!("ferry: after record #{}: {line}", p.at);
     Ok(())
 }

@@ -142,6 +142,11 @@ pub struct Request<'a> {
 /// checkpointed now (its mode; for a replay, that it is at a boundary).
 /// Returns the one line saying what was written and how long it took.
 pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
+    take_all(region, &[pid], req)
+}
+
+/// The slot of process `pid` in the program's table, and its vpid.
+fn slot_and_vpid(region: &Region, pid: u32) -> Result<u32, Error> {
     // A process restored a moment ago notes its new pid in the table as
     // its threads come back: give it that moment.
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -154,7 +159,40 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
             None => return Err(Error::NoSlot { pid }),
         }
     };
-    let vpid = region.proc(slot).vpid.load(Ordering::Acquire);
+    Ok(region.proc(slot).vpid.load(Ordering::Acquire))
+}
+
+/// What one process's answer said.
+struct Answer {
+    threads: u64,
+    mappings: u64,
+    memory: u64,
+    file: u64,
+    freeze_ns: u64,
+}
+
+/// Checkpoint processes `pids` of one program into one image, one after
+/// another, as `req` says. With more than one, they must be every live
+/// process of the program, each standing still between its own
+/// checkpoint and the last one's (a replay paused at a record boundary):
+/// the image holds them as a tree (each names its parent), and it is a
+/// full one. Returns the one line saying what was written.
+pub fn take_all(region: &Region, pids: &[u32], req: &Request) -> Result<String, Error> {
+    let tree = pids.len() > 1;
+    let first = *pids.first().ok_or(Error::NoProcess(0))?;
+    if tree && req.parent.is_some() {
+        return Err(Error::Refused {
+            pid: first,
+            why: format!(
+                "an image of {} processes is a full one: take it without a parent",
+                pids.len()
+            ),
+        });
+    }
+    let mut procs = Vec::with_capacity(pids.len());
+    for &pid in pids {
+        procs.push((pid, slot_and_vpid(region, pid)?));
+    }
 
     let created_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -162,6 +200,7 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
     let parent = match req.parent {
         None => None,
         Some(p) => {
+            let vpid = procs[0].1;
             let image = Image::open(p).map_err(|e| Error::Parent(e.to_string()))?;
             if image.manifest().entry(vpid).is_none() {
                 return Err(Error::Parent(format!(
@@ -198,41 +237,92 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
                 .compare_exchange(owner, me, Ordering::AcqRel, Ordering::Acquire)
                 .is_err()
         {
-            return Err(Error::Busy { pid, owner });
+            return Err(Error::Busy { pid: first, owner });
         }
     }
     let parent_seq = parent.as_ref().map_or(0, |p| p.0);
-    let rss = resident_bytes(pid);
-    preallocate(
-        &dir.join(format!("{vpid}.fimg.tmp")),
-        rss,
-        req.parent.filter(|_| parent.is_some()),
-        vpid,
-    );
-    let progress = req.progress.map(|tell| (tell, rss));
-    let result = ask(
-        region,
-        pid,
-        vpid,
-        (&dir, dir_bytes),
-        parent_seq,
-        req.timeout,
-        progress,
-    );
-    let seq = c.seq.load(Ordering::Acquire);
-    c.owner.store(0, Ordering::Release);
-    let started = result?;
-    let written = started.elapsed();
-    // The shim wrote file_bytes; the rest is what was allocated ahead.
-    let tmp = dir.join(format!("{vpid}.fimg.tmp"));
-    OpenOptions::new()
-        .write(true)
-        .open(&tmp)
-        .and_then(|f| f.set_len(c.file_bytes.load(Ordering::Acquire)))
-        .map_err(|e| Error::Failed {
+    let rss: Vec<u64> = procs.iter().map(|&(pid, _)| resident_bytes(pid)).collect();
+    let total_rss: u64 = rss.iter().sum();
+    let mut first_asked = None;
+    let mut written = Duration::ZERO;
+    let mut answers = Vec::with_capacity(procs.len());
+    let mut seq = 0u64;
+    let mut written_before = 0u64;
+    let mut result = Ok(());
+    for (i, &(pid, vpid)) in procs.iter().enumerate() {
+        preallocate(
+            &dir.join(format!("{vpid}.fimg.tmp")),
+            rss[i],
+            req.parent.filter(|_| parent.is_some()),
+            vpid,
+        );
+        // Told as one image: what the processes before wrote, and the
+        // resident memory of all.
+        let before = written_before;
+        let tell = |done: u64, _: u64| req.progress.is_none_or(|t| t(before + done, total_rss));
+        let progress = req
+            .progress
+            .map(|_| (&tell as &dyn Fn(u64, u64) -> bool, rss[i]));
+        let asked = Asked {
             pid,
-            why: format!("{}: cutting the image file to length: {e}", tmp.display()),
-        })?;
+            vpid,
+            parent_seq,
+            min_seq: seq,
+            tree,
+        };
+        let asked_at = match ask(region, &asked, (&dir, dir_bytes), req.timeout, progress) {
+            Ok(at) => at,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        first_asked.get_or_insert(asked_at);
+        let got = c.seq.load(Ordering::Acquire);
+        if seq != 0 && got != seq {
+            result = Err(Error::Failed {
+                pid,
+                why: format!(
+                    "its image is numbered {got}, that of process {} {seq}: take the checkpoint again",
+                    procs[0].0
+                ),
+            });
+            break;
+        }
+        seq = got;
+        let answer = Answer {
+            threads: c.threads.load(Ordering::Acquire) as u64,
+            mappings: c.mappings.load(Ordering::Acquire) as u64,
+            memory: c.memory_bytes.load(Ordering::Acquire),
+            file: c.file_bytes.load(Ordering::Acquire),
+            freeze_ns: c.freeze_ns.load(Ordering::Acquire),
+        };
+        written_before += answer.file;
+        // The shim wrote file_bytes; the rest is what was allocated ahead.
+        let tmp = dir.join(format!("{vpid}.fimg.tmp"));
+        if let Err(e) = OpenOptions::new()
+            .write(true)
+            .open(&tmp)
+            .and_then(|f| f.set_len(answer.file))
+        {
+            result = Err(Error::Failed {
+                pid,
+                why: format!("{}: cutting the image file to length: {e}", tmp.display()),
+            });
+            break;
+        }
+        written += asked_at.elapsed();
+        answers.push(answer);
+    }
+    c.min_seq.store(0, Ordering::Relaxed);
+    c.tree.store(0, Ordering::Relaxed);
+    c.owner.store(0, Ordering::Release);
+    if let Err(e) = result {
+        for &(_, vpid) in &procs {
+            let _ = std::fs::remove_file(dir.join(format!("{vpid}.fimg.tmp")));
+        }
+        return Err(e);
+    }
     let mut writer = CheckpointWriter::create(
         req.image,
         seq,
@@ -242,23 +332,41 @@ pub fn take(region: &Region, pid: u32, req: &Request) -> Result<String, Error> {
     if let Some(at) = req.position {
         writer.set_replay_position(at);
     }
-    writer.adopt(vpid)?;
+    for &(_, vpid) in &procs {
+        writer.adopt(vpid)?;
+    }
     writer.finish()?;
     let kind = match &parent {
         Some((s, _)) => format!("incremental image {seq} (parent {s})"),
         None => format!("full image {seq}"),
     };
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
+    let sum = |f: fn(&Answer) -> u64| answers.iter().map(f).sum::<u64>();
+    let (who, stopped) = match &procs[..] {
+        [(pid, _)] => (format!("process {pid}"), "the program was stopped"),
+        more => (
+            format!(
+                "{} processes ({})",
+                more.len(),
+                more.iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "each process was stopped for at most",
+        ),
+    };
+    let freeze = answers.iter().map(|a| a.freeze_ns).max().unwrap_or(0);
     let line = format!(
-        "checkpoint of process {pid} in {}, {kind}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; the program was stopped for {:.1} ms, the image written in {:.0} ms ({:.0} ms in all, with its check)",
+        "checkpoint of {who} in {}, {kind}: {} threads, {} mappings, {:.1} MiB of memory, {:.1} MiB file; {stopped} {:.1} ms, the image written in {:.0} ms ({:.0} ms in all, with its check)",
         dir.display(),
-        c.threads.load(Ordering::Acquire),
-        c.mappings.load(Ordering::Acquire),
-        mib(c.memory_bytes.load(Ordering::Acquire)),
-        mib(c.file_bytes.load(Ordering::Acquire)),
-        c.freeze_ns.load(Ordering::Acquire) as f64 / 1e6,
+        sum(|a| a.threads),
+        sum(|a| a.mappings),
+        mib(sum(|a| a.memory)),
+        mib(sum(|a| a.file)),
+        freeze as f64 / 1e6,
         written.as_secs_f64() * 1e3,
-        started.elapsed().as_secs_f64() * 1e3,
+        first_asked.map_or(0.0, |t| t.elapsed().as_secs_f64() * 1e3),
     );
     Ok(line)
 }
@@ -355,18 +463,31 @@ fn end_writer(region: &Region) {
 /// Whom to tell how far a full image is written, and the total guessed.
 type Progress<'a> = (&'a dyn Fn(u64, u64) -> bool, u64);
 
+/// One process asked for its file of an image.
+struct Asked {
+    pid: u32,
+    vpid: u32,
+    /// For an incremental image, its parent's sequence number; else 0.
+    parent_seq: u64,
+    /// The image's sequence number is at least this (0: any).
+    min_seq: u64,
+    /// The image holds every live process of the program.
+    tree: bool,
+}
+
 /// Make the request and wait for the answer.
 fn ask(
     region: &Region,
-    pid: u32,
-    vpid: u32,
+    a: &Asked,
     (dir, dir_bytes): (&Path, &[u8]),
-    parent_seq: u64,
     timeout: u64,
     progress: Option<Progress<'_>>,
 ) -> Result<Instant, Error> {
+    let (pid, vpid) = (a.pid, a.vpid);
     let c = region.ckpt();
     c.target_pid.store(pid, Ordering::Relaxed);
+    c.min_seq.store(a.min_seq, Ordering::Relaxed);
+    c.tree.store(a.tree as u32, Ordering::Relaxed);
     for (d, s) in c.path.iter().zip(dir_bytes) {
         d.store(*s, Ordering::Relaxed);
     }
@@ -374,7 +495,7 @@ fn ask(
     c.seq.store(0, Ordering::Relaxed);
     c.writer_pid.store(0, Ordering::Relaxed);
     c.freeze_ns.store(u64::MAX, Ordering::Relaxed);
-    c.parent_seq.store(parent_seq, Ordering::Relaxed);
+    c.parent_seq.store(a.parent_seq, Ordering::Relaxed);
     c.message_len.store(0, Ordering::Relaxed);
     let request = c.request.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
     let started = Instant::now();

@@ -402,6 +402,26 @@ impl Image {
         vpid: u32,
         v: &mut dyn Visitor,
     ) -> Result<ProcessSummary, ImageError> {
+        self.visit_process(vpid, v, false)
+    }
+
+    /// As [`Image::read_process`], but moving over the page data unread
+    /// ([`ProcessReader::skim_all`]): what the file holds besides memory.
+    /// The whole-file checksum is not checked.
+    pub fn skim_process(
+        &self,
+        vpid: u32,
+        v: &mut dyn Visitor,
+    ) -> Result<ProcessSummary, ImageError> {
+        self.visit_process(vpid, v, true)
+    }
+
+    fn visit_process(
+        &self,
+        vpid: u32,
+        v: &mut dyn Visitor,
+        skim: bool,
+    ) -> Result<ProcessSummary, ImageError> {
         let path = self.process_path(vpid);
         let Some(entry) = self.manifest.entry(vpid) else {
             return Err(ImageError::Invalid {
@@ -413,7 +433,8 @@ impl Image {
         let mut r = ProcessReader::open(&path)?;
         let m = &self.manifest.header;
         header_matches(&path, r.header(), vpid, m.seq, m.parent_seq)?;
-        let s = r.read_all(v)?;
+        let s = if skim { r.skim_all(v)? } else { r.read_all(v)? };
+        let crc = if skim { entry.file_crc } else { s.crc };
         must_match(
             &path,
             s.len,
@@ -424,7 +445,7 @@ impl Image {
                     entry.parent_vpid as u64,
                 ),
                 ("file length", s.len, entry.file_len),
-                ("file checksum", s.crc as u64, entry.file_crc as u64),
+                ("file checksum", crc as u64, entry.file_crc as u64),
             ],
         )?;
         Ok(s)

@@ -417,7 +417,7 @@ pub enum Section {
     /// The address space's bookkeeping.
     AddressSpace(AddressSpaceSection),
     /// An optional section of a kind this reader does not know, checked and
-    /// skipped.
+    /// skipped; or, in [`ProcessReader::skim_all`], a pages section.
     Skipped {
         /// Its kind code.
         kind: u16,
@@ -557,6 +557,11 @@ pub struct ProcessReader<R> {
     done: bool,
     seen: Seen,
     buf: Vec<u8>,
+    /// Set by [`ProcessReader::skim_all`]: moves the source over page
+    /// data unread.
+    skip: Option<fn(&mut R, u64) -> io::Result<()>>,
+    /// Page data was skipped: the file's running checksum is unknown.
+    skimmed: bool,
 }
 
 impl<R> std::fmt::Debug for ProcessReader<R> {
@@ -603,6 +608,8 @@ impl<R: Read> ProcessReader<R> {
             done: false,
             seen: Seen::default(),
             buf: Vec::new(),
+            skip: None,
+            skimmed: false,
         };
         let mut head = [0u8; FILE_HEADER_LEN];
         let have = file_len.min(FILE_HEADER_LEN as u64) as usize;
@@ -897,6 +904,23 @@ impl<R: Read> ProcessReader<R> {
             ));
         }
         let section = match kind {
+            Kind::Pages if self.skip.is_some() => {
+                let n = h.payload_len + trailer;
+                if let Some(skip) = self.skip {
+                    skip(&mut self.src, n).map_err(|source| ImageError::Io {
+                        path: self.path.clone(),
+                        offset: self.pos,
+                        op: "seek",
+                        source,
+                    })?;
+                }
+                self.pos += n;
+                self.skimmed = true;
+                Section::Skipped {
+                    kind: h.kind,
+                    len: h.payload_len,
+                }
+            }
             // Streamed: checked as they are read, the checksum at the end.
             Kind::Pages | Kind::Fd => {
                 let section = if kind == Kind::Pages {
@@ -1145,7 +1169,7 @@ impl<R: Read> ProcessReader<R> {
                 }
                 if e.sections != self.index as u64
                     || e.bytes != offset
-                    || e.running_crc != running_before
+                    || (e.running_crc != running_before && !self.skimmed)
                 {
                     return Err(self.invalid(
                         offset,
@@ -1415,6 +1439,23 @@ impl<R: Read> ProcessReader<R> {
             len: self.pos,
             crc: self.running,
         })
+    }
+}
+
+impl<R: Read + io::Seek> ProcessReader<R> {
+    /// Read every section to the end as [`ProcessReader::read_all`] does,
+    /// but move over the page data unread and unchecked: each pages
+    /// section comes to `v` as [`Section::Skipped`]. For what a file holds
+    /// besides memory (its descriptors, its mappings), cheaply; a restore
+    /// reads the file whole again.
+    pub fn skim_all(&mut self, v: &mut dyn Visitor) -> Result<ProcessSummary, ImageError> {
+        self.skip = Some(|src, n| {
+            let n = i64::try_from(n).map_err(|_| io::Error::other("a section too long to skip"))?;
+            src.seek(io::SeekFrom::Current(n)).map(|_| ())
+        });
+        let r = self.read_all(v);
+        self.skip = None;
+        r
     }
 }
 

@@ -337,3 +337,53 @@ proptest! {
         assert_round_trip(&m);
     }
 }
+
+/// Skimming a file gives every section but the pages, as reading it does,
+/// without reading a byte of page data: damage there goes unseen by the
+/// skim and is found by the read.
+#[test]
+fn a_skim_gives_every_section_but_the_pages_and_reads_no_page() {
+    use ferry_image::read::{ImageError, ProcessReader};
+    use std::io::Cursor;
+    use std::path::Path;
+    let m = sample();
+    let bytes = write(&m);
+    let whole = read(&bytes).unwrap();
+    let skim = |bytes: &[u8]| -> Result<Collected, ImageError> {
+        let mut c = Collected::default();
+        let mut r =
+            ProcessReader::new(Cursor::new(bytes), bytes.len() as u64, Path::new("p.fimg"))?;
+        r.skim_all(&mut c)?;
+        Ok(c)
+    };
+    let skimmed = skim(&bytes).unwrap();
+    assert!(skimmed.pages.is_empty() && skimmed.zero.is_empty());
+    let not_pages: Vec<&Section> = whole
+        .sections
+        .iter()
+        .filter(|s| !matches!(s, Section::Pages(_)))
+        .collect();
+    let skipped = skimmed
+        .sections
+        .iter()
+        .filter(|s| matches!(s, Section::Skipped { .. }))
+        .count();
+    let rest: Vec<&Section> = skimmed
+        .sections
+        .iter()
+        .filter(|s| !matches!(s, Section::Skipped { .. }))
+        .collect();
+    assert_eq!(rest, not_pages);
+    assert_eq!(skipped, whole.sections.len() - not_pages.len());
+    assert!(skipped > 0, "the sample holds pages");
+    // A page's byte damaged: the skim does not see it, the read does.
+    let page = whole.pages.values().next().expect("a data page").clone();
+    let at = bytes
+        .windows(page.len())
+        .position(|w| w == page.as_slice())
+        .expect("the page's bytes in the file");
+    let mut bad = bytes.clone();
+    bad[at + 100] ^= 0x40;
+    assert!(skim(&bad).is_ok());
+    assert!(read(&bad).is_err());
+}

@@ -268,6 +268,13 @@ pub struct CkptControl {
     /// Answer in progress: the pid of the process writing the image's
     /// memory (a copy of the program), or 0; if it dies, nothing answers.
     pub writer_pid: AtomicU32,
+    /// Request: the image's sequence number is at least this (0: none),
+    /// so that the files of one image of several processes, each of
+    /// which counts its own, carry one number.
+    pub min_seq: AtomicU64,
+    /// Request: non-zero when the image holds every live process of the
+    /// program; each process section then names the process's parent.
+    pub tree: AtomicU32,
 }
 
 const _: () = assert!(CKPT_OFFSET + core::mem::size_of::<CkptControl>() <= PROCS_OFFSET);

@@ -24,6 +24,7 @@
 //! virtual pid and tids. Descriptors 0 to 2 are restore's own.
 
 mod blob;
+mod tree;
 
 use std::collections::HashMap;
 use std::ffi::{CString, OsStr};
@@ -109,7 +110,12 @@ pub fn into_replay(dir: &Path, feeder: Feeder) -> String {
 
 /// Hand the region of a replay being restored to its feeder: the shim's
 /// consumer is the feeder from now on, and the log goes on.
-fn hand_over(region: &OwnedFd, feeder: &Feeder, name: &str) -> Result<(), String> {
+fn hand_over(
+    region: &OwnedFd,
+    feeder: &Feeder,
+    name: &str,
+    pids: &[(u32, u32)],
+) -> Result<(), String> {
     let file = std::fs::File::from(
         region
             .try_clone()
@@ -135,7 +141,7 @@ fn hand_over(region: &OwnedFd, feeder: &Feeder, name: &str) -> Result<(), String
     r.control()
         .consumer_pid
         .store(feeder.pid, std::sync::atomic::Ordering::Release);
-    own_process_table(&r);
+    own_process_table(&r, pids);
     r.lower(
         ferry_ring::CTL_END_OF_LOG | ferry_ring::CTL_CONSUMER_GONE,
         &ferry_host::region::SysFutex,
@@ -147,20 +153,22 @@ fn hand_over(region: &OwnedFd, feeder: &Feeder, name: &str) -> Result<(), String
 
 /// The process table in a region saved in an image names the pids the
 /// program had where it was checkpointed, which here may be any other
-/// process: the feeder kills the pids it lists. The image's one process is
-/// this one (the shim writes its pid again as it resumes); a table with
-/// more live slots keeps none until then.
-fn own_process_table(r: &ferry_ring::Region) {
+/// process: the feeder kills the pids it lists. Each live slot names the
+/// pid its process is restored as (`pids`: virtual pid, real pid), or
+/// none until the shim writes it as the process resumes.
+fn own_process_table(r: &ferry_ring::Region, pids: &[(u32, u32)]) {
     use std::sync::atomic::Ordering;
-    let live: Vec<usize> = (0..ferry_ring::MAX_PROCS)
-        .filter(|&s| r.proc(s).state.load(Ordering::Acquire) == ferry_ring::PROC_LIVE)
-        .collect();
-    let own = match live[..] {
-        [_] => std::process::id(),
-        _ => 0,
-    };
-    for s in live {
-        r.proc(s).real_pid.store(own, Ordering::Release);
+    for s in 0..ferry_ring::MAX_PROCS {
+        let p = r.proc(s);
+        if p.state.load(Ordering::Acquire) != ferry_ring::PROC_LIVE {
+            continue;
+        }
+        let vpid = p.vpid.load(Ordering::Acquire);
+        let own = pids
+            .iter()
+            .find(|(v, _)| *v == vpid)
+            .map_or(0, |&(_, pid)| pid);
+        p.real_pid.store(own, Ordering::Release);
     }
 }
 
@@ -211,6 +219,10 @@ struct Staged {
     private_file: bool,
     /// With a chain of images: a bit per page given by a newer image.
     done: Vec<u64>,
+    /// Shared memory whose content another process of the image gives
+    /// (this process's pages of it are left out: written at the same time
+    /// into the same memory, the two would mix).
+    others: bool,
 }
 
 /// The `struct prctl_mm_map` of `PR_SET_MM_MAP`.
@@ -264,6 +276,9 @@ struct Gather {
     chained: bool,
     /// The ranges the image being read made anew (`MAP_FRESH`).
     fresh: Vec<(u64, u64)>,
+    /// Pipes, socket pairs and FIFOs made (and refilled) for every process
+    /// of an image of several.
+    given: tree::Given,
 }
 
 fn io_err(msg: String) -> io::Error {
@@ -302,6 +317,30 @@ fn is_memfd(path: &[u8]) -> bool {
     path.starts_with(b"/memfd:")
 }
 
+/// Whether a mapping is of memory with no file to go back to (a memfd,
+/// shared anonymous memory, a deleted file), which the restorer makes as a
+/// memfd when it is shared.
+fn is_memory_object(info: &MappingInfo, path: &[u8]) -> bool {
+    info.flags & MAP_FILE == 0 || info.flags & MAP_DELETED != 0 || is_memfd(path)
+}
+
+/// A new memfd standing for the shared memory mapped from `path`, named
+/// as it was.
+fn new_memfd(path: &[u8]) -> io::Result<OwnedFd> {
+    let name = cstring(
+        undeleted(path)
+            .strip_prefix(b"/memfd:")
+            .unwrap_or(b"ferry-shared"),
+    )?;
+    // SAFETY: a plain system call on a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(errno());
+    }
+    // SAFETY: memfd_create returned a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 impl Gather {
     /// Stage mapping `m`: give it memory in the window that holds what
     /// the program will find there before its pages are written.
@@ -314,6 +353,7 @@ impl Gather {
                 at: 0,
                 private_file: false,
                 done: Vec::new(),
+                others: false,
             });
             return Ok(());
         }
@@ -328,10 +368,10 @@ impl Gather {
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let fixed = libc::MAP_FIXED_NOREPLACE;
         let shared = info.flags & MAP_SHARED != 0;
-        let deleted = info.flags & MAP_DELETED != 0;
         let mut private_file = false;
+        let mut others = false;
         let where_ = || format!("mapping {:#x}-{:#x} ({})", info.start, info.end, show(path));
-        let got = if info.flags & MAP_FILE != 0 && !deleted && !is_memfd(path) {
+        let got = if !is_memory_object(info, path) {
             // The file itself: shared mappings write through to it, private
             // ones get the saved pages over the file's.
             let file = File::options()
@@ -353,20 +393,11 @@ impl Gather {
             // anonymous memory, a deleted file): one memfd per object,
             // shared by every mapping of it, filled by the pages.
             let key = (info.device, info.inode, path.to_vec());
+            others = self.given.content_elsewhere(&key);
             if !self.shared.contains_key(&key) {
-                let name = cstring(
-                    undeleted(path)
-                        .strip_prefix(b"/memfd:")
-                        .unwrap_or(b"ferry-shared"),
-                )?;
-                // SAFETY: a plain system call on a NUL-terminated name.
-                let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-                if fd < 0 {
-                    return Err(io_err(format!("{}: memfd_create: {}", where_(), errno())));
-                }
-                // SAFETY: memfd_create returned a new descriptor we own.
-                self.shared
-                    .insert(key.clone(), unsafe { OwnedFd::from_raw_fd(fd) });
+                let fd = new_memfd(path)
+                    .map_err(|e| io_err(format!("{}: memfd_create: {e}", where_())))?;
+                self.shared.insert(key.clone(), fd);
             }
             let fd = self.shared[&key].as_raw_fd();
             let need = info.offset + len as u64;
@@ -399,6 +430,7 @@ impl Gather {
             at,
             private_file,
             done: Vec::new(),
+            others,
         });
         Ok(())
     }
@@ -535,8 +567,12 @@ impl Visitor for Gather {
                 "pages past the end of mapping {mapping_start:#x}"
             )));
         }
+        if s.others {
+            return Ok(());
+        }
         // SAFETY: [at + off, at + off + len) lies inside the staged mapping,
-        // mapped read-write by `stage` and owned by this process alone.
+        // mapped read-write by `stage`, and no other process writes it (its
+        // content is this process's to give).
         unsafe {
             core::ptr::copy_nonoverlapping(bytes.as_ptr(), (s.at + off) as *mut u8, bytes.len())
         };
@@ -564,14 +600,19 @@ impl Visitor for Gather {
                 "pages past the end of mapping {mapping_start:#x}"
             )));
         }
+        if s.others {
+            // Read and checked, then left out by page_data.
+            return Ok(None);
+        }
         let at = s.at + off;
         if chained {
             let last = self.mappings.len() - 1;
             self.mappings[last].mark(off / PAGE, len as usize / PAGE);
         }
         // SAFETY: [at, at + len) lies inside the staged mapping, mapped
-        // read-write by `stage`, owned by this process alone, and not
-        // otherwise borrowed while the reader fills it.
+        // read-write by `stage`, written by no other process (its content
+        // is this process's to give), and not otherwise borrowed while the
+        // reader fills it.
         Ok(Some(unsafe {
             core::slice::from_raw_parts_mut(at as *mut u8, len as usize)
         }))
@@ -646,10 +687,18 @@ struct Ready {
     stack_top: usize,
     /// Kept open until the jump (the plan refers to their numbers).
     _fds: Vec<OwnedFd>,
+    /// The shim's region, if the image holds it.
+    region: Option<OwnedFd>,
+    /// For an image of several processes: what lets the other restorers
+    /// go, written and closed right before the jump.
+    others: Option<tree::Others>,
 }
 
 impl Ready {
     fn go(self) -> u8 {
+        if let Some(others) = self.others {
+            others.release();
+        }
         // SAFETY: `prepare` copied the interpreter to `area`, wrote a plan
         // ending in a JUMP at `plan` and left a stack below `stack_top`,
         // all in the area, which no op of the plan unmaps.
@@ -678,22 +727,38 @@ fn prepare(dir: &Path, feeder: Option<Feeder>) -> Result<Ready, String> {
         }
         _ => {}
     }
-    let entries = &image.manifest().entries;
-    let vpid = match entries.as_slice() {
-        [one] => one.vpid,
-        [] => return Err(format!("{}: the image holds no process", dir.display())),
-        more => {
-            return Err(format!(
-                "{}: the image holds {} processes; restoring more than one process is not supported yet",
-                dir.display(),
-                more.len()
-            ))
+    match image.manifest().entries.as_slice() {
+        [one] => {
+            let pids = [(one.vpid, std::process::id())];
+            prepare_process(
+                &image,
+                one.vpid,
+                tree::Given::default(),
+                feeder.as_ref(),
+                &pids,
+            )
         }
-    };
+        [] => Err(format!("{}: the image holds no process", dir.display())),
+        _ => tree::prepare(&image, feeder.as_ref()),
+    }
+}
+
+/// The first stage for process `vpid` of `image`, with the kernel objects
+/// `given` for it; with a feeder, the region goes to it (the processes
+/// restored being `pids`: virtual pid, real pid).
+fn prepare_process(
+    image: &Image,
+    vpid: u32,
+    mut given: tree::Given,
+    feeder: Option<&Feeder>,
+    pids: &[(u32, u32)],
+) -> Result<Ready, String> {
     let mut g = Gather {
         next: WINDOW_START,
         ..Gather::default()
     };
+    g.shared = given.take_shared(vpid);
+    g.given = given;
     let file = image.process_path(vpid);
     // The newest image first: its mappings are the process's, its pages
     // the newest; then each older one gives the pages no newer one gave,
@@ -756,16 +821,20 @@ fn prepare(dir: &Path, feeder: Option<Feeder>) -> Result<Ready, String> {
         .iter()
         .find(|((_, _, p), _)| undeleted(p) == REGION_MEMFD.as_bytes())
         .map(|(_, fd)| fd);
-    if let Some(feeder) = &feeder {
+    if let Some(feeder) = feeder {
         let memfd = region.ok_or_else(|| format!("{name}: the image holds no shim region"))?;
-        hand_over(memfd, feeder, &name)?;
+        hand_over(memfd, feeder, &name, pids)?;
     }
+    let mut region_fd = None;
     if let Some(memfd) = region {
-        let fd = memfd
-            .try_clone()
-            .and_then(|fd| lift(fd, floor))
-            .map_err(|e| format!("{name}: the shim's region: {e}"))?;
+        let clone = || {
+            memfd
+                .try_clone()
+                .map_err(|e| format!("{name}: the shim's region: {e}"))
+        };
+        let fd = lift(clone()?, floor).map_err(|e| format!("{name}: the shim's region: {e}"))?;
         fds.push((REGION_FD as u32, fd, false));
+        region_fd = Some(clone()?);
     }
     let mut plan = Plan::new(&g, &process, &space, &sigactions, vpid, image.seq(), &name)?;
     // /proc/PID/exe names the program's executable again (where it still
@@ -796,6 +865,8 @@ fn prepare(dir: &Path, feeder: Option<Feeder>) -> Result<Ready, String> {
         plan: plan_at,
         stack_top,
         _fds: keep,
+        region: region_fd,
+        others: None,
     })
 }
 
@@ -974,6 +1045,19 @@ fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd,
                     fd
                 }
             }
+            FdKind::Pipe(p, path) if p.fifo != 0 && g.given.fifos.contains_key(path) => {
+                // Opened and refilled for every process of the image; its
+                // keeper (a reader and a writer) holds it open meanwhile.
+                let mode = if p.end == 0 {
+                    libc::O_RDONLY
+                } else {
+                    libc::O_WRONLY
+                };
+                let fd = open_path(path, mode | libc::O_NONBLOCK)
+                    .map_err(|e| what(&format!("FIFO {}: {e}", show(path))))?;
+                set_status_flags(fd.as_raw_fd(), status);
+                fd
+            }
             FdKind::Pipe(p, path) if p.fifo != 0 => {
                 // A reader and writer held open while the data goes back,
                 // so that neither open blocks.
@@ -993,6 +1077,13 @@ fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd,
                 set_status_flags(fd.as_raw_fd(), status);
                 g.keep.push(keep);
                 fd
+            }
+            FdKind::Pipe(p, _) if g.given.pipes.contains_key(&p.pipe_id) => {
+                let (r, w) = &g.given.pipes[&p.pipe_id];
+                let end = if p.end == 0 { r } else { w };
+                let dup = end.try_clone().map_err(|e| what(&e))?;
+                set_status_flags(dup.as_raw_fd(), status);
+                dup
             }
             FdKind::Pipe(p, _) => {
                 if let std::collections::hash_map::Entry::Vacant(v) = pipes.entry(p.pipe_id) {
@@ -1065,24 +1156,19 @@ fn open_fds(g: &mut Gather, name: &str, floor: i32) -> Result<Vec<(u32, OwnedFd,
                 // SAFETY: a new descriptor we own.
                 unsafe { OwnedFd::from_raw_fd(fd) }
             }
+            FdKind::UnixPair(u) if g.given.pairs.contains_key(&u.pair_id) => {
+                let mine = &g.given.pairs[&u.pair_id][(u.end & 1) as usize];
+                let fd = mine.try_clone().map_err(|e| what(&e))?;
+                set_status_flags(fd.as_raw_fd(), status);
+                fd
+            }
             FdKind::UnixPair(u) => {
                 let key = u.pair_id;
                 if let std::collections::hash_map::Entry::Vacant(v) = pairs.entry(key) {
-                    let mut sv = [0i32; 2];
-                    // SAFETY: socketpair into a local array.
-                    if unsafe {
-                        libc::socketpair(
-                            libc::AF_UNIX,
-                            u.sock_type as i32 | libc::SOCK_CLOEXEC,
-                            0,
-                            sv.as_mut_ptr(),
-                        )
-                    } != 0
-                    {
-                        return Err(what(&format!("socketpair: {}", errno())));
-                    }
-                    // SAFETY: two new descriptors we own.
-                    v.insert(unsafe { [OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])] });
+                    v.insert(
+                        new_socketpair(u.sock_type)
+                            .map_err(|e| what(&format!("socketpair: {e}")))?,
+                    );
                 }
                 let ends = &pairs[&key];
                 let mine = &ends[(u.end & 1) as usize];
@@ -1165,6 +1251,25 @@ fn new_timerfd(t: &Timerfd) -> io::Result<OwnedFd> {
         }
     }
     Ok(fd)
+}
+
+/// A new unix socket pair of type `ty`.
+fn new_socketpair(ty: u32) -> io::Result<[OwnedFd; 2]> {
+    let mut sv = [0i32; 2];
+    // SAFETY: socketpair into a local array.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            ty as i32 | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(errno());
+    }
+    // SAFETY: two new descriptors we own.
+    Ok(unsafe { [OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])] })
 }
 
 /// Queue `data` (a stream's bytes, or datagrams each after a u32 length)
@@ -1797,21 +1902,32 @@ mod tests {
         r.proc(0)
             .real_pid
             .store(std::process::id() + 1, std::sync::atomic::Ordering::Release);
-        own_process_table(&r);
+        own_process_table(&r, &[(1, std::process::id())]);
         assert_eq!(live_pids(&r), [std::process::id() as i32]);
     }
 
     #[test]
-    fn a_restored_region_with_more_live_slots_names_no_process_until_the_shim_does() {
+    fn a_restored_region_names_each_restored_process_and_no_other() {
         let shared = SharedRegion::create(Mode::Replay).unwrap();
         let r = shared.region();
         let child = r.alloc_proc(2, 1).unwrap();
-        for (slot, pid) in [(0, 4_000_001), (child, 4_000_002)] {
-            r.proc(slot)
-                .real_pid
-                .store(pid, std::sync::atomic::Ordering::Release);
-        }
-        own_process_table(&r);
-        assert_eq!(live_pids(&r), Vec::<i32>::new());
+        let stale = || {
+            for (slot, pid) in [(0, 4_000_001), (child, 4_000_002)] {
+                r.proc(slot)
+                    .real_pid
+                    .store(pid, std::sync::atomic::Ordering::Release);
+            }
+        };
+        // Both restored: each slot names its own restorer's pid.
+        stale();
+        own_process_table(&r, &[(2, 4_100_002), (1, 4_100_001)]);
+        let mut pids = live_pids(&r);
+        pids.sort();
+        assert_eq!(pids, [4_100_001, 4_100_002]);
+        // A slot whose process is not known yet names none until its shim
+        // does, never the stale pid.
+        stale();
+        own_process_table(&r, &[(1, 4_100_001)]);
+        assert_eq!(live_pids(&r), [4_100_001]);
     }
 }
