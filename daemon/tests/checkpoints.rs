@@ -126,6 +126,56 @@ fn a_replica_restored_from_its_image_takes_over_with_every_acknowledged_write() 
 }
 
 #[test]
+fn a_replica_of_two_processes_is_checkpointed_whole_and_restored_as_a_tree_that_takes_over() {
+    let mut cluster = three();
+    // A shell that starts the server as its child and waits for it.
+    let port = run_kv_as(&mut cluster, "sync", |kv, listen| {
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            format!("{kv} --listen {listen}; echo the server ended"),
+        ]
+    });
+    let acks = write_keys(&cluster, port, 250);
+    let s = wait_for_image(&cluster);
+    let dir = cluster
+        .node("b")
+        .data
+        .join(format!("apps/kv/images/at-{:020}", u(&s, "image")));
+    let image =
+        ferry_image::dir::Image::open(&dir).unwrap_or_else(|e| panic!("{e}\n{}", cluster.logs()));
+    let tree: Vec<(u32, u32)> = image
+        .manifest()
+        .entries
+        .iter()
+        .map(|e| (e.vpid, e.parent_vpid))
+        .collect();
+    assert_eq!(tree, [(1, 0), (2, 1)], "the shell and its child server");
+
+    // The replica dies; the primary's host dies: b takes over with the
+    // shell and the server restored from the image.
+    let replica = s["pid"].as_i64().expect("b's replica runs") as i32;
+    // SAFETY: kill with the pid of the replica this test's cluster runs.
+    unsafe { libc::kill(replica, libc::SIGKILL) };
+    cluster.kill_host("a", "kv");
+    let took = cluster.wait_primary("b", "kv", LIMIT);
+    assert!(
+        cluster
+            .node("b")
+            .log_text()
+            .contains("replica restored from an image"),
+        "b did not start its replica from the image:\n{}",
+        cluster.logs()
+    );
+    if let Some(pid) = took["pid"].as_i64() {
+        cluster.pids.push(pid as i32);
+    }
+    check_keys(&cluster, port, &acks);
+    let more = write_keys_from(&cluster, port, 250, 20);
+    assert_eq!(more.len(), 20);
+}
+
+#[test]
 fn a_backup_that_joins_after_the_log_was_trimmed_starts_from_a_shipped_image_and_takes_over() {
     let mut cluster = three();
     let port = run_kv(&mut cluster);

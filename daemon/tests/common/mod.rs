@@ -282,9 +282,7 @@ impl Cluster {
         let pid = self.node(name).app(app).and_then(|s| s["pid"].as_i64());
         self.node_mut(name).kill9();
         if let Some(pid) = pid {
-            // SAFETY: kill with the pid of the program this test's cluster
-            // runs.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            kill_tree(pid as i32);
         }
     }
 
@@ -317,9 +315,32 @@ impl Drop for Cluster {
             d.stop();
         }
         for &p in &self.pids {
-            // SAFETY: kill with a pid of a program this test started.
-            unsafe { libc::kill(p, libc::SIGKILL) };
+            kill_tree(p);
         }
+    }
+}
+
+/// SIGKILL process `pid` and every process below it (a program's children
+/// die with its host).
+pub fn kill_tree(pid: i32) {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", all[i]));
+        for t in tasks.into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            all.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<i32>().ok()),
+            );
+        }
+        i += 1;
+    }
+    for p in all {
+        // SAFETY: kill with the pid of a program this test started, or of
+        // one of its descendants.
+        unsafe { libc::kill(p, libc::SIGKILL) };
     }
 }
 
@@ -372,20 +393,25 @@ pub fn run_kv(cluster: &mut Cluster) -> u16 {
 
 /// `ferry run --mode MODE` the key-value server on a; its port.
 pub fn run_kv_mode(cluster: &mut Cluster, mode: &str) -> u16 {
+    run_kv_as(cluster, mode, |kv, listen| {
+        vec![kv.to_string(), "--listen".into(), listen.to_string()]
+    })
+}
+
+/// `ferry run --mode MODE -- ARGV…` on a, `argv` made from the key-value
+/// server's path and the address it is to listen on; its port.
+pub fn run_kv_as(
+    cluster: &mut Cluster,
+    mode: &str,
+    argv: impl FnOnce(&str, &str) -> Vec<String>,
+) -> u16 {
     let port = free_port_tcp();
     let kv = bin("ferry-kv");
     let listen = format!("127.0.0.1:{port}");
-    let out = cluster.node("a").ferry(&[
-        "run",
-        "--name",
-        "kv",
-        "--mode",
-        mode,
-        "--",
-        kv.to_str().unwrap(),
-        "--listen",
-        &listen,
-    ]);
+    let argv = argv(kv.to_str().unwrap(), &listen);
+    let mut args = vec!["run", "--name", "kv", "--mode", mode, "--"];
+    args.extend(argv.iter().map(String::as_str));
+    let out = cluster.node("a").ferry(&args);
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
