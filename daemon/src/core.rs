@@ -801,16 +801,23 @@ impl Core {
                         app,
                         from_gseq,
                         replica_at,
+                        have,
                     },
-            } => self.serve(&app, &from, from_gseq, replica_at),
+            } => self.serve(&app, &from, from_gseq, replica_at, have),
             PeerEvent::Message {
                 from,
-                message: PeerMessage::Checkpointed { app, at, bytes },
-            } => self.image_offered(&app, &from, at, bytes),
+                message:
+                    PeerMessage::Checkpointed {
+                        app,
+                        at,
+                        bytes,
+                        chain,
+                    },
+            } => self.image_offered(&app, &from, at, bytes, &chain),
             PeerEvent::Message {
                 from,
-                message: PeerMessage::SendImage { app, at },
-            } => self.image_asked(&app, &from, at),
+                message: PeerMessage::SendImage { app, at, have },
+            } => self.image_asked(&app, &from, at, &have),
             PeerEvent::Records(stream) => self.receive(stream),
         }
     }
@@ -837,6 +844,7 @@ impl Core {
         {
             let from_gseq = l.shared.log.lock().unwrap().next_gseq();
             let replica_at = l.shared.replica_at();
+            let have = crate::images::held(&l.shared.dir);
             debug!(app, peer, from_gseq, "asking for the record stream again");
             self.transport.send(
                 peer,
@@ -844,6 +852,7 @@ impl Core {
                     app: app.to_owned(),
                     from_gseq,
                     replica_at,
+                    have,
                 },
             );
             self.report_image(app, peer);
@@ -864,15 +873,36 @@ impl Core {
             PeerMessage::Checkpointed {
                 app: app.to_owned(),
                 at: image.position.gseq,
-                bytes: crate::images::chain_bytes(&l.shared.dir, &image),
+                bytes: crate::images::bytes(&image.dir),
+                chain: image
+                    .ancestors
+                    .iter()
+                    .filter_map(|&g| {
+                        let dir = crate::images::dir_for(&l.shared.dir, g);
+                        Some((
+                            g,
+                            crate::images::identity(&dir)?,
+                            crate::images::bytes(&dir),
+                        ))
+                    })
+                    .collect(),
             },
         );
     }
 
-    /// Primary: backup `from` has an image of `bytes` after record `at`.
-    /// Ask for it when it lets this node drop at least as much of its log
+    /// Primary: backup `from` has an image of `bytes` after record `at`,
+    /// incremental to those of `chain` (position, identity, bytes). Ask for
+    /// it when it lets this node drop at least as much of its log as it
+    /// would send (the images of the chain this node has are not sent)
     /// and no other image is on its way here.
-    fn image_offered(&mut self, app: &str, from: &str, at: u64, bytes: u64) {
+    fn image_offered(
+        &mut self,
+        app: &str,
+        from: &str,
+        at: u64,
+        bytes: u64,
+        chain: &[(u64, u32, u64)],
+    ) {
         let primary = self
             .node
             .status(app)
@@ -890,7 +920,14 @@ impl Core {
             .is_some_and(|(peer, wanted, asked)| {
                 asked.elapsed() < IMAGE_WANTED_FOR && (peer != from || *wanted == at || receiving)
             });
-        if waiting || !l.shared.image_worth_fetching(at, bytes) {
+        let held = crate::images::held(&l.shared.dir);
+        let sent: u64 = chain
+            .iter()
+            .filter(|&&(g, id, _)| !held.contains(&(g, id)))
+            .map(|&(_, _, b)| b)
+            .sum::<u64>()
+            + bytes;
+        if waiting || !l.shared.image_worth_fetching(at, sent) {
             return;
         }
         info!(
@@ -905,12 +942,13 @@ impl Core {
             PeerMessage::SendImage {
                 app: app.to_owned(),
                 at,
+                have: held,
             },
         );
     }
 
     /// Backup: the primary `to` asks for the image after record `at`.
-    fn image_asked(&mut self, app: &str, to: &str, at: u64) {
+    fn image_asked(&mut self, app: &str, to: &str, at: u64, have: &[(u64, u32)]) {
         let backup_of = self
             .node
             .status(app)
@@ -921,7 +959,7 @@ impl Core {
                 .find(|i| i.position.gseq == at)
         });
         match image {
-            Some(image) => self.send_image(app, to, image),
+            Some(image) => self.send_image(app, to, image, have),
             None if backup_of => {
                 // Pruned since it was offered: offer the newest instead.
                 debug!(app, peer = to, at, "asked for an image no longer here");
@@ -931,7 +969,14 @@ impl Core {
         }
     }
 
-    fn serve(&mut self, app: &str, to: &str, from_gseq: u64, replica_at: u64) {
+    fn serve(
+        &mut self,
+        app: &str,
+        to: &str,
+        from_gseq: u64,
+        replica_at: u64,
+        have: Vec<(u64, u32)>,
+    ) {
         let Some(l) = self.locals.get_mut(app) else {
             warn!(
                 app,
@@ -949,21 +994,29 @@ impl Core {
         info!(app, peer = to, from_gseq, "streaming records to a backup");
         let shared = l.shared.clone();
         let peer = to.to_owned();
+        let has = have.clone();
         l.streamers.insert(
             to.to_owned(),
             tokio::spawn(async move {
-                if let Err(e) = stream_records(shared, connection, &peer, from_gseq).await {
+                if let Err(e) = stream_records(shared, connection, &peer, from_gseq, &has).await {
                     debug!(peer, error = %e, "record stream ended");
                 }
             }),
         );
-        self.supply(app, to, from_gseq, replica_at);
+        self.supply(app, to, from_gseq, replica_at, &have);
     }
 
     /// Beside the records: send `to` an image that spares its replica
     /// replaying most of the log (the old primary after a handover has
     /// the whole log but no image), unless one is on its way.
-    fn supply(&mut self, app: &str, to: &str, from_gseq: u64, replica_at: u64) {
+    fn supply(
+        &mut self,
+        app: &str,
+        to: &str,
+        from_gseq: u64,
+        replica_at: u64,
+        have: &[(u64, u32)],
+    ) {
         let Some(l) = self.locals.get(app) else {
             return;
         };
@@ -984,11 +1037,18 @@ impl Core {
             replica_at,
             "sending an image to spare the backup's replica replaying the log"
         );
-        self.send_image(app, to, image);
+        self.send_image(app, to, image, have);
     }
 
-    /// Send `image` to `to` on a stream of its own.
-    fn send_image(&mut self, app: &str, to: &str, image: crate::images::Stored) {
+    /// Send `image` to `to` on a stream of its own, without the images it
+    /// is incremental to that `to` has.
+    fn send_image(
+        &mut self,
+        app: &str,
+        to: &str,
+        image: crate::images::Stored,
+        has: &[(u64, u32)],
+    ) {
         let (Some(l), Some(connection)) = (self.locals.get_mut(app), self.transport.connection(to))
         else {
             return;
@@ -996,9 +1056,10 @@ impl Core {
         let at = image.position.gseq;
         let shared = l.shared.clone();
         let peer = to.to_owned();
+        let has = has.to_vec();
         let task = tokio::spawn(async move {
             let result = async {
-                let shipment = ship::Shipment::open(&shared, image)?;
+                let shipment = ship::Shipment::open(&shared, image, &has)?;
                 let head = StreamHead::Image {
                     app: shared.name.clone(),
                     image: shipment.head.clone(),
@@ -1210,13 +1271,16 @@ impl Core {
                 if cut {
                     self.start_replica(&app);
                 }
-                let replica_at = self.locals.get(&app).map_or(0, |l| l.shared.replica_at());
+                let (replica_at, have) = self.locals.get(&app).map_or((0, Vec::new()), |l| {
+                    (l.shared.replica_at(), crate::images::held(&l.shared.dir))
+                });
                 self.transport.send(
                     &node,
                     PeerMessage::Fetch {
                         app: app.clone(),
                         from_gseq,
                         replica_at,
+                        have,
                     },
                 );
                 self.report_image(&app, &node);
@@ -1629,6 +1693,7 @@ async fn stream_records(
     connection: quinn::Connection,
     peer: &str,
     from_gseq: u64,
+    has: &[(u64, u32)],
 ) -> anyhow::Result<()> {
     let mut progress = shared.progress.subscribe();
     let vip = shared.vip.lock().unwrap().clone();
@@ -1643,7 +1708,7 @@ async fn stream_records(
         }
     };
     let shipment = match image {
-        Some(image) => Some(ship::Shipment::open(&shared, image)?),
+        Some(image) => Some(ship::Shipment::open(&shared, image, has)?),
         None => None,
     };
     let from_gseq = shipment.as_ref().map_or(from_gseq, |s| s.head.at + 1);

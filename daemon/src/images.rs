@@ -187,6 +187,24 @@ pub fn chain_bytes(app_dir: &Path, image: &Stored) -> u64 {
             .sum::<u64>()
 }
 
+/// What names one image and no other: the CRC-32C of its manifest, which
+/// holds its position, the time it was taken and the checksum of each of
+/// its files.
+pub fn identity(dir: &Path) -> Option<u32> {
+    std::fs::read(dir.join(ferry_image::dir::MANIFEST_NAME))
+        .ok()
+        .map(|m| crc32c::crc32c(&m))
+}
+
+/// Every finished image here, by position and [`identity`]: what a sender
+/// need not send again with an image incremental to them.
+pub fn held(app_dir: &Path) -> Vec<(u64, u32)> {
+    list(app_dir)
+        .iter()
+        .filter_map(|i| Some((i.position.gseq, identity(&i.dir)?)))
+        .collect()
+}
+
 /// The newest finished image.
 pub fn latest(app_dir: &Path) -> Option<Stored> {
     list(app_dir).pop()

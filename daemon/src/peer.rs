@@ -86,6 +86,9 @@ pub struct ImageHead {
     pub start: Vec<u8>,
     /// The image's files: name and length, in the order their bytes follow.
     pub files: Vec<(String, u64)>,
+    /// Images it is incremental to that are not sent, the receiver having
+    /// them already: position and [`crate::images::identity`].
+    pub kept: Vec<(u64, u32)>,
 }
 
 /// A frame on a messages stream or in a datagram (kind [`KIND_REPLICATION`]).
@@ -105,6 +108,9 @@ pub enum PeerMessage {
         /// image far beyond it sends that too, on its own stream
         /// ([`StreamHead::Image`]).
         replica_at: u64,
+        /// The images the backup has (position, identity), which an
+        /// image sent to it need not carry again.
+        have: Vec<(u64, u32)>,
     },
     /// Backup → primary: this backup has a new image of its replica, after
     /// record `at`.
@@ -113,8 +119,12 @@ pub enum PeerMessage {
         app: String,
         /// The image's position.
         at: u64,
-        /// The bytes of its files.
+        /// The bytes of its own files.
         bytes: u64,
+        /// The images it is incremental to: position, identity
+        /// ([`crate::images::identity`]) and bytes. Those the primary has
+        /// are not sent again.
+        chain: Vec<(u64, u32, u64)>,
     },
     /// Primary → backup: send the image after record `at` (on a
     /// [`StreamHead::Image`] stream): the primary keeps it, trims its log
@@ -124,6 +134,9 @@ pub enum PeerMessage {
         app: String,
         /// The image's position.
         at: u64,
+        /// The images the primary has (position, identity), which the
+        /// image need not carry again.
+        have: Vec<(u64, u32)>,
     },
 }
 

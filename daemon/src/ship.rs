@@ -41,17 +41,26 @@ pub struct Shipment {
 
 impl Shipment {
     /// Open `image` of `shared` for sending, with the images it is
-    /// incremental to: their files come first, oldest first, named
-    /// `at-N/NAME`; the image's own have plain names.
-    pub fn open(shared: &AppShared, image: Stored) -> anyhow::Result<Shipment> {
+    /// incremental to but those the receiver `has` (position, identity):
+    /// their files come first, oldest first, named `at-N/NAME`; the
+    /// image's own have plain names.
+    pub fn open(shared: &AppShared, image: Stored, has: &[(u64, u32)]) -> anyhow::Result<Shipment> {
         let start = shared
             .start_record()
             .ok_or_else(|| anyhow::anyhow!("no start record to send with the image"))?;
         let mut files = Vec::new();
         let mut list = Vec::new();
+        let mut kept = Vec::new();
         let dirs = image.ancestors.iter().rev().map(|&g| Some(g)).chain([None]);
         for ancestor in dirs {
             let dir = ancestor.map_or(image.dir.clone(), |g| images::dir_for(&shared.dir, g));
+            if let Some(g) = ancestor {
+                let id = images::identity(&dir);
+                if let Some(id) = id.filter(|id| has.contains(&(g, *id))) {
+                    kept.push((g, id));
+                    continue;
+                }
+            }
             let mut names = Vec::new();
             for e in std::fs::read_dir(&dir)? {
                 let e = e?;
@@ -78,6 +87,7 @@ impl Shipment {
                 at: image.position.gseq,
                 start,
                 files: list,
+                kept,
             },
             files,
             dir: image.dir,
@@ -182,6 +192,13 @@ pub async fn receive(
     let mut ancestors: Vec<u64> = places.iter().filter_map(|p| p.0).collect();
     ancestors.sort_unstable();
     ancestors.dedup();
+    if head
+        .kept
+        .iter()
+        .any(|&(g, _)| g >= at || ancestors.contains(&g))
+    {
+        anyhow::bail!("the image's list of images kept here names one it sends, or one after it");
+    }
     let total: u64 = head.files.iter().map(|f| f.1).sum();
     let positions: Vec<u64> = ancestors.iter().copied().chain([at]).collect();
     let Some(mut working) = shared.receiving(&stream.from, &positions, total) else {
@@ -193,7 +210,7 @@ pub async fn receive(
         std::fs::create_dir_all(part(g))?;
     }
     let result = match receive_into(app, head, &places, stream, &part, &mut working).await {
-        Ok(()) => tokio::task::block_in_place(|| install(shared, at, &ancestors, check)),
+        Ok(()) => tokio::task::block_in_place(|| install(shared, head, &ancestors, check)),
         Err(e) => Err(e),
     };
     if result.is_err() {
@@ -206,8 +223,25 @@ pub async fn receive(
 
 /// Put the received images in place, oldest first, each checked whole
 /// (an incremental one needs its parent in place to open). An image this
-/// node has already, the same byte for byte, is kept as it is.
-fn install(shared: &AppShared, at: u64, ancestors: &[u64], check: bool) -> anyhow::Result<()> {
+/// node has already, the same byte for byte, is kept as it is; so are the
+/// images the sender left out as this node's, which must still be here,
+/// the same.
+fn install(
+    shared: &AppShared,
+    head: &ImageHead,
+    ancestors: &[u64],
+    check: bool,
+) -> anyhow::Result<()> {
+    let at = head.at;
+    for &(g, id) in &head.kept {
+        let dir = images::dir_for(&shared.dir, g);
+        if images::identity(&dir) != Some(id) {
+            anyhow::bail!(
+                "{}: the image it is incremental to, left out as this node's, is no longer here as it was",
+                dir.display()
+            );
+        }
+    }
     let manifest = |dir: &Path| std::fs::read(dir.join(ferry_image::dir::MANIFEST_NAME)).ok();
     for &g in ancestors.iter().chain([&at]) {
         let dir = images::dir_for(&shared.dir, g);
@@ -256,6 +290,7 @@ async fn receive_into(
         mib = mib(total),
         from = %stream.from,
         images = places.iter().filter_map(|p| p.0).collect::<std::collections::BTreeSet<_>>().len() + 1,
+        kept = head.kept.len(),
         "receiving an image"
     );
     let started = Instant::now();
